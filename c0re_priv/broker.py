@@ -1,0 +1,417 @@
+"""The message broker: at-least-once delivery of every message, `queued → leased → acked`.
+
+A recipient leases messages (`lease`, `recv`, `wait_for_work`) and acks each once it has been
+acted on. A lease is held by one connection: when that connection drops, when the lease
+expires, or when the daemon restarts, the message goes back to `queued` (its `attempts`
+count keeps the raised value) and is offered again. Nothing is "delivered" until acked.
+The broker never blocks the trio thread on sqlite and never publishes an event for a write
+that did not commit.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol.messages import (
+    Delivery,
+    MessageAcked,
+    MessageKind,
+    MessageLeased,
+    MessageRequeued,
+    MessageRow,
+    MessageSent,
+)
+
+from .attachments import spill_oversize
+from .config import HiveSettings, Paths
+from .errors import Fail
+from .events import EventBus
+from .registry import Registry
+from .store import Store
+
+BROADCAST_HINT = "this was a broadcast and may not need any action from you"
+OPERATOR = "operator"
+SYSTEM = "system"
+COLUMNS = (
+    "id, sender, recipient, body, in_reply_to, thread, kind, state, attempts, broadcast,"
+    " question_id, created_at, acked_at"
+)
+
+
+def message_row(r: sqlite3.Row) -> MessageRow:
+    return MessageRow(
+        id=r["id"],
+        from_=r["sender"],
+        to=r["recipient"],
+        body=r["body"],
+        in_reply_to=r["in_reply_to"],
+        thread=r["thread"],
+        kind=r["kind"],
+        state=r["state"],
+        attempts=r["attempts"],
+        broadcast=bool(r["broadcast"]),
+        hint=BROADCAST_HINT if r["broadcast"] else None,
+        question_id=r["question_id"],
+        created_at=r["created_at"],
+        acked_at=r["acked_at"],
+    )
+
+
+def resolve_parent(
+    conn: sqlite3.Connection, viewer: str, parent: int | None, oldest: float
+) -> tuple[int | None, int | None]:
+    """(in_reply_to, thread) for a reply by `viewer`; `(None, None)` makes a new root.
+
+    A parent that is unknown, not visible to `viewer` (neither its sender nor recipient;
+    the operator and the system see everything) or older than retention is ignored.
+    """
+    if parent is None:
+        return None, None
+    row = conn.execute(
+        "SELECT sender, recipient, thread, created_at FROM messages WHERE id = ?", (parent,)
+    ).fetchone()
+    if row is None or row["created_at"] < oldest:
+        return None, None
+    if viewer not in (OPERATOR, SYSTEM) and viewer not in (row["sender"], row["recipient"]):
+        return None, None
+    return parent, row["thread"]
+
+
+def insert_message(
+    conn: sqlite3.Connection,
+    *,
+    sender: str,
+    recipient: str,
+    body: str,
+    now: float,
+    in_reply_to: int | None = None,
+    thread: int | None = None,
+    kind: MessageKind = "message",
+    broadcast: bool = False,
+    question_id: int | None = None,
+) -> MessageRow:
+    """Insert one message; the operator's inbox is the dashboard, so it is acked on arrival."""
+    to_operator = recipient == OPERATOR
+    row = conn.execute(
+        "INSERT INTO messages (sender, recipient, body, in_reply_to, thread, kind, state,"
+        " broadcast, question_id, created_at, acked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f" RETURNING {COLUMNS}",
+        (
+            sender,
+            recipient,
+            body,
+            in_reply_to,
+            thread or 0,
+            kind,
+            "acked" if to_operator else "queued",
+            int(broadcast),
+            question_id,
+            now,
+            now if to_operator else None,
+        ),
+    ).fetchone()
+    msg = message_row(row)
+    if thread is None:
+        conn.execute("UPDATE messages SET thread = id WHERE id = ?", (msg.id,))
+        msg.thread = msg.id
+    return msg
+
+
+@dataclass(eq=False)
+class LeaseHolder:
+    """One connection's leases; released (requeued) when the connection goes away."""
+
+    agent: str
+    leases: dict[str, trio.Event] = field(default_factory=dict)
+
+
+class Broker:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        registry: Registry,
+        settings: HiveSettings,
+        paths: Paths,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._registry = registry
+        self._settings = settings
+        self._paths = paths
+        self._now = now
+        self._inbox_signal: dict[str, trio.Event] = {}
+        self._holders: dict[str, LeaseHolder] = {}  # lease -> holder
+        self._reaper_poke = trio.Event()
+
+    # ---------------------------------------------------------------- signals
+
+    def notify(self, agent: str) -> None:
+        """Wake everyone waiting for work in `agent`'s inbox."""
+        event = self._inbox_signal.pop(agent, None)
+        if event is not None:
+            event.set()
+
+    def _inbox_changed(self, agent: str) -> trio.Event:
+        return self._inbox_signal.setdefault(agent, trio.Event())
+
+    def published(self, messages: Iterable[MessageRow]) -> None:
+        """Announce committed messages and wake their recipients."""
+        for msg in messages:
+            self._bus.publish(MessageSent(message=msg))
+            if msg.state == "queued":
+                self.notify(msg.to)
+
+    # ---------------------------------------------------------------- sending
+
+    def recipients(self, sender: str, to: str) -> list[str]:
+        """Who a message to `to` from `sender` reaches; typed errors name a bad recipient."""
+        sender_record = self._registry.agents.get(sender)
+        if sender_record is not None and not sender_record.may_send_to(to):
+            raise Fail("forbidden", f"{sender!r} may not send to {to!r}")
+        if to == "*":
+            return [name for name in self._registry.names() if name != sender]
+        if to == OPERATOR:
+            return [OPERATOR]
+        if to not in self._registry.agents:
+            raise Fail("not_found", f"no agent named {to!r}")
+        return [to]
+
+    async def spill(self, sender: str, body: str) -> tuple[str, str | None]:
+        """Apply the body cap to an agent's text (operator and system text is not capped)."""
+        if sender not in self._registry.agents:
+            return body, None
+        return await spill_oversize(
+            body,
+            cap=self._settings.body_max_bytes,
+            agents_root=self._paths.agents_root,
+            owner=sender,
+            now=self._now(),
+        )
+
+    def oldest_visible(self) -> float:
+        return self._now() - self._settings.message_retention_days * 86400
+
+    async def send(
+        self, sender: str, to: str, body: str, in_reply_to: int | None = None
+    ) -> tuple[list[MessageRow], str | None]:
+        """Store one message per recipient; return them and the spill file, if any."""
+        targets = self.recipients(sender, to)
+        body, spilled = await self.spill(sender, body)
+        now = self._now()
+        oldest = self.oldest_visible()
+        broadcast = to == "*"
+
+        def write(conn: sqlite3.Connection) -> list[MessageRow]:
+            out = []
+            for target in targets:
+                # a broadcast copy replies in the thread of the parent only if that parent is
+                # visible to the sender; each copy is its own root otherwise
+                parent, thread = resolve_parent(conn, sender, in_reply_to, oldest)
+                out.append(
+                    insert_message(
+                        conn,
+                        sender=sender,
+                        recipient=target,
+                        body=body,
+                        now=now,
+                        in_reply_to=parent,
+                        thread=thread,
+                        broadcast=broadcast,
+                    )
+                )
+            return out
+
+        rows = await self._store.write(write)
+        self.published(rows)
+        return rows, spilled
+
+    # ---------------------------------------------------------------- leasing
+
+    async def lease(self, holder: LeaseHolder, limit: int) -> tuple[list[Delivery], int]:
+        """Lease up to `limit` queued messages for `holder.agent`; also return how many remain."""
+        agent = holder.agent
+        now = self._now()
+        expires = now + self._settings.lease_seconds
+
+        def write(conn: sqlite3.Connection) -> tuple[list[tuple[str, MessageRow]], int]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM messages WHERE recipient = ? AND state = 'queued'"
+                    " ORDER BY id LIMIT ?",
+                    (agent, limit),
+                )
+            ]
+            leased = []
+            for mid in ids:
+                token = secrets.token_hex(12)
+                row = conn.execute(
+                    "UPDATE messages SET state = 'leased', lease = ?, lease_expires = ?,"
+                    f" attempts = attempts + 1 WHERE id = ? RETURNING {COLUMNS}",
+                    (token, expires, mid),
+                ).fetchone()
+                leased.append((token, message_row(row)))
+            more = conn.execute(
+                "SELECT count(*) FROM messages WHERE recipient = ? AND state = 'queued'", (agent,)
+            ).fetchone()[0]
+            return leased, more
+
+        leased, more = await self._store.write(write)
+        deliveries = []
+        for token, msg in leased:
+            holder.leases[token] = trio.Event()
+            self._holders[token] = holder
+            self._bus.publish(MessageLeased(message_id=msg.id, agent=agent, attempts=msg.attempts))
+            deliveries.append(Delivery(lease=token, message=msg))
+        if leased:
+            self._reaper_poke.set()
+        return deliveries, more
+
+    async def recv(
+        self, holder: LeaseHolder, limit: int, wait_seconds: float
+    ) -> tuple[list[Delivery], int]:
+        """Lease up to `limit`, waiting (capped) for the first one if the inbox is empty."""
+        deadline = trio.current_time() + min(wait_seconds, self._settings.recv_max_wait_seconds)
+        while True:
+            changed = self._inbox_changed(holder.agent)
+            deliveries, more = await self.lease(holder, limit)
+            if deliveries or trio.current_time() >= deadline:
+                return deliveries, more
+            with trio.move_on_at(deadline):
+                await changed.wait()
+
+    async def wait_for_work(self, holder: LeaseHolder) -> AsyncIterator[tuple[Delivery, int]]:
+        """Yield one leased message at a time, forever; the next only after this one resolves."""
+        while True:
+            changed = self._inbox_changed(holder.agent)
+            deliveries, more = await self.lease(holder, 1)
+            if not deliveries:
+                await changed.wait()
+                continue
+            delivery = deliveries[0]
+            resolved = holder.leases[delivery.lease]
+            yield delivery, more
+            await resolved.wait()
+
+    async def ack(self, holder: LeaseHolder, lease: str) -> int:
+        """Mark the message under `lease` delivered. Only its recipient can ack it."""
+        agent = holder.agent
+        now = self._now()
+        row = await self._store.write(
+            lambda c: c.execute(
+                "UPDATE messages SET state = 'acked', acked_at = ?, lease = NULL,"
+                " lease_expires = NULL WHERE lease = ? AND recipient = ? AND state = 'leased'"
+                " RETURNING id",
+                (now, lease, agent),
+            ).fetchone()
+        )
+        if row is None:
+            raise Fail("not_found", "no such lease: already acked, expired, or not yours")
+        self._forget(lease)
+        self._bus.publish(MessageAcked(message_id=row[0], agent=agent))
+        return int(row[0])
+
+    def _forget(self, lease: str) -> None:
+        holder = self._holders.pop(lease, None)
+        if holder is not None:
+            resolved = holder.leases.pop(lease, None)
+            if resolved is not None:
+                resolved.set()
+
+    async def release(self, leases: Iterable[str], reason: str) -> int:
+        """Put still-leased messages back in the queue; return how many went back."""
+        tokens = list(leases)
+        if not tokens:
+            return 0
+
+        def write(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            out = []
+            for token in tokens:
+                row = conn.execute(
+                    "UPDATE messages SET state = 'queued', lease = NULL, lease_expires = NULL"
+                    " WHERE lease = ? AND state = 'leased' RETURNING id, recipient, attempts",
+                    (token,),
+                ).fetchone()
+                if row is not None:
+                    out.append(row)
+            return out
+
+        rows = await self._store.write(write)
+        for token in tokens:
+            self._forget(token)
+        for row in rows:
+            self._bus.publish(
+                MessageRequeued(
+                    message_id=row["id"], agent=row["recipient"], attempts=row["attempts"],
+                    reason=reason,
+                )
+            )
+            self.notify(row["recipient"])
+        return len(rows)
+
+    async def drop_holder(self, holder: LeaseHolder) -> None:
+        """A connection ended: every lease it still holds goes back to the queue."""
+        if holder.leases:
+            await self.release(list(holder.leases), "connection closed")
+
+    async def requeue_orphans(self) -> int:
+        """At start-up no connection holds a lease: every leased message goes back."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE messages SET state = 'queued', lease = NULL, lease_expires = NULL"
+                " WHERE state = 'leased'"
+            ).rowcount
+
+        return await self._store.write(write)
+
+    async def run_lease_reaper(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Requeue expired leases; sleeps until the earliest expiry or until poked."""
+        task_status.started()
+        while True:
+            self._reaper_poke = trio.Event()
+            now = self._now()
+            rows = await self._store.read(
+                lambda c: c.execute(
+                    "SELECT lease, lease_expires FROM messages WHERE state = 'leased'"
+                    " ORDER BY lease_expires LIMIT 512"
+                ).fetchall()
+            )
+            expired = [r[0] for r in rows if r[1] <= now]
+            if expired:
+                await self.release(expired, "lease expired")
+                continue
+            delay = rows[0][1] - now if rows else math.inf
+            with trio.move_on_after(delay):
+                await self._reaper_poke.wait()
+
+    # ---------------------------------------------------------------- reading
+
+    async def list_messages(
+        self, agent: str | None, thread: int | None, limit: int, before: int | None
+    ) -> list[MessageRow]:
+        clauses, params = [], []
+        if agent is not None:
+            clauses.append("(sender = ? OR recipient = ?)")
+            params += [agent, agent]
+        if thread is not None:
+            clauses.append("thread = ?")
+            params.append(thread)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {COLUMNS} FROM messages {where} ORDER BY id DESC LIMIT ?"
+        rows = await self._store.read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [message_row(r) for r in rows]

@@ -1,0 +1,427 @@
+"""`hive`: the one command-line entry point (daemon, operator control, agent harness).
+
+Subcommands import what they run lazily, so `hive ctl …` and `hive agent …` load only the
+protocol client (and the harness), never the daemon's store or broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+import typer
+
+from protocol import messages as m
+from protocol.client import HiveError, SyncClient
+
+app = typer.Typer(help="hyperhive: a host for a swarm of AI coding agents.", no_args_is_help=True)
+ctl = typer.Typer(help="Operator control over the admin socket.", no_args_is_help=True)
+agent_ctl = typer.Typer(help="Register and remove agents.", no_args_is_help=True)
+agent_app = typer.Typer(help="In-container harness commands.", no_args_is_help=True)
+app.add_typer(ctl, name="ctl")
+ctl.add_typer(agent_ctl, name="agent")
+app.add_typer(agent_app, name="agent")
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", envvar="HIVE_STATE_DIR", help="Daemon state (sqlite, meta repo)."),
+]
+RunDir = Annotated[
+    Path | None,
+    typer.Option("--run-dir", envvar="HIVE_RUN_DIR", help="Sockets: admin.sock, web.sock, agents/."),
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _die(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"hive: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run_dir(run_dir: Path | None) -> Path:
+    if run_dir is not None:
+        return run_dir
+    from .config import default_dirs
+
+    return default_dirs()[1]
+
+
+@contextmanager
+def _admin(run_dir: Path | None, timeout: float | None = 30.0) -> Iterator[SyncClient]:
+    path = _run_dir(run_dir) / "admin.sock"
+    try:
+        with SyncClient.connect(str(path), client="hive-ctl", timeout=timeout) as client:
+            yield client
+    except HiveError as exc:
+        _die(exc.message if exc.code != "unavailable" else f"{exc.message} (is the daemon running?)")
+
+
+def _emit(value: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(msgspec.json.encode(value).decode())
+    else:
+        human()
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+# ------------------------------------------------------------------ daemon
+
+
+@app.command("c0re")
+def c0re(
+    state_dir: StateDir = None,
+    run_dir: RunDir = None,
+    config: Annotated[Path | None, typer.Option(help="hive.toml to read settings from.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the privileged daemon in the foreground until SIGTERM/SIGINT."""
+    import trio
+
+    from .config import ConfigError, HiveConfig, load_config, resolve_paths
+    from .hive import run_hive
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config) if config is not None else HiveConfig()
+    except ConfigError as exc:
+        _die(str(exc))
+    paths = resolve_paths(cfg.hive, state_dir, run_dir)
+    try:
+        trio.run(run_hive, cfg, paths)
+    except OSError as exc:
+        _die(f"cannot start: {exc}")
+
+
+@app.command("up")
+def up(
+    config: Annotated[Path, typer.Option(help="hive.toml; a default is written on first run.")] = Path(
+        "hive.toml"
+    ),
+    state_dir: StateDir = None,
+    run_dir: RunDir = None,
+    web_port: Annotated[int | None, typer.Option(help="Dashboard port (default from config).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Bring up the whole hive from hive.toml and run until Ctrl-C."""
+    import trio
+
+    from .config import ConfigError, load_config, resolve_paths, write_default_config
+    from .hive import Hive, run_hive
+
+    _setup_logging(verbose)
+    if not config.exists():
+        write_default_config(config)
+        typer.echo(f"wrote a default configuration to {config}")
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _die(str(exc))
+    if web_port is not None:
+        cfg.hive.web_port = web_port
+    paths = resolve_paths(cfg.hive, state_dir, run_dir)
+
+    def ready(hive: Hive) -> None:
+        typer.echo(f"hyperhive {hive.rev} is up")
+        typer.echo(f"  state:   {paths.state_dir}")
+        typer.echo(f"  admin:   {paths.admin_sock}   (hive ctl --run-dir {paths.run_dir} …)")
+        typer.echo(f"  web:     {paths.web_sock}")
+        for name in hive.registry.names():
+            rec = hive.registry.agents[name]
+            typer.echo(f"  agent:   {name:<12} {rec.role:<8} {paths.agent_sock(name)}")
+        typer.echo("Ctrl-C stops everything.")
+
+    try:
+        trio.run(lambda: run_hive(cfg, paths, on_ready=ready))
+    except OSError as exc:
+        _die(f"cannot start: {exc}")
+
+
+# ------------------------------------------------------------------ ctl
+
+
+@ctl.command("ping")
+def ctl_ping(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False) -> None:
+    """Round-trip to the daemon."""
+    with _admin(run_dir) as c:
+        start = time.perf_counter()
+        pong = c.expect(m.Ping(), m.Pong)
+        rtt = (time.perf_counter() - start) * 1000
+    _emit({"ok": True, "rtt_ms": rtt, "server_time": pong.server_time}, as_json,
+          lambda: typer.echo(f"pong in {rtt:.2f} ms"))
+
+
+@ctl.command("info")
+def ctl_info(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False) -> None:
+    """Daemon revision, protocol, uptime and directories."""
+    with _admin(run_dir) as c:
+        info = c.expect(m.ServerInfo(), m.Info)
+
+    def human() -> None:
+        typer.echo(f"rev:       {info.rev}\nprotocol:  {info.protocol}")
+        typer.echo(f"uptime:    {info.uptime_seconds:.0f}s\nstate dir: {info.state_dir}")
+        typer.echo(f"run dir:   {info.run_dir}\nagents:    {info.agents}")
+
+    _emit(info, as_json, human)
+
+
+@ctl.command("agents")
+def ctl_agents(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False) -> None:
+    """List registered agents."""
+    with _admin(run_dir) as c:
+        agents = c.expect(m.ListAgents(), m.Agents).agents
+    _emit(
+        agents,
+        as_json,
+        lambda: _table(
+            [
+                [a.name, a.role, "yes" if a.running else "no", str(a.queued), str(a.leased),
+                 _ago(a.last_seen), a.status_text]
+                for a in agents
+            ],
+            ["NAME", "ROLE", "RUNNING", "QUEUED", "LEASED", "LAST SEEN", "STATUS"],
+        ),
+    )
+
+
+@agent_ctl.command("add")
+def ctl_agent_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="agent or manager")] = "agent",
+    model: str = "",
+    runtime: str = "scripted",
+    allow: Annotated[list[str] | None, typer.Option(help="Allowed recipient (repeatable).")] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Register an agent (opens its socket)."""
+    try:
+        req = msgspec.convert(
+            {"name": name, "role": role, "model": model, "runtime": runtime,
+             "allowed_recipients": allow or None},
+            m.AddAgent,
+        )
+    except msgspec.ValidationError as exc:
+        _die(f"invalid agent: {exc}")
+    with _admin(run_dir) as c:
+        try:
+            row = c.expect(req, m.AgentInfo).agent
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(row, as_json, lambda: typer.echo(f"added {row.role} {row.name}"))
+
+
+@agent_ctl.command("rm")
+def ctl_agent_rm(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Remove an agent (closes its socket; its messages stay in the log)."""
+    try:
+        req = msgspec.convert({"name": name}, m.RemoveAgent)
+    except msgspec.ValidationError as exc:
+        _die(f"invalid agent name: {exc}")
+    with _admin(run_dir) as c:
+        try:
+            c.expect(req, m.Ok)
+        except HiveError as exc:
+            _die(exc.message)
+    _emit({"removed": name}, as_json, lambda: typer.echo(f"removed {name}"))
+
+
+@ctl.command("events")
+def ctl_events(
+    kinds: Annotated[list[str] | None, typer.Option("--kind", help="Only this kind (repeatable).")] = None,
+    since: Annotated[int | None, typer.Option(help="Replay events after this seq.")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Follow the event stream (Ctrl-C to stop)."""
+    seen = 0
+    with _admin(run_dir, timeout=None) as c:
+        try:
+            for frame in c.frames(m.Subscribe(kinds=kinds, since_seq=since)):
+                if isinstance(frame, m.Resync | m.Subscribed):
+                    if not as_json:
+                        typer.echo(f"# {type(frame).__name__.lower()} at seq {frame.seq}")
+                    continue
+                if isinstance(frame, m.EventFrame):
+                    ev = frame.event
+                    if as_json:
+                        typer.echo(msgspec.json.encode(ev).decode())
+                    else:
+                        fields = {k: v for k, v in msgspec.structs.asdict(ev).items() if k not in ("seq", "at")}
+                        typer.echo(f"{ev.seq} {ev.__struct_config__.tag} {json.dumps(msgspec.to_builtins(fields))}")
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+        except HiveError as exc:
+            _die(exc.message)
+        except KeyboardInterrupt:
+            return
+
+
+@ctl.command("send")
+def ctl_send(
+    to: Annotated[str, typer.Argument(help="Agent name, or * for every agent.")],
+    body: str,
+    reply_to: Annotated[int | None, typer.Option("--reply-to", help="Message id this answers.")] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Send a message as the operator."""
+    with _admin(run_dir) as c:
+        try:
+            sent = c.expect(m.OperatorSend(to=to, body=body, in_reply_to=reply_to), m.Sent)
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(sent, as_json, lambda: typer.echo(f"sent {len(sent.message_ids)} message(s): {sent.message_ids}"))
+
+
+@ctl.command("messages")
+def ctl_messages(
+    agent: Annotated[str | None, typer.Option(help="Only messages from or to this agent.")] = None,
+    thread: Annotated[int | None, typer.Option(help="Only this conversation.")] = None,
+    limit: int = 50,
+    before: Annotated[int | None, typer.Option(help="Only messages with a smaller id.")] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Recent messages, newest first."""
+    with _admin(run_dir) as c:
+        try:
+            rows = c.expect(
+                m.ListMessages(agent=agent, thread=thread, limit=limit, before=before), m.Messages
+            ).messages
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(
+        rows,
+        as_json,
+        lambda: _table(
+            [
+                [str(r.id), r.from_, r.to, r.state, str(r.in_reply_to or ""), _ago(r.created_at),
+                 r.body.replace("\n", " ")[:70]]
+                for r in rows
+            ],
+            ["ID", "FROM", "TO", "STATE", "RE", "SENT", "BODY"],
+        ),
+    )
+
+
+@ctl.command("questions")
+def ctl_questions(
+    all_: Annotated[bool, typer.Option("--all", help="Include answered, cancelled and expired.")] = False,
+    target: Annotated[str, typer.Option(help="Whose questions: operator, an agent, or * for all.")] = "operator",
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Questions waiting for an answer (by default the operator's)."""
+    with _admin(run_dir) as c:
+        rows = c.expect(
+            m.ListQuestions(target=None if target == "*" else target, include_closed=all_), m.Questions
+        ).questions
+    _emit(
+        rows,
+        as_json,
+        lambda: _table(
+            [
+                [str(q.id), q.asker, q.target, q.state, _ago(q.asked_at),
+                 q.question[:60] + (f" [{' | '.join(q.options)}]" if q.options else "")]
+                for q in rows
+            ],
+            ["ID", "ASKER", "TARGET", "STATE", "ASKED", "QUESTION"],
+        ),
+    )
+
+
+@ctl.command("answer")
+def ctl_answer(
+    question_id: int, text: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Answer an operator question."""
+    with _admin(run_dir) as c:
+        try:
+            c.expect(m.AnswerQuestion(question_id=question_id, answer=text), m.Ok)
+        except HiveError as exc:
+            _die(exc.message)
+    _emit({"answered": question_id}, as_json, lambda: typer.echo(f"answered #{question_id}"))
+
+
+@ctl.command("threads")
+def ctl_threads(
+    agent: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """What is still open against an agent (questions both ways, approvals)."""
+    try:
+        req = msgspec.convert({"agent": agent}, m.GetAgentOpenThreads)
+    except msgspec.ValidationError as exc:
+        _die(f"invalid agent name: {exc}")
+    with _admin(run_dir) as c:
+        try:
+            threads = c.expect(req, m.OpenThreads).threads
+        except HiveError as exc:
+            _die(exc.message)
+
+    def human() -> None:
+        rows = []
+        for t in threads:
+            if isinstance(t, m.QuestionThread):
+                who = f"{'waiting on' if t.role == 'asker' else 'owes'} {t.counterparty}"
+                rows.append(["question", str(t.id), who, f"{t.age_seconds:.0f}s", t.summary])
+            else:
+                rows.append(["approval", str(t.id), "operator", f"{t.age_seconds:.0f}s", t.summary])
+        _table(rows, ["KIND", "ID", "WITH", "AGE", "SUMMARY"])
+
+    _emit(threads, as_json, human)
+
+
+# ------------------------------------------------------------------ in-container harness
+
+
+@agent_app.command("mcp")
+def agent_mcp(
+    socket: Annotated[Path, typer.Option(envvar="HIVE_AGENT_SOCKET", help="This agent's socket.")],
+) -> None:
+    """Serve the hyperhive MCP tools on stdio (started by the agent's runtime)."""
+    from ag3nt.mcp_server import run_stdio
+
+    run_stdio(str(socket))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,147 @@
+"""`hive.toml`: the typed hive configuration, its defaults, and where state and sockets live.
+
+Decoding goes through msgspec, so an unknown key or a wrong type is a `ConfigError` that
+names the key, never a silently ignored setting. Every key is documented in
+`docs/operating.md`; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.messages import AgentRole, Recipient
+
+ROOT_STATE_DIR = Path("/var/lib/hyperhive")
+ROOT_RUN_DIR = Path("/run/hyperhive")
+
+
+class ConfigError(Exception):
+    pass
+
+
+class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    role: AgentRole = "agent"
+    model: Annotated[str, Meta(max_length=128)] = ""
+    runtime: Annotated[str, Meta(max_length=32)] = "scripted"
+    allowed_recipients: list[Recipient] | None = None
+
+
+class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    state_dir: str = ""
+    run_dir: str = ""
+    agents_root: str = ""
+    web_port: Annotated[int, Meta(ge=1, le=65535)] = 8765
+    backend: Literal["bwrap", "nixos", "process"] = "bwrap"
+    max_frame_bytes: Annotated[int, Meta(ge=4096, le=64 * 1024 * 1024)] = DEFAULT_MAX_FRAME
+    body_max_bytes: Annotated[int, Meta(ge=64)] = 1024
+    lease_seconds: Annotated[float, Meta(gt=0)] = 900.0
+    recv_max_wait_seconds: Annotated[float, Meta(ge=0)] = 60.0
+    message_retention_days: Annotated[float, Meta(gt=0)] = 30.0
+    event_replay: Annotated[int, Meta(ge=16)] = 4096
+    admin_group: str = ""
+    web_group: str = ""
+
+
+class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    hive: HiveSettings = msgspec.field(default_factory=HiveSettings)
+    agents: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,30}\Z")], AgentConfig] = (
+        msgspec.field(default_factory=dict)
+    )
+
+
+def load_config(path: Path) -> HiveConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return msgspec.convert(raw, HiveConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+DEFAULT_CONFIG = """\
+# hyperhive configuration; every key is explained in docs/operating.md.
+[hive]
+web_port = 8765
+backend = "bwrap"        # bwrap | nixos | process
+body_max_bytes = 1024    # longer message bodies are moved to a file in the sender's state dir
+lease_seconds = 900      # a leased message not acked in this time is queued again
+
+[agents.manager]
+role = "manager"
+runtime = "{runtime}"
+
+[agents.alice]
+runtime = "{runtime}"
+
+[agents.bob]
+runtime = "{runtime}"
+"""
+
+
+def write_default_config(path: Path, runtime: str = "scripted") -> None:
+    path.write_text(DEFAULT_CONFIG.format(runtime=runtime))
+
+
+def default_dirs() -> tuple[Path, Path]:
+    """(state_dir, run_dir) from the environment, else root's or this user's defaults."""
+    if os.geteuid() == 0:
+        state, run = ROOT_STATE_DIR, ROOT_RUN_DIR
+    else:
+        xdg_state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        state = Path(xdg_state) / "hyperhive"
+        runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+        run = (
+            Path(runtime_dir) / "hyperhive"
+            if runtime_dir
+            else Path(f"/tmp/hyperhive-{os.getuid()}")
+        )
+    return (
+        Path(os.environ.get("HIVE_STATE_DIR") or state),
+        Path(os.environ.get("HIVE_RUN_DIR") or run),
+    )
+
+
+class Paths(Struct, frozen=True):
+    state_dir: Path
+    run_dir: Path
+    agents_root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "hive.sqlite"
+
+    @property
+    def admin_sock(self) -> Path:
+        return self.run_dir / "admin.sock"
+
+    @property
+    def web_sock(self) -> Path:
+        return self.run_dir / "web.sock"
+
+    def agent_sock(self, name: str) -> Path:
+        return self.run_dir / "agents" / f"{name}.sock"
+
+    def agent_state(self, name: str) -> Path:
+        return self.agents_root / name / "state"
+
+
+def resolve_paths(
+    settings: HiveSettings, state_dir: Path | None = None, run_dir: Path | None = None
+) -> Paths:
+    """Command-line dirs win over the config file, which wins over the defaults."""
+    default_state, default_run = default_dirs()
+    state = (state_dir or Path(settings.state_dir or default_state)).absolute()
+    run = (run_dir or Path(settings.run_dir or default_run)).absolute()
+    agents_root = Path(settings.agents_root).absolute() if settings.agents_root else state / "agents"
+    return Paths(state, run, agents_root)

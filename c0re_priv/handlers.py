@@ -1,0 +1,261 @@
+"""One handler per verb. A handler gets an already-typed request and a `Caller` whose role and
+agent come from the socket; it returns a reply (unary) or emits frames (streaming).
+
+Which verbs a socket may use is decided before any handler runs, by the role's union in
+`protocol.messages`; handlers therefore never check "may this role do this?", only the
+per-object rules of their verb (e.g. only a question's target may answer it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from protocol import messages as m
+
+from . import open_threads
+from .errors import Fail
+
+if TYPE_CHECKING:
+    from .hive import Hive
+    from .server import Connection
+
+
+@dataclass
+class Caller:
+    hive: Hive
+    role: m.Role
+    agent: str | None
+    conn: Connection
+    call_id: int
+
+    @property
+    def name(self) -> str:
+        """The calling agent's name (agent and manager sockets only)."""
+        assert self.agent is not None, "agent verb reached a non-agent socket"
+        return self.agent
+
+
+Emit = Callable[[m.Reply], Awaitable[None]]
+UnaryHandler = Callable[[Caller, Any], Awaitable[m.Reply]]
+StreamHandler = Callable[[Caller, Any, Emit], Awaitable[None]]
+UNARY: dict[type[m.Request], UnaryHandler] = {}
+STREAMING: dict[type[m.Request], StreamHandler] = {}
+Req = TypeVar("Req", bound=m.Request)
+
+
+def unary(
+    req_type: type[Req],
+) -> Callable[[Callable[[Caller, Req], Awaitable[m.Reply]]], Callable[[Caller, Req], Awaitable[m.Reply]]]:
+    def register(fn: Callable[[Caller, Req], Awaitable[m.Reply]]) -> Callable[[Caller, Req], Awaitable[m.Reply]]:
+        UNARY[req_type] = fn
+        return fn
+
+    return register
+
+
+def streaming(
+    req_type: type[Req],
+) -> Callable[[Callable[[Caller, Req, Emit], Awaitable[None]]], Callable[[Caller, Req, Emit], Awaitable[None]]]:
+    def register(fn: Callable[[Caller, Req, Emit], Awaitable[None]]) -> Callable[[Caller, Req, Emit], Awaitable[None]]:
+        STREAMING[req_type] = fn
+        return fn
+
+    return register
+
+
+# ------------------------------------------------------------------ every role
+
+
+@unary(m.Ping)
+async def ping(c: Caller, req: m.Ping) -> m.Reply:
+    return m.Pong(id=0, server_time=time.time())
+
+
+@unary(m.Cancel)
+async def cancel(c: Caller, req: m.Cancel) -> m.Reply:
+    scope = c.conn.streams.get(req.call)
+    if scope is None:
+        raise Fail("not_found", f"no stream with call id {req.call} on this connection")
+    scope.cancel()
+    return m.Ok(id=0)
+
+
+# ------------------------------------------------------------------ operator (web, admin)
+
+
+@unary(m.ServerInfo)
+async def server_info(c: Caller, req: m.ServerInfo) -> m.Reply:
+    h = c.hive
+    return m.Info(
+        id=0,
+        rev=h.rev,
+        protocol=h.protocol,
+        uptime_seconds=h.uptime(),
+        state_dir=str(h.paths.state_dir),
+        run_dir=str(h.paths.run_dir),
+        agents=len(h.registry.agents),
+    )
+
+
+@streaming(m.Subscribe)
+async def subscribe(c: Caller, req: m.Subscribe, emit: Emit) -> None:
+    if req.kinds is not None:
+        unknown = sorted(set(req.kinds) - m.EVENT_KINDS)
+        if unknown:
+            raise Fail("invalid", f"unknown event kinds: {', '.join(unknown)}")
+    bus = c.hive.bus
+    sub, replay = bus.subscribe(req.kinds, req.since_seq)
+    try:
+        if replay is None:
+            await emit(m.Resync(id=0, seq=bus.seq))
+        else:
+            await emit(m.Subscribed(id=0, seq=bus.seq))
+            for event in replay:
+                await emit(m.EventFrame(id=0, event=event))
+        async for event in sub.recv:
+            await emit(m.EventFrame(id=0, event=event))
+        if sub.dropped:
+            raise Fail("unavailable", "subscriber fell behind; subscribe again with since_seq")
+    finally:
+        sub.close()
+
+
+@unary(m.ListAgents)
+async def list_agents(c: Caller, req: m.ListAgents) -> m.Reply:
+    return m.Agents(id=0, agents=await c.hive.registry.rows())
+
+
+@unary(m.ListQuestions)
+async def list_questions(c: Caller, req: m.ListQuestions) -> m.Reply:
+    return m.Questions(id=0, questions=await c.hive.questions.list(req.target, req.include_closed))
+
+
+@unary(m.AnswerQuestion)
+async def answer_question(c: Caller, req: m.AnswerQuestion) -> m.Reply:
+    await c.hive.questions.answer("operator", req.question_id, req.answer)
+    return m.Ok(id=0)
+
+
+@unary(m.OperatorSend)
+async def operator_send(c: Caller, req: m.OperatorSend) -> m.Reply:
+    rows, spilled = await c.hive.broker.send("operator", req.to, req.body, req.in_reply_to)
+    return m.Sent(id=0, message_ids=[r.id for r in rows], body_file=spilled)
+
+
+@unary(m.ListMessages)
+async def list_messages(c: Caller, req: m.ListMessages) -> m.Reply:
+    rows = await c.hive.broker.list_messages(req.agent, req.thread, req.limit, req.before)
+    return m.Messages(id=0, messages=rows)
+
+
+@unary(m.GetAgentOpenThreads)
+async def agent_open_threads(c: Caller, req: m.GetAgentOpenThreads) -> m.Reply:
+    c.hive.registry.get(req.agent)
+    now = time.time()
+    threads = await c.hive.store.read(lambda conn: open_threads.for_agent(conn, req.agent, now))
+    return m.OpenThreads(id=0, threads=threads)
+
+
+# ------------------------------------------------------------------ admin only
+
+
+@unary(m.AddAgent)
+async def add_agent(c: Caller, req: m.AddAgent) -> m.Reply:
+    await c.hive.add_agent(req.name, req.role, req.model, req.runtime, req.allowed_recipients)
+    (row,) = [r for r in await c.hive.registry.rows() if r.name == req.name]
+    return m.AgentInfo(id=0, agent=row)
+
+
+@unary(m.RemoveAgent)
+async def remove_agent(c: Caller, req: m.RemoveAgent) -> m.Reply:
+    await c.hive.remove_agent(req.name)
+    return m.Ok(id=0)
+
+
+# ------------------------------------------------------------------ agent and manager
+
+
+@unary(m.Whoami)
+async def whoami(c: Caller, req: m.Whoami) -> m.Reply:
+    record = c.hive.registry.get(c.name)
+    return m.Identity(
+        id=0,
+        name=record.name,
+        role=record.role,
+        model=record.model,
+        port=c.hive.settings.web_port,
+        hyperhive_rev=c.hive.rev,
+        started_at=record.started_at,
+    )
+
+
+@unary(m.Send)
+async def send(c: Caller, req: m.Send) -> m.Reply:
+    rows, spilled = await c.hive.broker.send(c.name, req.to, req.body, req.in_reply_to)
+    return m.Sent(id=0, message_ids=[r.id for r in rows], body_file=spilled)
+
+
+@unary(m.Recv)
+async def recv(c: Caller, req: m.Recv) -> m.Reply:
+    assert c.conn.holder is not None
+    items, more = await c.hive.broker.recv(c.conn.holder, req.max, req.wait_seconds)
+    return m.Deliveries(id=0, items=items, more=more)
+
+
+@streaming(m.WaitForWork)
+async def wait_for_work(c: Caller, req: m.WaitForWork, emit: Emit) -> None:
+    assert c.conn.holder is not None
+    async for delivery, more in c.hive.broker.wait_for_work(c.conn.holder):
+        await emit(m.Work(id=0, delivery=delivery, more=more))
+
+
+@unary(m.Ack)
+async def ack(c: Caller, req: m.Ack) -> m.Reply:
+    assert c.conn.holder is not None
+    await c.hive.broker.ack(c.conn.holder, req.lease)
+    return m.Ok(id=0)
+
+
+@unary(m.Ask)
+async def ask(c: Caller, req: m.Ask) -> m.Reply:
+    q, msg = await c.hive.questions.ask(
+        c.name, req.target, req.question, req.options, req.multi, req.ttl_seconds
+    )
+    return m.Asked(id=0, question_id=q.id, message_id=msg.id)
+
+
+@unary(m.Answer)
+async def answer(c: Caller, req: m.Answer) -> m.Reply:
+    await c.hive.questions.answer(c.name, req.question_id, req.answer)
+    return m.Ok(id=0)
+
+
+@unary(m.ListMyAsks)
+async def list_my_asks(c: Caller, req: m.ListMyAsks) -> m.Reply:
+    return m.Asks(id=0, asks=await c.hive.questions.list_mine(c.name))
+
+
+@unary(m.CancelAsk)
+async def cancel_ask(c: Caller, req: m.CancelAsk) -> m.Reply:
+    await c.hive.questions.cancel(c.name, req.id)
+    return m.Ok(id=0)
+
+
+@unary(m.GetOpenThreads)
+async def get_open_threads(c: Caller, req: m.GetOpenThreads) -> m.Reply:
+    now = time.time()
+    name = c.name
+    if c.role == "manager":
+        threads = await c.hive.store.read(lambda conn: open_threads.hive_wide(conn, now))
+    else:
+        threads = await c.hive.store.read(lambda conn: open_threads.for_agent(conn, name, now))
+    return m.OpenThreads(id=0, threads=threads)
+
+
+@unary(m.SetStatus)
+async def set_status(c: Caller, req: m.SetStatus) -> m.Reply:
+    await c.hive.registry.set_status(c.name, req.text)
+    return m.Ok(id=0)

@@ -1,0 +1,201 @@
+"""`Hive`: the daemon's services wired together, and `run_hive`, the nursery that runs them.
+
+`run_hive` is the whole daemon's lifetime in one function. Two nurseries, visibly nested:
+the outer one owns the store writer; the inner one owns the sockets, the lease reaper and
+the question expiry. Shutdown (SIGTERM/SIGINT, or cancelling the caller) cancels the inner
+nursery first, so every connection can hand its leases back while the writer is still
+alive; then the writer commits whatever is still queued and the sockets are unlinked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from protocol.messages import PROTOCOL_VERSION
+
+from .broker import Broker
+from .config import HiveConfig, Paths
+from .errors import Fail
+from .events import EventBus
+from .questions import Questions
+from .registry import Registry
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+def detect_rev() -> str:
+    """`HIVE_REV`, else the git commit of this source tree, else the package version."""
+    if rev := os.environ.get("HIVE_REV"):
+        return rev
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hyperhive")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Hive:
+    """Every service of one daemon; built before serving, used by the request handlers."""
+
+    def __init__(self, config: HiveConfig, paths: Paths) -> None:
+        self.config = config
+        self.settings = config.hive
+        self.paths = paths
+        self.rev = detect_rev()
+        self.protocol = PROTOCOL_VERSION
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        for directory, mode in (
+            (paths.state_dir, 0o755),
+            (paths.run_dir, 0o751),
+            (paths.run_dir / "agents", 0o711),
+            (paths.agents_root, 0o755),
+        ):
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, mode)
+        self.store = Store.open(paths.db)
+        self.bus = EventBus(self.settings.event_replay)
+        self.registry = Registry(self.store, self.bus)
+        self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths)
+        self.questions = Questions(self.store, self.bus, self.registry, self.broker)
+        self.sockets: SocketHubLike | None = None
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def ensure_agent_dirs(self, name: str) -> None:
+        self.paths.agent_state(name).mkdir(parents=True, exist_ok=True)
+
+    async def add_agent(
+        self,
+        name: str,
+        role: str,
+        model: str,
+        runtime: str,
+        allowed_recipients: list[str] | None,
+    ) -> None:
+        if role not in ("agent", "manager"):
+            raise Fail("invalid", f"unknown role {role!r}")
+        await self.registry.add(name, role, model, runtime, allowed_recipients)  # type: ignore[arg-type]
+        self.ensure_agent_dirs(name)
+        if self.sockets is not None:
+            await self.sockets.open_agent(name)
+
+    async def remove_agent(self, name: str) -> None:
+        self.registry.get(name)
+        if self.sockets is not None:
+            self.sockets.close_agent(name)
+        await self.registry.remove(name)
+
+
+class SocketHubLike(Protocol):
+    """What `Hive` needs of the socket hub (defined in `server`, which imports this module)."""
+
+    async def open_agent(self, name: str) -> None: ...
+
+    def close_agent(self, name: str) -> None: ...
+
+
+def sd_notify(message: str) -> bool:
+    """Send a systemd notification (`READY=1`, …) if `NOTIFY_SOCKET` is set."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return False
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+async def sync_config_agents(hive: Hive) -> list[str]:
+    """Register every agent named in the config that the registry does not know yet."""
+    added = []
+    for name, agent in sorted(hive.config.agents.items()):
+        if name in hive.registry.agents:
+            continue
+        await hive.add_agent(name, agent.role, agent.model, agent.runtime, agent.allowed_recipients)
+        added.append(name)
+    return added
+
+
+async def run_hive(
+    config: HiveConfig,
+    paths: Paths,
+    *,
+    handle_signals: bool = True,
+    on_ready: Callable[[Hive], None] | None = None,
+    task_status: trio.TaskStatus[Hive] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one daemon until cancelled or signalled; returns after a clean shutdown."""
+    from .server import SocketHub
+
+    hive = Hive(config, paths)
+    try:
+        async with trio.open_nursery() as core:
+            await core.start(hive.store.run_writer)
+            async with trio.open_nursery() as services:
+                await hive.registry.load()
+                orphans = await hive.broker.requeue_orphans()
+                if orphans:
+                    log.info("requeued %d message(s) leased before the last shutdown", orphans)
+                hub = SocketHub(hive, services)
+                hive.sockets = hub
+                await hub.open_fixed()
+                added = await sync_config_agents(hive)
+                for name in hive.registry.names():
+                    if name not in added:
+                        hive.ensure_agent_dirs(name)
+                        await hub.open_agent(name)
+                await services.start(hive.broker.run_lease_reaper)
+                await services.start(hive.questions.run_expiry)
+                if handle_signals:
+                    services.start_soon(_cancel_on_signal, services.cancel_scope)
+                log.info(
+                    "hyperhive %s serving on %s (%d agents)",
+                    hive.rev,
+                    paths.run_dir,
+                    len(hive.registry.agents),
+                )
+                sd_notify("READY=1")
+                if on_ready is not None:
+                    on_ready(hive)
+                task_status.started(hive)
+            core.cancel_scope.cancel()
+    finally:
+        hive.store.close()
+        log.info("hyperhive stopped")
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+            scope.cancel()
+            return

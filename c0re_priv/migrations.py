@@ -1,0 +1,136 @@
+"""Numbered schema migrations, run at start-up; each is idempotent and runs in one transaction.
+
+A migration may be run against a database that already has some or all of its effect (a
+crash between its DDL and its bookkeeping row, or an operator running it twice): every
+`CREATE` says `IF NOT EXISTS` and every added column is guarded by a look at the table's
+current columns. Never edit a landed migration; append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def add_column(db: sqlite_utils.Database, table: str, column: str, sql_type: str) -> None:
+    """`ALTER TABLE … ADD COLUMN`, unless the column is already there."""
+    if column not in db.table(table).columns_dict:
+        db.execute(f"ALTER TABLE [{table}] ADD COLUMN [{column}] {sql_type}")
+
+
+def execute_all(db: sqlite_utils.Database, script: str) -> None:
+    """Run `;`-separated statements one by one (`executescript` would COMMIT midway)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def m001_initial(db: sqlite_utils.Database) -> None:
+    execute_all(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS agents (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            runtime TEXT NOT NULL DEFAULT 'scripted',
+            allowed_recipients TEXT,
+            status_text TEXT NOT NULL DEFAULT '',
+            status_set_at REAL,
+            created_at REAL NOT NULL,
+            started_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            body TEXT NOT NULL,
+            in_reply_to INTEGER,
+            thread INTEGER NOT NULL DEFAULT 0,
+            kind TEXT NOT NULL DEFAULT 'message',
+            state TEXT NOT NULL DEFAULT 'queued',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            broadcast INTEGER NOT NULL DEFAULT 0,
+            question_id INTEGER,
+            lease TEXT,
+            lease_expires REAL,
+            created_at REAL NOT NULL,
+            acked_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS messages_inbox ON messages (recipient, state, id);
+        CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender, id);
+        CREATE INDEX IF NOT EXISTS messages_thread ON messages (thread, id);
+        CREATE UNIQUE INDEX IF NOT EXISTS messages_lease ON messages (lease)
+            WHERE lease IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS messages_lease_expiry ON messages (lease_expires)
+            WHERE state = 'leased';
+        CREATE TABLE IF NOT EXISTS questions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            asker TEXT NOT NULL,
+            target TEXT NOT NULL,
+            question TEXT NOT NULL,
+            options TEXT,
+            multi INTEGER NOT NULL DEFAULT 0,
+            asked_at REAL NOT NULL,
+            expires_at REAL,
+            state TEXT NOT NULL DEFAULT 'open',
+            answer TEXT,
+            answered_at REAL,
+            message_id INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS questions_asker ON questions (asker, state);
+        CREATE INDEX IF NOT EXISTS questions_target ON questions (target, state);
+        CREATE INDEX IF NOT EXISTS questions_expiry ON questions (expires_at)
+            WHERE state = 'open' AND expires_at IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS approvals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            requested_by TEXT NOT NULL,
+            requested_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            resolved_at REAL,
+            note TEXT
+        );
+        CREATE INDEX IF NOT EXISTS approvals_requester ON approvals (requested_by, status);
+        """
+    )
+
+
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "initial", m001_initial),
+]
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str, Migration]] | None = None) -> list[int]:
+    """Apply every migration not yet recorded; return the numbers applied."""
+    db = sqlite_utils.Database(conn)
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations"
+        " (number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT number FROM _migrations")}
+    applied: list[int] = []
+    for number, name, step in migrations if migrations is not None else MIGRATIONS:
+        if number in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            conn.execute(
+                "INSERT OR IGNORE INTO _migrations (number, name, applied_at) VALUES (?, ?, ?)",
+                (number, name, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        applied.append(number)
+    return applied

@@ -1,0 +1,164 @@
+"""The daemon's one sqlite file: a group-committing writer task and a pool of readers.
+
+`Store.write(fn)` queues `fn(conn)`; the writer task takes every queued job, runs them in
+one transaction (each inside its own savepoint, so one failing job rolls back only itself),
+commits once, and wakes each caller with its result once the commit is durable
+(`synchronous=FULL` in WAL mode). `Store.read(fn)` runs on a separate connection from a
+small pool. All sqlite work happens in worker threads, never on the trio thread; a batch
+that has begun is never interrupted. On cancellation the writer commits what is already
+queued before it returns: a caller that was told "done" always finds its write on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from .migrations import migrate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 1024
+READERS = 4
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _Job(Generic[T]):
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self.fn = fn
+        self.done = trio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class StoreClosed(Exception):
+    """A write was queued after the writer stopped."""
+
+
+class Store:
+    """One sqlite database in WAL mode; create with `Store.open`, run `run_writer` in a nursery."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, readers: list[sqlite3.Connection]):
+        self.path = path
+        self._writer = writer
+        self._readers = readers
+        self._reader_limit = trio.CapacityLimiter(len(readers))
+        self._send, self._recv = trio.open_memory_channel[_Job[Any]](MAX_BATCH * 16)
+        self._closed = False
+        self.batches = 0
+        self.committed_jobs = 0
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate the database. Blocking; call before serving."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _connect(path)
+        mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise RuntimeError(f"sqlite refused WAL mode for {path} (got {mode})")
+        writer.execute("PRAGMA synchronous=FULL")
+        migrate(writer)
+        readers = [_connect(path) for _ in range(READERS)]
+        return cls(path, writer, readers)
+
+    def close(self) -> None:
+        self._closed = True
+        self._writer.close()
+        for conn in self._readers:
+            conn.close()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` inside the next group commit; return its result once durable.
+
+        An exception raised by `fn` rolls back `fn`'s own changes only and is re-raised here.
+        """
+        if self._closed:
+            raise StoreClosed("the store writer has stopped")
+        job: _Job[T] = _Job(fn)
+        await self._send.send(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on a reader connection (sees every committed write)."""
+        async with self._reader_limit:
+            conn = self._readers.pop()
+            try:
+                return await trio.to_thread.run_sync(fn, conn)
+            finally:
+                self._readers.append(conn)
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The single writer. Commits what is queued when cancelled, then returns."""
+        task_status.started()
+        try:
+            while True:
+                first = await self._recv.receive()
+                await self._commit(self._drain(first))
+        finally:
+            with trio.CancelScope(shield=True):
+                self._closed = True
+                while True:
+                    try:
+                        first = self._recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    await self._commit(self._drain(first))
+
+    def _drain(self, first: _Job[Any]) -> list[_Job[Any]]:
+        jobs = [first]
+        while len(jobs) < MAX_BATCH:
+            try:
+                jobs.append(self._recv.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return jobs
+
+    async def _commit(self, jobs: list[_Job[Any]]) -> None:
+        # to_thread.run_sync is not abandoned on cancel: a begun batch always finishes.
+        failure: BaseException | None = None
+        try:
+            await trio.to_thread.run_sync(self._run_batch, jobs)
+        except BaseException as exc:  # the COMMIT itself failed: every job failed
+            failure = exc
+            log.exception("group commit of %d writes failed", len(jobs))
+        for job in jobs:
+            if failure is not None and job.error is None:
+                job.error = failure
+            job.done.set()
+        self.batches += 1
+        self.committed_jobs += len(jobs)
+
+    def _run_batch(self, jobs: list[_Job[Any]]) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except Exception as exc:  # the job's own failure, handed back to its caller
+                    job.error = exc
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,288 @@
+"""Clients of the daemon: an async one on anyio (trio or asyncio) and a blocking one for the CLI.
+
+`HiveClient` multiplexes many calls over one connection: a reader task routes each reply to
+the call that sent its `id`, and streaming calls (`Subscribe`, `WaitForWork`) receive every
+frame with their id until they are closed, which sends `Cancel` to the daemon. A stream whose
+consumer falls too far behind is closed with an `unavailable` error rather than stalling the
+other calls of the connection. The client never retries on its own: a lost connection fails
+every pending call with `ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
+from .messages import PROTOCOL_VERSION, Cancel, Error, Hello, Reply, Request, Welcome
+from .wire import encode, encode_call, reply_decoder, welcome_decoder
+
+R = TypeVar("R", bound=Reply)
+STREAM_BUFFER = 4096
+
+
+class HiveError(Exception):
+    """The daemon answered with a typed `Error`; `code` says which kind."""
+
+    def __init__(self, code: str, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after_seconds = retry_after_seconds
+
+    @classmethod
+    def from_reply(cls, err: Error) -> HiveError:
+        return cls(err.code, err.message, err.retry_after_seconds)
+
+
+class ConnectionLost(HiveError):
+    def __init__(self, message: str = "connection to the daemon was lost") -> None:
+        super().__init__("unavailable", message)
+
+
+def _check(reply: Reply) -> Reply:
+    if isinstance(reply, Error):
+        raise HiveError.from_reply(reply)
+    return reply
+
+
+class HiveClient:
+    """One connection to a daemon socket. Create with `HiveClient.connect(path)`."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, welcome: Welcome, max_frame: int) -> None:
+        self._stream = stream
+        self.welcome = welcome
+        self._max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._pending: dict[int, MemoryObjectSendStream[Reply | HiveError]] = {}
+        self._send_lock = anyio.Lock()
+        self._closed: HiveError | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, path: str, client: str = "hive", max_frame: int = DEFAULT_MAX_FRAME
+    ) -> AsyncIterator[HiveClient]:
+        """Connect, say `Hello`, and serve replies until the block exits."""
+        try:
+            stream = await anyio.connect_unix(path)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+        async with stream:
+            decoder = FrameDecoder(max_frame)
+            await stream.send(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
+            first, leftover = await _read_one(stream, decoder)
+            answer = welcome_decoder.decode(first)
+            if isinstance(answer, Error):
+                raise HiveError.from_reply(answer)
+            self = cls(stream, answer, max_frame)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_loop, decoder, leftover)
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+
+    async def _read_loop(self, decoder: FrameDecoder, leftover: list[bytes]) -> None:
+        reason = ConnectionLost()
+        try:
+            for body in leftover:
+                self._route(body)
+            while True:
+                try:
+                    data = await self._stream.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    return
+                for body in decoder.feed(data):
+                    self._route(body)
+        except FrameError as exc:
+            reason = ConnectionLost(f"damaged frame from the daemon: {exc}")
+        finally:
+            self._closed = reason
+            for chan in self._pending.values():
+                try:
+                    chan.send_nowait(reason)
+                except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+                chan.close()
+            self._pending.clear()
+
+    def _route(self, body: bytes) -> None:
+        reply: Reply = reply_decoder.decode(body)
+        chan = self._pending.get(reply.id)
+        if chan is None:
+            return  # a late frame for a call that already finished
+        try:
+            chan.send_nowait(reply)
+        except anyio.WouldBlock:
+            del self._pending[reply.id]
+            chan.close()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            del self._pending[reply.id]
+
+    def _open(self, buffer: float) -> tuple[int, MemoryObjectReceiveStream[Reply | HiveError]]:
+        if self._closed is not None:
+            raise self._closed
+        call_id = next(self._ids)
+        send, recv = anyio.create_memory_object_stream[Reply | HiveError](buffer)
+        self._pending[call_id] = send
+        return call_id, recv
+
+    async def _send(self, call_id: int, req: Request) -> None:
+        frame = encode_call(call_id, req, self._max_frame)
+        async with self._send_lock:
+            try:
+                await self._stream.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLost() from exc
+
+    async def call(self, req: Request) -> Reply:
+        """Send one request and return its reply; a typed `Error` raises `HiveError`."""
+        call_id, recv = self._open(1)
+        with recv:
+            try:
+                await self._send(call_id, req)
+                try:
+                    reply = await recv.receive()
+                except anyio.EndOfStream:
+                    raise self._closed or ConnectionLost() from None
+            finally:
+                self._pending.pop(call_id, None)
+        if isinstance(reply, HiveError):
+            raise reply
+        return _check(reply)
+
+    async def expect(self, req: Request, reply_type: type[R]) -> R:
+        """`call`, checking the reply's type."""
+        reply = await self.call(req)
+        if not isinstance(reply, reply_type):
+            raise HiveError("internal", f"expected {reply_type.__name__}, got {type(reply).__name__}")
+        return reply
+
+    @asynccontextmanager
+    async def stream(self, req: Request) -> AsyncIterator[AsyncIterator[Reply]]:
+        """Send a streaming request; iterate its frames; leaving the block cancels it."""
+        call_id, recv = self._open(STREAM_BUFFER)
+
+        async def frames() -> AsyncIterator[Reply]:
+            async for item in recv:
+                if isinstance(item, HiveError):
+                    raise item
+                yield _check(item)
+            if self._closed is not None:
+                raise self._closed
+            raise HiveError("unavailable", "stream closed: the consumer fell too far behind")
+
+        try:
+            await self._send(call_id, req)
+            yield frames()
+        finally:
+            with recv:
+                if self._pending.pop(call_id, None) is not None and self._closed is None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        try:
+                            await self._send(next(self._ids), Cancel(call=call_id))
+                        except ConnectionLost:
+                            pass
+
+
+async def _read_one(
+    stream: anyio.abc.ByteReceiveStream, decoder: FrameDecoder
+) -> tuple[bytes, list[bytes]]:
+    while True:
+        try:
+            data = await stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise ConnectionLost("the daemon closed the connection during the handshake") from exc
+        bodies = decoder.feed(data)
+        if bodies:
+            return bodies[0], bodies[1:]
+
+
+class SyncClient:
+    """A blocking client for one-shot CLI calls; no streams, no concurrency."""
+
+    def __init__(self, sock: socket.socket, welcome: Welcome, max_frame: int) -> None:
+        self._sock = sock
+        self.welcome = welcome
+        self._decoder = FrameDecoder(max_frame)
+        self._max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._ready: list[bytes] = []
+
+    @classmethod
+    @contextmanager
+    def connect(
+        cls,
+        path: str,
+        client: str = "hive-cli",
+        max_frame: int = DEFAULT_MAX_FRAME,
+        timeout: float | None = 30.0,
+    ) -> Iterator[SyncClient]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            try:
+                sock.connect(path)
+            except OSError as exc:
+                raise ConnectionLost(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+            self = cls(sock, Welcome(protocol="", role="admin", agent=None, server_rev=""), max_frame)
+            sock.sendall(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
+            answer = welcome_decoder.decode(self._next_body())
+            if isinstance(answer, Error):
+                raise HiveError.from_reply(answer)
+            self.welcome = answer
+            yield self
+        finally:
+            sock.close()
+
+    def _next_body(self) -> bytes:
+        while not self._ready:
+            try:
+                data = self._sock.recv(65536)
+            except OSError as exc:
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            if not data:
+                raise ConnectionLost()
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.pop(0)
+
+    def call(self, req: Request) -> Reply:
+        call_id = next(self._ids)
+        try:
+            self._sock.sendall(encode_call(call_id, req, self._max_frame))
+        except OSError as exc:
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        while True:
+            reply: Reply = reply_decoder.decode(self._next_body())
+            if reply.id == call_id:
+                return _check(reply)
+
+    def expect(self, req: Request, reply_type: type[R]) -> R:
+        reply = self.call(req)
+        if not isinstance(reply, reply_type):
+            raise HiveError("internal", f"expected {reply_type.__name__}, got {type(reply).__name__}")
+        return reply
+
+    def frames(self, req: Request, limit: float = math.inf) -> Iterator[Reply]:
+        """Blocking iteration over a streaming request's frames (for `hive ctl events`)."""
+        call_id = next(self._ids)
+        self._sock.sendall(encode_call(call_id, req, self._max_frame))
+        count = 0
+        while count < limit:
+            reply: Reply = reply_decoder.decode(self._next_body())
+            if reply.id == call_id:
+                count += 1
+                yield _check(reply)
+
+
+__all__ = ["ConnectionLost", "HiveClient", "HiveError", "SyncClient"]
+

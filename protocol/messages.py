@@ -1,0 +1,625 @@
+"""Every wire shape of hyperhive: requests, replies, events and the rows they carry.
+
+This module is the schema, the validator and the documentation at once: constraints live on
+the fields (`Meta`), and nothing outside `protocol/` defines a wire shape. Requests travel
+inside a `Call{id, req}` envelope whose `id` every reply echoes, so a verb is free to use
+`id` for the thing it acts on (`CancelAsk{id}`). Each socket role decodes `req` with its own
+union (`AGENT_REQUESTS`, `MANAGER_REQUESTS`, `WEB_REQUESTS`, `ADMIN_REQUESTS`): a verb that
+is not in a role's union cannot even be expressed on that role's socket.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+PROTOCOL_VERSION = "1.0"
+"""major.minor; a peer with another major is refused with `Error{code="version"}`."""
+
+AGENT_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}\Z"
+AgentName = Annotated[str, Meta(pattern=AGENT_NAME_PATTERN, max_length=31)]
+"""An agent's name: lowercase letter, then up to 30 of `[a-z0-9-]`. Never a path."""
+
+Recipient = Annotated[str, Meta(min_length=1, max_length=31)]
+"""An agent name, `"operator"` or `"*"` (every other agent)."""
+
+Role = Literal["agent", "manager", "web", "admin"]
+AgentRole = Literal["agent", "manager"]
+MessageState = Literal["queued", "leased", "acked"]
+MessageKind = Literal["message", "question", "answer", "system"]
+QuestionState = Literal["open", "answered", "cancelled", "expired"]
+ErrorCode = Literal[
+    "bad_frame",
+    "unknown_op",
+    "invalid",
+    "not_found",
+    "forbidden",
+    "too_large",
+    "version",
+    "rate_limited",
+    "conflict",
+    "unavailable",
+    "internal",
+]
+
+MessageId = Annotated[int, Meta(ge=1)]
+Body = Annotated[str, Meta(max_length=262_144)]
+"""Message text; the frame limit bounds it, the daemon's body cap moves the excess to a file."""
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+class Hello(Struct, tag="hello", tag_field="op", kw_only=True, forbid_unknown_fields=True):
+    """The client's first frame on every connection."""
+
+    protocol: Annotated[str, Meta(max_length=16)]
+    client: Annotated[str, Meta(max_length=64)] = ""
+
+
+class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True):
+    """The daemon's answer to `Hello`: who the socket says you are."""
+
+    protocol: str
+    role: Role
+    agent: str | None
+    server_rev: str
+
+
+# --------------------------------------------------------------------------- rows
+
+
+class AgentRow(Struct, kw_only=True):
+    name: str
+    role: AgentRole
+    model: str
+    runtime: str
+    allowed_recipients: list[str] | None
+    running: bool
+    status_text: str
+    status_set_at: float | None
+    last_seen: float | None
+    created_at: float
+    queued: int
+    leased: int
+
+
+class MessageRow(Struct, kw_only=True):
+    id: int
+    from_: str = field(name="from")
+    to: str
+    body: str
+    in_reply_to: int | None
+    thread: int
+    """Id of the root message of this conversation (itself when it is a root)."""
+    kind: MessageKind
+    state: MessageState
+    attempts: int
+    broadcast: bool
+    hint: str | None
+    question_id: int | None
+    created_at: float
+    acked_at: float | None
+
+
+class Delivery(Struct, kw_only=True):
+    """A message leased to its recipient; `Ack{lease}` marks it delivered."""
+
+    lease: str
+    message: MessageRow
+
+
+class QuestionRow(Struct, kw_only=True):
+    id: int
+    asker: str
+    target: str
+    question: str
+    options: list[str] | None
+    multi: bool
+    asked_at: float
+    expires_at: float | None
+    state: QuestionState
+    answer: str | None
+    answered_at: float | None
+    message_id: int
+
+
+class AskRow(Struct, kw_only=True):
+    id: int
+    target: str
+    question: str
+    asked_at: float
+
+
+class ApprovalThread(Struct, tag="approval", tag_field="kind", kw_only=True):
+    id: int
+    agent: str
+    summary: str
+    age_seconds: float
+
+
+class QuestionThread(Struct, tag="question", tag_field="kind", kw_only=True):
+    id: int
+    agent: str
+    """Whose thread this is: the asker when `role="asker"`, the target otherwise."""
+    role: Literal["asker", "target"]
+    counterparty: str
+    summary: str
+    age_seconds: float
+
+
+OpenThread: TypeAlias = ApprovalThread | QuestionThread
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class Request(Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True):
+    """Base of every verb; the concrete class's `tag` is its `op` on the wire."""
+
+
+class Ping(Request, tag="ping"):
+    """Liveness check; answered by `Pong`."""
+
+
+class Cancel(Request, tag="cancel"):
+    """End a streaming request of this connection (`Subscribe`, `WaitForWork`)."""
+
+    call: Annotated[int, Meta(ge=0)]
+
+
+class ServerInfo(Request, tag="server_info"):
+    """Daemon revision, protocol, uptime and directories; answered by `Info`."""
+
+
+class Subscribe(Request, tag="subscribe"):
+    """Stream events (`EventFrame`), replaying those after `since_seq` from the buffer.
+
+    Answered first by `Subscribed{seq}`, or by `Resync{seq}` when `since_seq` is older than
+    the replay buffer (fetch a fresh snapshot; live events follow either way).
+    """
+
+    kinds: list[Annotated[str, Meta(max_length=64)]] | None = None
+    since_seq: Annotated[int, Meta(ge=0)] | None = None
+
+
+class AddAgent(Request, tag="add_agent"):
+    """Register an agent and open its socket `agents/<name>.sock`."""
+
+    name: AgentName
+    role: AgentRole = "agent"
+    model: Annotated[str, Meta(max_length=128)] = ""
+    runtime: Annotated[str, Meta(max_length=32)] = "scripted"
+    allowed_recipients: list[Recipient] | None = None
+
+
+class RemoveAgent(Request, tag="remove_agent"):
+    """Unregister an agent and remove its socket. Its messages stay in the log."""
+
+    name: AgentName
+
+
+class ListAgents(Request, tag="list_agents"):
+    """Every registered agent; answered by `Agents`."""
+
+
+class Whoami(Request, tag="whoami"):
+    """Who the calling agent is, from its socket; answered by `Identity`."""
+
+
+class Send(Request, tag="send"):
+    """Send a message to an agent, to `"operator"`, or to `"*"` (every other agent)."""
+
+    to: Recipient
+    body: Body
+    in_reply_to: MessageId | None = None
+
+
+class Recv(Request, tag="recv"):
+    """Lease up to `max` queued messages, waiting up to `wait_seconds` for the first."""
+
+    max: Annotated[int, Meta(ge=1, le=100)] = 1
+    wait_seconds: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class WaitForWork(Request, tag="wait_for_work"):
+    """Streaming long-poll for the harness: one `Work` frame per leased message.
+
+    The next message is leased only once the previous lease is acked or released.
+    """
+
+
+class Ack(Request, tag="ack"):
+    """Mark a leased message delivered. Only the recipient's socket can ack it."""
+
+    lease: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Ask(Request, tag="ask"):
+    """Ask the operator or another agent a question; the answer comes back as a message."""
+
+    target: Recipient
+    question: Body
+    options: list[Annotated[str, Meta(max_length=200)]] | None = None
+    multi: bool = False
+    ttl_seconds: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Answer(Request, tag="answer"):
+    """Answer a question addressed to you."""
+
+    question_id: Annotated[int, Meta(ge=1)]
+    answer: Body
+
+
+class ListMyAsks(Request, tag="list_my_asks"):
+    """Your own questions still waiting for an answer; answered by `Asks`."""
+
+
+class CancelAsk(Request, tag="cancel_ask"):
+    """Withdraw one of your own open questions."""
+
+    id: Annotated[int, Meta(ge=1)]
+
+
+class GetOpenThreads(Request, tag="get_open_threads"):
+    """What is still open against you (a manager gets the hive-wide list)."""
+
+
+class SetStatus(Request, tag="set_status"):
+    """Say what you are doing; shown on the dashboard next to your name."""
+
+    text: Annotated[str, Meta(max_length=500)]
+
+
+class ListQuestions(Request, tag="list_questions"):
+    """Questions, by default the open ones addressed to the operator."""
+
+    target: Recipient | None = "operator"
+    include_closed: bool = False
+
+
+class AnswerQuestion(Request, tag="answer_question"):
+    """The operator answers a question addressed to `"operator"`."""
+
+    question_id: Annotated[int, Meta(ge=1)]
+    answer: Body
+
+
+class OperatorSend(Request, tag="operator_send"):
+    """The operator sends a message to an agent or to `"*"`."""
+
+    to: Recipient
+    body: Body
+    in_reply_to: MessageId | None = None
+
+
+class ListMessages(Request, tag="list_messages"):
+    """Recent messages, newest first, optionally only one agent's or one thread's."""
+
+    agent: Recipient | None = None
+    thread: MessageId | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    before: MessageId | None = None
+
+
+class GetAgentOpenThreads(Request, tag="get_open_threads"):
+    """Operator flavour of `GetOpenThreads`: one agent's open threads (same op on the wire)."""
+
+    agent: AgentName
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class Reply(Struct, tag_field="type", kw_only=True):
+    """Base of every answer; `id` echoes the `Call` it answers."""
+
+    id: int
+
+
+class Error(Reply, tag="error"):
+    code: ErrorCode
+    message: str
+    retry_after_seconds: float | None = None
+
+
+class Ok(Reply, tag="ok"):
+    pass
+
+
+class Pong(Reply, tag="pong"):
+    server_time: float
+
+
+class Info(Reply, tag="info"):
+    rev: str
+    protocol: str
+    uptime_seconds: float
+    state_dir: str
+    run_dir: str
+    agents: int
+
+
+class Agents(Reply, tag="agents"):
+    agents: list[AgentRow]
+
+
+class AgentInfo(Reply, tag="agent"):
+    agent: AgentRow
+
+
+class Identity(Reply, tag="identity"):
+    name: str
+    role: AgentRole
+    model: str
+    port: int | None
+    hyperhive_rev: str
+    started_at: float
+
+
+class Subscribed(Reply, tag="subscribed"):
+    seq: int
+    """The newest event seq at the time of subscribing."""
+
+
+class Resync(Reply, tag="resync"):
+    seq: int
+    """`since_seq` was older than the replay buffer: reload state, then follow from `seq`."""
+
+
+class Sent(Reply, tag="sent"):
+    message_ids: list[int]
+    body_file: str | None
+    """Where an oversize body was written in full, if it was."""
+
+
+class Deliveries(Reply, tag="deliveries"):
+    items: list[Delivery]
+    more: int
+    """Messages still queued for you after these."""
+
+
+class Work(Reply, tag="work"):
+    delivery: Delivery
+    more: int
+
+
+class Asked(Reply, tag="asked"):
+    question_id: int
+    message_id: int
+
+
+class Asks(Reply, tag="asks"):
+    asks: list[AskRow]
+
+
+class OpenThreads(Reply, tag="open_threads"):
+    threads: list[OpenThread]
+
+
+class Questions(Reply, tag="questions"):
+    questions: list[QuestionRow]
+
+
+class Messages(Reply, tag="messages"):
+    messages: list[MessageRow]
+
+
+# --------------------------------------------------------------------------- events
+
+
+class Event(Struct, tag_field="kind", kw_only=True):
+    seq: int = 0
+    at: float = 0.0
+
+
+class AgentAdded(Event, tag="agent_added"):
+    agent: AgentRow
+
+
+class AgentRemoved(Event, tag="agent_removed"):
+    name: str
+
+
+class AgentStateChanged(Event, tag="agent_state_changed"):
+    name: str
+    state: str
+    reason: str
+
+
+class StatusChanged(Event, tag="status_changed"):
+    name: str
+    text: str
+
+
+class MessageSent(Event, tag="message_sent"):
+    message: MessageRow
+
+
+class MessageLeased(Event, tag="message_leased"):
+    message_id: int
+    agent: str
+    attempts: int
+
+
+class MessageAcked(Event, tag="message_acked"):
+    message_id: int
+    agent: str
+
+
+class MessageRequeued(Event, tag="message_requeued"):
+    message_id: int
+    agent: str
+    attempts: int
+    reason: str
+
+
+class QuestionAsked(Event, tag="question_asked"):
+    question: QuestionRow
+
+
+class QuestionAnswered(Event, tag="question_answered"):
+    question_id: int
+    asker: str
+    target: str
+    answer: str
+    expired: bool
+
+
+class QuestionCancelled(Event, tag="question_cancelled"):
+    question_id: int
+    asker: str
+    target: str
+
+
+class Note(Event, tag="note"):
+    agent: str | None
+    text: str
+
+
+AnyEvent: TypeAlias = (
+    AgentAdded
+    | AgentRemoved
+    | AgentStateChanged
+    | StatusChanged
+    | MessageSent
+    | MessageLeased
+    | MessageAcked
+    | MessageRequeued
+    | QuestionAsked
+    | QuestionAnswered
+    | QuestionCancelled
+    | Note
+)
+EVENT_KINDS: frozenset[str] = frozenset(
+    t.__struct_config__.tag for t in AnyEvent.__args__  # type: ignore[attr-defined]
+)
+
+
+class EventFrame(Reply, tag="event"):
+    event: AnyEvent
+
+
+AnyReply: TypeAlias = (
+    Error
+    | Ok
+    | Pong
+    | Info
+    | Agents
+    | AgentInfo
+    | Identity
+    | Subscribed
+    | Resync
+    | EventFrame
+    | Sent
+    | Deliveries
+    | Work
+    | Asked
+    | Asks
+    | OpenThreads
+    | Questions
+    | Messages
+)
+
+
+# --------------------------------------------------------------------------- role unions
+
+AGENT_REQUESTS: tuple[type[Request], ...] = (
+    Ping,
+    Cancel,
+    Whoami,
+    Send,
+    Recv,
+    WaitForWork,
+    Ack,
+    Ask,
+    Answer,
+    ListMyAsks,
+    CancelAsk,
+    GetOpenThreads,
+    SetStatus,
+)
+MANAGER_REQUESTS: tuple[type[Request], ...] = (*AGENT_REQUESTS,)
+OPERATOR_REQUESTS: tuple[type[Request], ...] = (
+    Ping,
+    Cancel,
+    ServerInfo,
+    Subscribe,
+    ListAgents,
+    ListQuestions,
+    AnswerQuestion,
+    OperatorSend,
+    ListMessages,
+    GetAgentOpenThreads,
+)
+WEB_REQUESTS: tuple[type[Request], ...] = OPERATOR_REQUESTS
+ADMIN_REQUESTS: tuple[type[Request], ...] = (*OPERATOR_REQUESTS, AddAgent, RemoveAgent)
+
+ROLE_REQUESTS: dict[Role, tuple[type[Request], ...]] = {
+    "agent": AGENT_REQUESTS,
+    "manager": MANAGER_REQUESTS,
+    "web": WEB_REQUESTS,
+    "admin": ADMIN_REQUESTS,
+}
+
+
+def op_of(request_type: type[Request]) -> str:
+    """The `op` string a request type carries on the wire."""
+    tag = request_type.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+ALL_OPS: frozenset[str] = frozenset(op_of(t) for ts in ROLE_REQUESTS.values() for t in ts)
+
+
+def _union(members: tuple[type[Request], ...]) -> Any:
+    union: Any = members[0]
+    for member in members[1:]:
+        union = union | member
+    return union
+
+
+AgentRequest: Any = _union(AGENT_REQUESTS)
+ManagerRequest: Any = _union(MANAGER_REQUESTS)
+WebRequest: Any = _union(WEB_REQUESTS)
+AdminRequest: Any = _union(ADMIN_REQUESTS)
+ROLE_UNIONS: dict[Role, Any] = {
+    "agent": AgentRequest,
+    "manager": ManagerRequest,
+    "web": WebRequest,
+    "admin": AdminRequest,
+}
+
+CallId = Annotated[int, Meta(ge=0, le=2**53)]
+
+
+class Call(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The envelope of every request: `id` correlates, `req` is the verb.
+
+    Clients encode with this class; the daemon decodes with `call_type(role)`, the same
+    shape with `req` narrowed to that role's union.
+    """
+
+    id: CallId
+    req: Request
+
+
+class CallHeader(Struct):
+    """What the daemon can still read of a call it could not decode, to name the error."""
+
+    id: CallId | None = None
+    req: dict[str, Any] | None = None
+
+
+def call_type(role: Role) -> Any:
+    """The `Call` shape a role's socket decodes: `req` restricted to that role's union."""
+    return msgspec.defstruct(
+        f"{role.title()}Call",
+        [("id", CallId), ("req", ROLE_UNIONS[role])],
+        kw_only=True,
+        forbid_unknown_fields=True,
+    )
