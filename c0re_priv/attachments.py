@@ -13,7 +13,8 @@ from pathlib import Path
 
 import trio
 
-from .safe_fs import write_new_file
+from .errors import Fail
+from .safe_fs import UnsafePath, write_new_file
 
 EXCERPT_CHARS = 160
 _counter = itertools.count(1)
@@ -42,10 +43,15 @@ async def spill_oversize(
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now if now is not None else time.time()))
     name = f"{stamp}-{next(_counter)}.md"
     parts = [owner, "state", "auto-msg"]
-    await trio.to_thread.run_sync(
-        lambda: write_new_file(agents_root, parts, name, body.encode(), owner=owner_ids)
-    )
     path = agents_root.joinpath(*parts, name)
+    try:
+        await trio.to_thread.run_sync(
+            lambda: write_new_file(agents_root, parts, name, body.encode(), owner=owner_ids)
+        )
+    except UnsafePath as exc:
+        raise Fail("invalid", f"cannot store the full body under {path.parent}: {exc}") from exc
+    except OSError as exc:
+        raise Fail("internal", f"cannot store the full body at {path}: {exc.strerror}") from exc
     pointer = f"{excerpt(body)} — full body at {path}"
     # The pointer itself must fit: an absurdly small cap still gets a usable message.
     return pointer, str(path)

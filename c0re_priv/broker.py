@@ -174,15 +174,13 @@ class Broker:
 
     def recipients(self, sender: str, to: str) -> list[str]:
         """Who a message to `to` from `sender` reaches; typed errors name a bad recipient."""
+        if to not in ("*", OPERATOR) and to not in self._registry.agents:
+            raise Fail("not_found", f"no agent named {to!r}")
         sender_record = self._registry.agents.get(sender)
         if sender_record is not None and not sender_record.may_send_to(to):
             raise Fail("forbidden", f"{sender!r} may not send to {to!r}")
         if to == "*":
             return [name for name in self._registry.names() if name != sender]
-        if to == OPERATOR:
-            return [OPERATOR]
-        if to not in self._registry.agents:
-            raise Fail("not_found", f"no agent named {to!r}")
         return [to]
 
     async def spill(self, sender: str, body: str) -> tuple[str, str | None]:

@@ -97,6 +97,26 @@ def _ago(ts: float | None) -> str:
 # ------------------------------------------------------------------ daemon
 
 
+@contextmanager
+def _startup_errors() -> Iterator[None]:
+    """Turn a failure to bind or open state into one clear line instead of a traceback."""
+    from .server import DaemonAlreadyRunning
+
+    expected = (OSError, DaemonAlreadyRunning)
+    try:
+        yield
+    except expected as exc:
+        _die(f"cannot start: {exc}")
+    except BaseExceptionGroup as group:
+        match, _ = group.split(expected)
+        if match is None:
+            raise
+        leaf: BaseException = match
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        _die(f"cannot start: {leaf}")
+
+
 @app.command("c0re")
 def c0re(
     state_dir: StateDir = None,
@@ -116,10 +136,8 @@ def c0re(
     except ConfigError as exc:
         _die(str(exc))
     paths = resolve_paths(cfg.hive, state_dir, run_dir)
-    try:
+    with _startup_errors():
         trio.run(run_hive, cfg, paths)
-    except OSError as exc:
-        _die(f"cannot start: {exc}")
 
 
 @app.command("up")
@@ -160,10 +178,8 @@ def up(
             typer.echo(f"  agent:   {name:<12} {rec.role:<8} {paths.agent_sock(name)}")
         typer.echo("Ctrl-C stops everything.")
 
-    try:
+    with _startup_errors():
         trio.run(lambda: run_hive(cfg, paths, on_ready=ready))
-    except OSError as exc:
-        _die(f"cannot start: {exc}")
 
 
 # ------------------------------------------------------------------ ctl

@@ -84,12 +84,19 @@ class HiveClient:
             if isinstance(answer, Error):
                 raise HiveError.from_reply(answer)
             self = cls(stream, answer, max_frame)
+            raised: BaseException | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_loop, decoder, leftover)
                 try:
                     yield self
+                except BaseException as exc:
+                    # re-raised below, outside the task group, so callers see the error
+                    # itself rather than an ExceptionGroup wrapping it
+                    raised = exc
                 finally:
                     tg.cancel_scope.cancel()
+            if raised is not None:
+                raise raised
 
     async def _read_loop(self, decoder: FrameDecoder, leftover: list[bytes]) -> None:
         reason = ConnectionLost()
@@ -168,22 +175,12 @@ class HiveClient:
         return reply
 
     @asynccontextmanager
-    async def stream(self, req: Request) -> AsyncIterator[AsyncIterator[Reply]]:
+    async def stream(self, req: Request) -> AsyncIterator[ReplyStream]:
         """Send a streaming request; iterate its frames; leaving the block cancels it."""
         call_id, recv = self._open(STREAM_BUFFER)
-
-        async def frames() -> AsyncIterator[Reply]:
-            async for item in recv:
-                if isinstance(item, HiveError):
-                    raise item
-                yield _check(item)
-            if self._closed is not None:
-                raise self._closed
-            raise HiveError("unavailable", "stream closed: the consumer fell too far behind")
-
         try:
             await self._send(call_id, req)
-            yield frames()
+            yield ReplyStream(self, recv)
         finally:
             with recv:
                 if self._pending.pop(call_id, None) is not None and self._closed is None:
@@ -192,6 +189,30 @@ class HiveClient:
                             await self._send(next(self._ids), Cancel(call=call_id))
                         except ConnectionLost:
                             pass
+
+
+class ReplyStream:
+    """The frames of one streaming call. Not a generator: a cancelled wait loses nothing."""
+
+    def __init__(self, client: HiveClient, recv: MemoryObjectReceiveStream[Reply | HiveError]):
+        self._client = client
+        self._recv = recv
+
+    def __aiter__(self) -> ReplyStream:
+        return self
+
+    async def __anext__(self) -> Reply:
+        try:
+            item = await self._recv.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._client._closed is not None:
+                raise self._client._closed from None
+            raise HiveError(
+                "unavailable", "stream closed: the consumer fell too far behind"
+            ) from None
+        if isinstance(item, HiveError):
+            raise item
+        return _check(item)
 
 
 async def _read_one(

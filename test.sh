@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install what the tests need, then lint, type-check and run the whole suite: ./test.sh [pytest args…]
+set -euo pipefail
+source "$(dirname "$0")/scripts/bootstrap.sh"
+ensure_debian_packages git:git bwrap:bubblewrap chromium:chromium nix-instantiate:nix-bin
+ensure_venv test
+cd "$HIVE_ROOT"
+echo "== ruff" && "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
+echo "== mypy --strict" && "$VENV/bin/mypy"
+echo "== pytest"
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,375 @@
+"""Messaging as agents live it: direct, broadcast, threaded, leased and acked, questions."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import pytest
+import trio
+
+from c0re_priv.broker import BROADCAST_HINT
+from c0re_priv.hive import Hive, run_hive
+from protocol import messages as m
+from protocol.client import HiveClient, HiveError, SyncClient
+from tests.conftest import DaemonProcess, make_config, paths_in
+
+
+@asynccontextmanager
+async def agent(hive: Hive, name: str) -> AsyncIterator[HiveClient]:
+    async with HiveClient.connect(str(hive.paths.agent_sock(name)), client=f"test-{name}") as c:
+        yield c
+
+
+async def recv_all(client: HiveClient, ack: bool = True) -> list[m.MessageRow]:
+    got = await client.expect(m.Recv(max=100), m.Deliveries)
+    if ack:
+        for d in got.items:
+            await client.expect(m.Ack(lease=d.lease), m.Ok)
+    return [d.message for d in got.items]
+
+
+async def state_of(admin: HiveClient, message_id: int) -> str:
+    rows = (await admin.expect(m.ListMessages(limit=1000), m.Messages)).messages
+    return next(r.state for r in rows if r.id == message_id)
+
+
+# ------------------------------------------------------------------ sending
+
+
+async def test_direct_message_is_queued_then_leased_then_acked(hive, admin):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        sent = await alice.expect(m.Send(to="bob", body="hello bob"), m.Sent)
+        (mid,) = sent.message_ids
+        assert await state_of(admin, mid) == "queued"
+        got = await bob.expect(m.Recv(max=10), m.Deliveries)
+        assert [d.message.body for d in got.items] == ["hello bob"]
+        msg = got.items[0].message
+        assert (msg.from_, msg.to, msg.kind, msg.attempts, msg.broadcast) == (
+            "alice", "bob", "message", 1, False,
+        )
+        assert await state_of(admin, mid) == "leased"
+        await bob.expect(m.Ack(lease=got.items[0].lease), m.Ok)
+        assert await state_of(admin, mid) == "acked"
+        with pytest.raises(HiveError) as err:
+            await bob.call(m.Ack(lease=got.items[0].lease))
+        assert err.value.code == "not_found"
+
+
+async def test_only_the_recipient_can_ack(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        await alice.expect(m.Send(to="bob", body="x"), m.Sent)
+        lease = (await bob.expect(m.Recv(), m.Deliveries)).items[0].lease
+        with pytest.raises(HiveError) as err:
+            await alice.call(m.Ack(lease=lease))
+        assert err.value.code == "not_found"
+        await bob.expect(m.Ack(lease=lease), m.Ok)
+
+
+async def test_broadcast_reaches_every_other_agent_with_the_hint(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+        sent = await alice.expect(m.Send(to="*", body="standup in 5"), m.Sent)
+        assert len(sent.message_ids) == 2
+        for client in (bob, boss):
+            (msg,) = await recv_all(client)
+            assert (msg.body, msg.broadcast, msg.hint) == ("standup in 5", True, BROADCAST_HINT)
+        assert await recv_all(alice) == []
+
+
+async def test_unknown_and_disallowed_recipients_are_named(short_tmp):
+    config = make_config(agents={"alice": {"allowed_recipients": ["bob"]}, "bob": {}, "carl": {}})
+    async with trio.open_nursery() as nursery:
+        hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+        async with agent(hive, "alice") as alice:
+            with pytest.raises(HiveError) as err:
+                await alice.call(m.Send(to="zed", body="hi"))
+            assert err.value.code == "not_found" and "'zed'" in err.value.message
+            with pytest.raises(HiveError) as err:
+                await alice.call(m.Send(to="carl", body="hi"))
+            assert err.value.code == "forbidden" and "'carl'" in err.value.message
+            with pytest.raises(HiveError) as err:
+                await alice.call(m.Send(to="*", body="hi"))
+            assert err.value.code == "forbidden"
+            await alice.expect(m.Send(to="bob", body="hi"), m.Sent)
+            await alice.expect(m.Send(to="operator", body="the operator is always reachable"), m.Sent)
+        nursery.cancel_scope.cancel()
+
+
+async def test_in_reply_to_threads_visible_messages_and_ignores_the_rest(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+        (root,) = (await alice.expect(m.Send(to="bob", body="q?"), m.Sent)).message_ids
+        (secret,) = (await alice.expect(m.Send(to="boss", body="private"), m.Sent)).message_ids
+        (reply,) = (await bob.expect(m.Send(to="alice", body="a!", in_reply_to=root), m.Sent)).message_ids
+        got = {msg.id: msg for msg in await recv_all(alice)}
+        assert (got[reply].in_reply_to, got[reply].thread) == (root, root)
+        # bob cannot see alice→boss, an unknown id, or a huge id: each becomes a new root
+        for parent in (secret, 999_999):
+            (mid,) = (await bob.expect(m.Send(to="alice", body="x", in_reply_to=parent), m.Sent)).message_ids
+            (msg,) = await recv_all(alice)
+            assert (msg.in_reply_to, msg.thread) == (None, mid)
+        await recv_all(boss)
+
+
+async def test_recv_waits_for_the_first_message_up_to_wait_seconds(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        with trio.fail_after(5):
+            assert (await bob.expect(m.Recv(wait_seconds=0), m.Deliveries)).items == []
+
+            async def later() -> None:
+                await trio.sleep(0.2)
+                await alice.expect(m.Send(to="bob", body="woke you"), m.Sent)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(later)
+                got = await bob.expect(m.Recv(wait_seconds=30), m.Deliveries)
+            assert [d.message.body for d in got.items] == ["woke you"]
+
+
+async def test_a_lease_says_how_many_more_are_waiting(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        for n in range(4):
+            await alice.expect(m.Send(to="bob", body=f"m{n}"), m.Sent)
+        got = await bob.expect(m.Recv(max=1), m.Deliveries)
+        assert (len(got.items), got.more) == (1, 3)
+        got = await bob.expect(m.Recv(max=10), m.Deliveries)
+        assert (len(got.items), got.more) == (3, 0)
+
+
+async def test_wait_for_work_streams_one_message_at_a_time(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        await alice.expect(m.Send(to="bob", body="first"), m.Sent)
+        await alice.expect(m.Send(to="bob", body="second"), m.Sent)
+        with trio.fail_after(5):
+            async with bob.stream(m.WaitForWork()) as work:
+                one = await anext(work)
+                assert isinstance(one, m.Work) and one.delivery.message.body == "first"
+                assert one.more == 1
+                with trio.move_on_after(0.2) as idle:
+                    await anext(work)  # the next one only comes after the ack
+                assert idle.cancelled_caught
+                await bob.expect(m.Ack(lease=one.delivery.lease), m.Ok)
+                two = await anext(work)
+                assert isinstance(two, m.Work) and two.delivery.message.body == "second"
+                await bob.expect(m.Ack(lease=two.delivery.lease), m.Ok)
+                await alice.expect(m.Send(to="bob", body="third"), m.Sent)
+                three = await anext(work)
+                assert isinstance(three, m.Work) and three.delivery.message.body == "third"
+
+
+# ------------------------------------------------------------------ at-least-once
+
+
+async def test_a_dropped_connection_puts_its_leases_back(hive, admin):
+    async with agent(hive, "alice") as alice:
+        (mid,) = (await alice.expect(m.Send(to="bob", body="careful"), m.Sent)).message_ids
+    async with agent(hive, "bob") as bob:
+        await bob.expect(m.Recv(), m.Deliveries)
+        assert await state_of(admin, mid) == "leased"
+    with trio.fail_after(5):
+        while await state_of(admin, mid) != "queued":
+            await trio.sleep(0.01)
+    async with agent(hive, "bob") as bob:
+        (msg,) = await recv_all(bob)
+        assert (msg.id, msg.attempts) == (mid, 2)
+
+
+async def test_an_expired_lease_is_queued_again(short_tmp):
+    config = make_config(lease_seconds=0.2, agents={"alice": {}, "bob": {}})
+    async with trio.open_nursery() as nursery:
+        hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+        async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+            await alice.expect(m.Send(to="bob", body="slow"), m.Sent)
+            first = (await bob.expect(m.Recv(), m.Deliveries)).items[0]
+            with trio.fail_after(5):
+                again = await bob.expect(m.Recv(wait_seconds=5), m.Deliveries)
+            assert again.items[0].message.id == first.message.id
+            assert again.items[0].message.attempts == 2
+            with pytest.raises(HiveError):
+                await bob.call(m.Ack(lease=first.lease))  # the old lease is dead
+            await bob.expect(m.Ack(lease=again.items[0].lease), m.Ok)
+        nursery.cancel_scope.cancel()
+
+
+def test_kill_9_between_lease_and_ack_delivers_again_after_restart(daemon_process: DaemonProcess):
+    paths = daemon_process.paths
+    with SyncClient.connect(str(paths.agent_sock("alice"))) as alice:
+        (mid,) = alice.expect(m.Send(to="bob", body="survive"), m.Sent).message_ids
+    with SyncClient.connect(str(paths.agent_sock("bob"))) as bob:
+        got = bob.expect(m.Recv(), m.Deliveries)
+        assert got.items[0].message.id == mid
+        daemon_process.kill()
+    daemon_process.start()
+    with SyncClient.connect(str(paths.agent_sock("bob"))) as bob:
+        got = bob.expect(m.Recv(), m.Deliveries)
+        assert [(d.message.id, d.message.body, d.message.attempts) for d in got.items] == [
+            (mid, "survive", 2)
+        ]
+        bob.expect(m.Ack(lease=got.items[0].lease), m.Ok)
+    with sqlite3.connect(paths.db) as db:
+        assert db.execute("SELECT state FROM messages WHERE id = ?", (mid,)).fetchone()[0] == "acked"
+
+
+# ------------------------------------------------------------------ oversize bodies
+
+
+def auto_msg_files(hive: Hive, sender: str) -> list:
+    return sorted((hive.paths.agent_state(sender) / "auto-msg").glob("*.md"))
+
+
+async def test_an_oversize_body_goes_to_one_file_and_the_recipient_gets_a_pointer(hive):
+    body = "line of context\n" * 320  # 5 KiB
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        sent = await alice.expect(m.Send(to="bob", body=body), m.Sent)
+        (path,) = auto_msg_files(hive, "alice")
+        assert sent.body_file == str(path)
+        assert path.read_text() == body
+        assert path.stat().st_mode & 0o777 == 0o644
+        (msg,) = await recv_all(bob)
+        assert msg.body.endswith(f"— full body at {path}")
+        assert len(msg.body.encode()) < 1024
+
+
+async def test_an_oversize_broadcast_writes_one_file_for_all(hive):
+    body = "x" * 5 * 1024
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+        sent = await alice.expect(m.Send(to="*", body=body), m.Sent)
+        assert len(sent.message_ids) == 2
+        (path,) = auto_msg_files(hive, "alice")
+        assert path.read_text() == body
+        for client in (bob, boss):
+            (msg,) = await recv_all(client)
+            assert str(path) in msg.body
+
+
+async def test_a_symlinked_auto_msg_dir_is_refused_not_followed(hive, short_tmp):
+    outside = short_tmp / "outside"
+    outside.mkdir()
+    (hive.paths.agent_state("alice") / "auto-msg").symlink_to(outside)
+    async with agent(hive, "alice") as alice:
+        with pytest.raises(HiveError) as err:
+            await alice.call(m.Send(to="bob", body="y" * 4096))
+        assert err.value.code == "invalid" and "symlink" in err.value.message
+    assert list(outside.iterdir()) == []
+
+
+# ------------------------------------------------------------------ questions
+
+
+async def test_ask_the_operator_and_get_the_answer_as_a_threaded_message(hive, admin):
+    async with agent(hive, "alice") as alice:
+        asked = await alice.expect(
+            m.Ask(target="operator", question="deploy now?", options=["yes", "no"]), m.Asked
+        )
+        (q,) = (await admin.expect(m.ListQuestions(), m.Questions)).questions
+        assert (q.id, q.asker, q.target, q.options, q.state) == (
+            asked.question_id, "alice", "operator", ["yes", "no"], "open",
+        )
+        mine = (await alice.expect(m.ListMyAsks(), m.Asks)).asks
+        assert [(a.id, a.target, a.question) for a in mine] == [(q.id, "operator", "deploy now?")]
+        await admin.expect(m.AnswerQuestion(question_id=q.id, answer="yes"), m.Ok)
+        (msg,) = await recv_all(alice)
+        assert (msg.kind, msg.from_, msg.in_reply_to, msg.question_id) == (
+            "answer", "operator", asked.message_id, q.id,
+        )
+        assert msg.body.endswith(": yes")
+        assert (await alice.expect(m.ListMyAsks(), m.Asks)).asks == []
+        with pytest.raises(HiveError) as err:
+            await admin.call(m.AnswerQuestion(question_id=q.id, answer="again"))
+        assert err.value.code == "conflict"
+
+
+async def test_agent_questions_wake_the_target_and_only_the_target_may_answer(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+        asked = await alice.expect(m.Ask(target="bob", question="which branch?"), m.Asked)
+        (qmsg,) = await recv_all(bob)
+        assert (qmsg.kind, qmsg.question_id) == ("question", asked.question_id)
+        assert f"answer(question_id={asked.question_id}" in qmsg.body
+        for outsider in (boss, alice):
+            with pytest.raises(HiveError) as err:
+                await outsider.call(m.Answer(question_id=asked.question_id, answer="main"))
+            assert err.value.code == "not_found"
+        await bob.expect(m.Answer(question_id=asked.question_id, answer="main"), m.Ok)
+        (ans,) = await recv_all(alice)
+        assert (ans.in_reply_to, ans.thread) == (asked.message_id, asked.message_id)
+
+
+async def test_cancel_ask_is_bounded_to_the_asker(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        asked = await alice.expect(m.Ask(target="operator", question="lunch?"), m.Asked)
+        with pytest.raises(HiveError) as err:
+            await bob.call(m.CancelAsk(id=asked.question_id))
+        assert err.value.code == "not_found"  # not forbidden: no probing other agents' ids
+        await alice.expect(m.CancelAsk(id=asked.question_id), m.Ok)
+        assert (await alice.expect(m.ListMyAsks(), m.Asks)).asks == []
+        with pytest.raises(HiveError) as err:
+            await alice.call(m.CancelAsk(id=asked.question_id))
+        assert err.value.code == "not_found"
+
+
+async def test_a_question_past_its_ttl_is_answered_expired(hive):
+    async with agent(hive, "alice") as alice:
+        asked = await alice.expect(m.Ask(target="operator", question="quick?", ttl_seconds=1), m.Asked)
+        with trio.fail_after(5):
+            got = await alice.expect(m.Recv(wait_seconds=5), m.Deliveries)
+        msg = got.items[0].message
+        assert (msg.kind, msg.from_, msg.question_id) == ("answer", "system", asked.question_id)
+        assert msg.body.endswith("[expired]")
+
+
+async def test_questions_need_one_real_target(hive):
+    async with agent(hive, "alice") as alice:
+        for target, code in (("*", "invalid"), ("alice", "invalid"), ("nobody", "not_found")):
+            with pytest.raises(HiveError) as err:
+                await alice.call(m.Ask(target=target, question="?"))
+            assert err.value.code == code
+
+
+# ------------------------------------------------------------------ open threads and status
+
+
+async def test_open_threads_show_both_directions_and_the_manager_sees_the_hive(hive, admin):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+        a1 = await alice.expect(m.Ask(target="bob", question="review my patch?"), m.Asked)
+        a2 = await bob.expect(m.Ask(target="operator", question="may I deploy?"), m.Asked)
+        await hive.store.write(
+            lambda c: c.execute(
+                "INSERT INTO approvals (agent, kind, description, requested_by, requested_at)"
+                " VALUES ('carol', 'spawn', 'spawn carol', 'boss', 0)"
+            )
+        )
+        alice_threads = (await alice.expect(m.GetOpenThreads(), m.OpenThreads)).threads
+        assert [(t.id, t.role, t.counterparty) for t in alice_threads] == [(a1.question_id, "asker", "bob")]
+        bob_threads = (await bob.expect(m.GetOpenThreads(), m.OpenThreads)).threads
+        assert sorted((t.id, t.role, t.counterparty) for t in bob_threads) == sorted(
+            [(a1.question_id, "target", "alice"), (a2.question_id, "asker", "operator")]
+        )
+        hive_wide = (await boss.expect(m.GetOpenThreads(), m.OpenThreads)).threads
+        kinds = sorted(type(t).__name__ for t in hive_wide)
+        assert kinds == ["ApprovalThread", "QuestionThread", "QuestionThread"]
+        via_admin = (await admin.expect(m.GetAgentOpenThreads(agent="bob"), m.OpenThreads)).threads
+        assert [(t.id, t.role) for t in via_admin] == [(t.id, t.role) for t in bob_threads]
+        boss_own = (await admin.expect(m.GetAgentOpenThreads(agent="boss"), m.OpenThreads)).threads
+        assert [(type(t).__name__, t.summary) for t in boss_own] == [("ApprovalThread", "spawn carol: spawn carol")]
+
+
+async def test_set_status_shows_in_the_agent_rows(hive, admin):
+    async with agent(hive, "alice") as alice:
+        await alice.expect(m.SetStatus(text="refactoring the broker"), m.Ok)
+    rows = {a.name: a for a in (await admin.expect(m.ListAgents(), m.Agents)).agents}
+    assert rows["alice"].status_text == "refactoring the broker"
+    assert rows["alice"].status_set_at is not None
+    assert rows["alice"].last_seen is not None
+
+
+async def test_operator_send_and_list_messages_filters(hive, admin):
+    (m1,) = (await admin.expect(m.OperatorSend(to="alice", body="to alice"), m.Sent)).message_ids
+    await admin.expect(m.OperatorSend(to="bob", body="to bob"), m.Sent)
+    (m3,) = (await admin.expect(m.OperatorSend(to="alice", body="again", in_reply_to=m1), m.Sent)).message_ids
+    alice_rows = (await admin.expect(m.ListMessages(agent="alice"), m.Messages)).messages
+    assert [r.id for r in alice_rows] == [m3, m1]
+    thread = (await admin.expect(m.ListMessages(thread=m1), m.Messages)).messages
+    assert [r.id for r in thread] == [m3, m1]
+    older = (await admin.expect(m.ListMessages(before=m3, limit=1), m.Messages)).messages
+    assert len(older) == 1 and older[0].id < m3
