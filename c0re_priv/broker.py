@@ -130,6 +130,7 @@ class LeaseHolder:
 
     agent: str
     leases: dict[str, trio.Event] = field(default_factory=dict)
+    leased_ids: dict[str, int] = field(default_factory=dict)  # lease -> message id
 
 
 class Broker:
@@ -267,6 +268,7 @@ class Broker:
         deliveries = []
         for token, msg in leased:
             holder.leases[token] = trio.Event()
+            holder.leased_ids[token] = msg.id
             self._holders[token] = holder
             self._bus.publish(MessageLeased(message_id=msg.id, agent=agent, attempts=msg.attempts))
             deliveries.append(Delivery(lease=token, message=msg))
@@ -321,6 +323,7 @@ class Broker:
     def _forget(self, lease: str) -> None:
         holder = self._holders.pop(lease, None)
         if holder is not None:
+            holder.leased_ids.pop(lease, None)
             resolved = holder.leases.pop(lease, None)
             if resolved is not None:
                 resolved.set()
@@ -346,15 +349,20 @@ class Broker:
         rows = await self._store.write(write)
         for token in tokens:
             self._forget(token)
+        self._requeued(rows, reason)
+        return len(rows)
+
+    def _requeued(self, rows: list[sqlite3.Row], reason: str) -> None:
         for row in rows:
             self._bus.publish(
                 MessageRequeued(
-                    message_id=row["id"], agent=row["recipient"], attempts=row["attempts"],
+                    message_id=row["id"],
+                    agent=row["recipient"],
+                    attempts=row["attempts"],
                     reason=reason,
                 )
             )
             self.notify(row["recipient"])
-        return len(rows)
 
     async def drop_holder(self, holder: LeaseHolder) -> None:
         """A connection ended: every lease it still holds goes back to the queue."""
@@ -380,18 +388,31 @@ class Broker:
         while True:
             self._reaper_poke = trio.Event()
             now = self._now()
-            rows = await self._store.read(
-                lambda c: c.execute(
-                    "SELECT lease, lease_expires FROM messages WHERE state = 'leased'"
-                    " ORDER BY lease_expires LIMIT 512"
+
+            def expire(
+                conn: sqlite3.Connection, now: float = now
+            ) -> tuple[list[sqlite3.Row], float | None]:
+                rows = conn.execute(
+                    "UPDATE messages SET state = 'queued', lease = NULL, lease_expires = NULL"
+                    " WHERE state = 'leased' AND lease_expires <= ?"
+                    " RETURNING id, recipient, attempts",
+                    (now,),
                 ).fetchall()
-            )
-            expired = [r[0] for r in rows if r[1] <= now]
+                nxt = conn.execute(
+                    "SELECT min(lease_expires) FROM messages WHERE state = 'leased'"
+                ).fetchone()[0]
+                return rows, nxt
+
+            # the lease token is gone from the row once requeued: find holders by message id
+            expired, next_expiry = await self._store.write(expire)
             if expired:
-                await self.release(expired, "lease expired")
-                continue
-            delay = rows[0][1] - now if rows else math.inf
-            with trio.move_on_after(delay):
+                ids = {row["id"] for row in expired}
+                for token, holder in list(self._holders.items()):
+                    if holder.leased_ids.get(token) in ids:
+                        self._forget(token)
+                self._requeued(expired, "lease expired")
+            delay = next_expiry - self._now() if next_expiry is not None else math.inf
+            with trio.move_on_after(max(0.0, delay)):
                 await self._reaper_poke.wait()
 
     # ---------------------------------------------------------------- reading
@@ -399,7 +420,8 @@ class Broker:
     async def list_messages(
         self, agent: str | None, thread: int | None, limit: int, before: int | None
     ) -> list[MessageRow]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         if agent is not None:
             clauses.append("(sender = ? OR recipient = ?)")
             params += [agent, agent]

@@ -35,7 +35,9 @@ StateDir = Annotated[
 ]
 RunDir = Annotated[
     Path | None,
-    typer.Option("--run-dir", envvar="HIVE_RUN_DIR", help="Sockets: admin.sock, web.sock, agents/."),
+    typer.Option(
+        "--run-dir", envvar="HIVE_RUN_DIR", help="Sockets: admin.sock, web.sock, agents/."
+    ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
@@ -68,7 +70,9 @@ def _admin(run_dir: Path | None, timeout: float | None = 30.0) -> Iterator[SyncC
         with SyncClient.connect(str(path), client="hive-ctl", timeout=timeout) as client:
             yield client
     except HiveError as exc:
-        _die(exc.message if exc.code != "unavailable" else f"{exc.message} (is the daemon running?)")
+        _die(
+            exc.message if exc.code != "unavailable" else f"{exc.message} (is the daemon running?)"
+        )
 
 
 def _emit(value: Any, as_json: bool, human: Callable[[], None]) -> None:
@@ -81,7 +85,9 @@ def _emit(value: Any, as_json: bool, human: Callable[[], None]) -> None:
 def _table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        typer.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        typer.echo(
+            "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def _ago(ts: float | None) -> str:
@@ -142,12 +148,14 @@ def c0re(
 
 @app.command("up")
 def up(
-    config: Annotated[Path, typer.Option(help="hive.toml; a default is written on first run.")] = Path(
-        "hive.toml"
-    ),
+    config: Annotated[
+        Path, typer.Option(help="hive.toml; a default is written on first run.")
+    ] = Path("hive.toml"),
     state_dir: StateDir = None,
     run_dir: RunDir = None,
-    web_port: Annotated[int | None, typer.Option(help="Dashboard port (default from config).")] = None,
+    web_port: Annotated[
+        int | None, typer.Option(help="Dashboard port (default from config).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Bring up the whole hive from hive.toml and run until Ctrl-C."""
@@ -192,8 +200,11 @@ def ctl_ping(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOu
         start = time.perf_counter()
         pong = c.expect(m.Ping(), m.Pong)
         rtt = (time.perf_counter() - start) * 1000
-    _emit({"ok": True, "rtt_ms": rtt, "server_time": pong.server_time}, as_json,
-          lambda: typer.echo(f"pong in {rtt:.2f} ms"))
+    _emit(
+        {"ok": True, "rtt_ms": rtt, "server_time": pong.server_time},
+        as_json,
+        lambda: typer.echo(f"pong in {rtt:.2f} ms"),
+    )
 
 
 @ctl.command("info")
@@ -211,7 +222,9 @@ def ctl_info(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOu
 
 
 @ctl.command("agents")
-def ctl_agents(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False) -> None:
+def ctl_agents(
+    run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
     """List registered agents."""
     with _admin(run_dir) as c:
         agents = c.expect(m.ListAgents(), m.Agents).agents
@@ -220,8 +233,15 @@ def ctl_agents(run_dir: RunDir = None, state_dir: StateDir = None, as_json: Json
         as_json,
         lambda: _table(
             [
-                [a.name, a.role, "yes" if a.running else "no", str(a.queued), str(a.leased),
-                 _ago(a.last_seen), a.status_text]
+                [
+                    a.name,
+                    a.role,
+                    "yes" if a.running else "no",
+                    str(a.queued),
+                    str(a.leased),
+                    _ago(a.last_seen),
+                    a.status_text,
+                ]
                 for a in agents
             ],
             ["NAME", "ROLE", "RUNNING", "QUEUED", "LEASED", "LAST SEEN", "STATUS"],
@@ -243,8 +263,13 @@ def ctl_agent_add(
     """Register an agent (opens its socket)."""
     try:
         req = msgspec.convert(
-            {"name": name, "role": role, "model": model, "runtime": runtime,
-             "allowed_recipients": allow or None},
+            {
+                "name": name,
+                "role": role,
+                "model": model,
+                "runtime": runtime,
+                "allowed_recipients": allow or None,
+            },
             m.AddAgent,
         )
     except msgspec.ValidationError as exc:
@@ -276,7 +301,9 @@ def ctl_agent_rm(
 
 @ctl.command("events")
 def ctl_events(
-    kinds: Annotated[list[str] | None, typer.Option("--kind", help="Only this kind (repeatable).")] = None,
+    kinds: Annotated[
+        list[str] | None, typer.Option("--kind", help="Only this kind (repeatable).")
+    ] = None,
     since: Annotated[int | None, typer.Option(help="Replay events after this seq.")] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     run_dir: RunDir = None,
@@ -297,8 +324,14 @@ def ctl_events(
                     if as_json:
                         typer.echo(msgspec.json.encode(ev).decode())
                     else:
-                        fields = {k: v for k, v in msgspec.structs.asdict(ev).items() if k not in ("seq", "at")}
-                        typer.echo(f"{ev.seq} {ev.__struct_config__.tag} {json.dumps(msgspec.to_builtins(fields))}")
+                        fields = {
+                            k: v
+                            for k, v in msgspec.structs.asdict(ev).items()
+                            if k not in ("seq", "at")
+                        }
+                        typer.echo(
+                            f"{ev.seq} {ev.__struct_config__.tag} {json.dumps(msgspec.to_builtins(fields))}"
+                        )
                     seen += 1
                     if count is not None and seen >= count:
                         return
@@ -312,7 +345,9 @@ def ctl_events(
 def ctl_send(
     to: Annotated[str, typer.Argument(help="Agent name, or * for every agent.")],
     body: str,
-    reply_to: Annotated[int | None, typer.Option("--reply-to", help="Message id this answers.")] = None,
+    reply_to: Annotated[
+        int | None, typer.Option("--reply-to", help="Message id this answers.")
+    ] = None,
     run_dir: RunDir = None,
     state_dir: StateDir = None,
     as_json: JsonOut = False,
@@ -323,7 +358,11 @@ def ctl_send(
             sent = c.expect(m.OperatorSend(to=to, body=body, in_reply_to=reply_to), m.Sent)
         except HiveError as exc:
             _die(exc.message)
-    _emit(sent, as_json, lambda: typer.echo(f"sent {len(sent.message_ids)} message(s): {sent.message_ids}"))
+    _emit(
+        sent,
+        as_json,
+        lambda: typer.echo(f"sent {len(sent.message_ids)} message(s): {sent.message_ids}"),
+    )
 
 
 @ctl.command("messages")
@@ -349,8 +388,15 @@ def ctl_messages(
         as_json,
         lambda: _table(
             [
-                [str(r.id), r.from_, r.to, r.state, str(r.in_reply_to or ""), _ago(r.created_at),
-                 r.body.replace("\n", " ")[:70]]
+                [
+                    str(r.id),
+                    r.from_,
+                    r.to,
+                    r.state,
+                    str(r.in_reply_to or ""),
+                    _ago(r.created_at),
+                    r.body.replace("\n", " ")[:70],
+                ]
                 for r in rows
             ],
             ["ID", "FROM", "TO", "STATE", "RE", "SENT", "BODY"],
@@ -360,8 +406,12 @@ def ctl_messages(
 
 @ctl.command("questions")
 def ctl_questions(
-    all_: Annotated[bool, typer.Option("--all", help="Include answered, cancelled and expired.")] = False,
-    target: Annotated[str, typer.Option(help="Whose questions: operator, an agent, or * for all.")] = "operator",
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include answered, cancelled and expired.")
+    ] = False,
+    target: Annotated[
+        str, typer.Option(help="Whose questions: operator, an agent, or * for all.")
+    ] = "operator",
     run_dir: RunDir = None,
     state_dir: StateDir = None,
     as_json: JsonOut = False,
@@ -369,15 +419,22 @@ def ctl_questions(
     """Questions waiting for an answer (by default the operator's)."""
     with _admin(run_dir) as c:
         rows = c.expect(
-            m.ListQuestions(target=None if target == "*" else target, include_closed=all_), m.Questions
+            m.ListQuestions(target=None if target == "*" else target, include_closed=all_),
+            m.Questions,
         ).questions
     _emit(
         rows,
         as_json,
         lambda: _table(
             [
-                [str(q.id), q.asker, q.target, q.state, _ago(q.asked_at),
-                 q.question[:60] + (f" [{' | '.join(q.options)}]" if q.options else "")]
+                [
+                    str(q.id),
+                    q.asker,
+                    q.target,
+                    q.state,
+                    _ago(q.asked_at),
+                    q.question[:60] + (f" [{' | '.join(q.options)}]" if q.options else ""),
+                ]
                 for q in rows
             ],
             ["ID", "ASKER", "TARGET", "STATE", "ASKED", "QUESTION"],
@@ -387,7 +444,11 @@ def ctl_questions(
 
 @ctl.command("answer")
 def ctl_answer(
-    question_id: int, text: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+    question_id: int,
+    text: str,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Answer an operator question."""
     with _admin(run_dir) as c:

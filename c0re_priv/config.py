@@ -143,5 +143,7 @@ def resolve_paths(
     default_state, default_run = default_dirs()
     state = (state_dir or Path(settings.state_dir or default_state)).absolute()
     run = (run_dir or Path(settings.run_dir or default_run)).absolute()
-    agents_root = Path(settings.agents_root).absolute() if settings.agents_root else state / "agents"
+    agents_root = (
+        Path(settings.agents_root).absolute() if settings.agents_root else state / "agents"
+    )
     return Paths(state, run, agents_root)

@@ -48,8 +48,12 @@ Req = TypeVar("Req", bound=m.Request)
 
 def unary(
     req_type: type[Req],
-) -> Callable[[Callable[[Caller, Req], Awaitable[m.Reply]]], Callable[[Caller, Req], Awaitable[m.Reply]]]:
-    def register(fn: Callable[[Caller, Req], Awaitable[m.Reply]]) -> Callable[[Caller, Req], Awaitable[m.Reply]]:
+) -> Callable[
+    [Callable[[Caller, Req], Awaitable[m.Reply]]], Callable[[Caller, Req], Awaitable[m.Reply]]
+]:
+    def register(
+        fn: Callable[[Caller, Req], Awaitable[m.Reply]],
+    ) -> Callable[[Caller, Req], Awaitable[m.Reply]]:
         UNARY[req_type] = fn
         return fn
 
@@ -58,8 +62,12 @@ def unary(
 
 def streaming(
     req_type: type[Req],
-) -> Callable[[Callable[[Caller, Req, Emit], Awaitable[None]]], Callable[[Caller, Req, Emit], Awaitable[None]]]:
-    def register(fn: Callable[[Caller, Req, Emit], Awaitable[None]]) -> Callable[[Caller, Req, Emit], Awaitable[None]]:
+) -> Callable[
+    [Callable[[Caller, Req, Emit], Awaitable[None]]], Callable[[Caller, Req, Emit], Awaitable[None]]
+]:
+    def register(
+        fn: Callable[[Caller, Req, Emit], Awaitable[None]],
+    ) -> Callable[[Caller, Req, Emit], Awaitable[None]]:
         STREAMING[req_type] = fn
         return fn
 

@@ -160,6 +160,8 @@ async def run_hive(
         async with trio.open_nursery() as core:
             await core.start(hive.store.run_writer)
             async with trio.open_nursery() as services:
+                if handle_signals:
+                    await services.start(_cancel_on_signal, services.cancel_scope)
                 await hive.registry.load()
                 orphans = await hive.broker.requeue_orphans()
                 if orphans:
@@ -174,8 +176,6 @@ async def run_hive(
                         await hub.open_agent(name)
                 await services.start(hive.broker.run_lease_reaper)
                 await services.start(hive.questions.run_expiry)
-                if handle_signals:
-                    services.start_soon(_cancel_on_signal, services.cancel_scope)
                 log.info(
                     "hyperhive %s serving on %s (%d agents)",
                     hive.rev,
@@ -192,8 +192,11 @@ async def run_hive(
         log.info("hyperhive stopped")
 
 
-async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+async def _cancel_on_signal(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             sd_notify("STOPPING=1")

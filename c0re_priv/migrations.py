@@ -99,7 +99,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             note TEXT
         );
         CREATE INDEX IF NOT EXISTS approvals_requester ON approvals (requested_by, status);
-        """
+        """,
     )
 
 
@@ -108,7 +108,9 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
 ]
 
 
-def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str, Migration]] | None = None) -> list[int]:
+def migrate(
+    conn: sqlite3.Connection, migrations: list[tuple[int, str, Migration]] | None = None
+) -> list[int]:
     """Apply every migration not yet recorded; return the numbers applied."""
     db = sqlite_utils.Database(conn)
     conn.execute(

@@ -52,7 +52,9 @@ def question_row(r: sqlite3.Row) -> QuestionRow:
     )
 
 
-def question_text(qid: int, asker: str, question: str, options: list[str] | None, multi: bool) -> str:
+def question_text(
+    qid: int, asker: str, question: str, options: list[str] | None, multi: bool
+) -> str:
     text = f"Question #{qid} from {asker}: {question}"
     if options:
         how = "choose one or more" if multi else "choose one"
@@ -217,7 +219,8 @@ class Questions:
         ]
 
     async def list(self, target: str | None, include_closed: bool) -> list[QuestionRow]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         if target is not None:
             clauses.append("target = ?")
             params.append(target)
@@ -240,7 +243,9 @@ class Questions:
             self._expiry_poke = trio.Event()
             now = self._now()
 
-            def expire(conn: sqlite3.Connection) -> tuple[list[tuple[QuestionRow, MessageRow]], float]:
+            def expire(
+                conn: sqlite3.Connection, now: float = now
+            ) -> tuple[list[tuple[QuestionRow, MessageRow]], float]:
                 due = conn.execute(
                     "SELECT * FROM questions WHERE state = 'open' AND expires_at IS NOT NULL"
                     " AND expires_at <= ? ORDER BY expires_at LIMIT 256",

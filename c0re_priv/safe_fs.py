@@ -8,6 +8,7 @@ string, and each component is checked before use.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -37,10 +38,8 @@ def open_dir(base: Path, parts: Sequence[str], *, create: bool = False, mode: in
             except FileNotFoundError:
                 if not create:
                     raise
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass
                 nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):

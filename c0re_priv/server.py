@@ -10,6 +10,7 @@ the daemon serving everyone else.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -151,7 +152,9 @@ class Connection:
             await self.send(Error(id=0, code="invalid", message=f"expected Hello: {exc}"))
             return None
         if major(hello.protocol) != major(PROTOCOL_VERSION):
-            log.warning("%s: protocol %s refused (client %r)", self.label, hello.protocol, hello.client)
+            log.warning(
+                "%s: protocol %s refused (client %r)", self.label, hello.protocol, hello.client
+            )
             await self.send(
                 Error(
                     id=0,
@@ -163,7 +166,10 @@ class Connection:
             return None
         await self.send(
             Welcome(
-                protocol=PROTOCOL_VERSION, role=self.role, agent=self.agent, server_rev=self.hive.rev
+                protocol=PROTOCOL_VERSION,
+                role=self.role,
+                agent=self.agent,
+                server_rev=self.hive.rev,
             )
         )
         return bodies[1:]
@@ -243,7 +249,9 @@ class SocketHub:
 
     async def open_fixed(self) -> None:
         paths = self.hive.paths
-        await self._listen("admin", paths.admin_sock, 0o660, "admin", None, self.hive.settings.admin_group)
+        await self._listen(
+            "admin", paths.admin_sock, 0o660, "admin", None, self.hive.settings.admin_group
+        )
         await self._listen("web", paths.web_sock, 0o660, "web", None, self.hive.settings.web_group)
 
     async def open_agent(self, name: str) -> None:
@@ -289,12 +297,11 @@ class SocketHub:
                 del self._scopes[key]
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            unlink_socket(path)
 
-    async def _handle(self, stream: trio.SocketStream, role: Role | None, agent: str | None) -> None:
+    async def _handle(
+        self, stream: trio.SocketStream, role: Role | None, agent: str | None
+    ) -> None:
         record = None
         if agent is not None:
             record = self.hive.registry.agents.get(agent)
@@ -332,17 +339,10 @@ class SocketHub:
 async def bind_unix(path: Path, mode: int, group: str) -> trio.socket.SocketType:
     """Bind a listening Unix socket at `path`, replacing a stale file but not a live daemon."""
     if len(os.fsencode(path)) > SUN_PATH_MAX:
-        raise OSError(errno.ENAMETOOLONG, f"socket path longer than {SUN_PATH_MAX} bytes", str(path))
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()
-        else:
-            raise DaemonAlreadyRunning(f"another daemon is serving {path}")
-        finally:
-            probe.close()
+        raise OSError(
+            errno.ENAMETOOLONG, f"socket path longer than {SUN_PATH_MAX} bytes", str(path)
+        )
+    clear_stale_socket(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(str(path))
@@ -356,3 +356,23 @@ async def bind_unix(path: Path, mode: int, group: str) -> trio.socket.SocketType
         sock.close()
         raise
     return sock
+
+
+def clear_stale_socket(path: Path) -> None:
+    """Remove a socket file nobody answers on; refuse if a live daemon is behind it."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        unlink_socket(path)
+    else:
+        raise DaemonAlreadyRunning(f"another daemon is serving {path}")
+    finally:
+        probe.close()
+
+
+def unlink_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -104,7 +104,9 @@ class Store:
             finally:
                 self._readers.append(conn)
 
-    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """The single writer. Commits what is queued when cancelled, then returns."""
         task_status.started()
         try:

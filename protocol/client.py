@@ -14,7 +14,7 @@ import itertools
 import math
 import socket
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import TypeVar
 
 import anyio
@@ -115,10 +115,10 @@ class HiveClient:
         finally:
             self._closed = reason
             for chan in self._pending.values():
-                try:
+                with suppress(
+                    anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
+                ):
                     chan.send_nowait(reason)
-                except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass
                 chan.close()
             self._pending.clear()
 
@@ -171,7 +171,9 @@ class HiveClient:
         """`call`, checking the reply's type."""
         reply = await self.call(req)
         if not isinstance(reply, reply_type):
-            raise HiveError("internal", f"expected {reply_type.__name__}, got {type(reply).__name__}")
+            raise HiveError(
+                "internal", f"expected {reply_type.__name__}, got {type(reply).__name__}"
+            )
         return reply
 
     @asynccontextmanager
@@ -184,11 +186,12 @@ class HiveClient:
         finally:
             with recv:
                 if self._pending.pop(call_id, None) is not None and self._closed is None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        try:
-                            await self._send(next(self._ids), Cancel(call=call_id))
-                        except ConnectionLost:
-                            pass
+                    with (
+                        anyio.CancelScope(shield=True),
+                        anyio.move_on_after(5),
+                        suppress(ConnectionLost),
+                    ):
+                        await self._send(next(self._ids), Cancel(call=call_id))
 
 
 class ReplyStream:
@@ -255,7 +258,9 @@ class SyncClient:
                 sock.connect(path)
             except OSError as exc:
                 raise ConnectionLost(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-            self = cls(sock, Welcome(protocol="", role="admin", agent=None, server_rev=""), max_frame)
+            self = cls(
+                sock, Welcome(protocol="", role="admin", agent=None, server_rev=""), max_frame
+            )
             sock.sendall(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
             answer = welcome_decoder.decode(self._next_body())
             if isinstance(answer, Error):
@@ -290,7 +295,9 @@ class SyncClient:
     def expect(self, req: Request, reply_type: type[R]) -> R:
         reply = self.call(req)
         if not isinstance(reply, reply_type):
-            raise HiveError("internal", f"expected {reply_type.__name__}, got {type(reply).__name__}")
+            raise HiveError(
+                "internal", f"expected {reply_type.__name__}, got {type(reply).__name__}"
+            )
         return reply
 
     def frames(self, req: Request, limit: float = math.inf) -> Iterator[Reply]:
@@ -306,4 +313,3 @@ class SyncClient:
 
 
 __all__ = ["ConnectionLost", "HiveClient", "HiveError", "SyncClient"]
-

@@ -10,7 +10,7 @@ is not in a role's union cannot even be expressed on that role's socket.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -494,9 +494,7 @@ AnyEvent: TypeAlias = (
     | QuestionCancelled
     | Note
 )
-EVENT_KINDS: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in AnyEvent.__args__  # type: ignore[attr-defined]
-)
+EVENT_KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in get_args(AnyEvent))
 
 
 class EventFrame(Reply, tag="event"):

@@ -84,10 +84,16 @@ class DaemonProcess:
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "c0re_priv", "c0re",
-                "--state-dir", str(self.root / "state"),
-                "--run-dir", str(self.root / "run"),
-                "--config", str(self.config_file),
+                sys.executable,
+                "-m",
+                "c0re_priv",
+                "c0re",
+                "--state-dir",
+                str(self.root / "state"),
+                "--run-dir",
+                str(self.root / "run"),
+                "--config",
+                str(self.config_file),
             ],
             stdout=log,
             stderr=log,
@@ -131,9 +137,7 @@ class DaemonProcess:
 def daemon_process(short_tmp: Path) -> Iterator[DaemonProcess]:
     """A daemon subprocess with agents boss (manager), alice and bob; started for you."""
     config_file = short_tmp / "hive.toml"
-    config_file.write_text(
-        '[agents.boss]\nrole = "manager"\n\n[agents.alice]\n\n[agents.bob]\n'
-    )
+    config_file.write_text('[agents.boss]\nrole = "manager"\n\n[agents.alice]\n\n[agents.bob]\n')
     daemon = DaemonProcess(short_tmp, config_file)
     daemon.start()
     try:

@@ -150,23 +150,28 @@ async def test_a_second_daemon_refuses_to_steal_live_sockets(hive, config):
         pytest.RaisesExc(DaemonAlreadyRunning, match="another daemon"), flatten_subgroups=True
     ):
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(run_hive, config, hive.paths, handle_signals=False)
-            )
+            await nursery.start(partial(run_hive, config, hive.paths, handle_signals=False))
 
 
 async def test_config_agents_are_registered_at_start(short_tmp):
     config = make_config(agents={"ada": {"model": "m1"}, "max": {"role": "manager"}})
     async with trio.open_nursery() as nursery:
-        hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
-        assert {n: r.role for n, r in hive.registry.agents.items()} == {"ada": "agent", "max": "manager"}
+        hive = await nursery.start(
+            partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False)
+        )
+        assert {n: r.role for n, r in hive.registry.agents.items()} == {
+            "ada": "agent",
+            "max": "manager",
+        }
         assert hive.paths.agent_sock("ada").exists()
         nursery.cancel_scope.cancel()
     assert not hive.paths.agent_sock("ada").exists()
     assert not hive.paths.admin_sock.exists()
 
 
-def test_sigterm_with_50_writes_in_flight_keeps_every_acknowledged_write(daemon_process: DaemonProcess):
+def test_sigterm_with_50_writes_in_flight_keeps_every_acknowledged_write(
+    daemon_process: DaemonProcess,
+):
     acknowledged: list[int] = []
     lock = threading.Lock()
     go = threading.Barrier(50)

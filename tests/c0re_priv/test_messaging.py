@@ -48,7 +48,11 @@ async def test_direct_message_is_queued_then_leased_then_acked(hive, admin):
         assert [d.message.body for d in got.items] == ["hello bob"]
         msg = got.items[0].message
         assert (msg.from_, msg.to, msg.kind, msg.attempts, msg.broadcast) == (
-            "alice", "bob", "message", 1, False,
+            "alice",
+            "bob",
+            "message",
+            1,
+            False,
         )
         assert await state_of(admin, mid) == "leased"
         await bob.expect(m.Ack(lease=got.items[0].lease), m.Ok)
@@ -69,7 +73,11 @@ async def test_only_the_recipient_can_ack(hive):
 
 
 async def test_broadcast_reaches_every_other_agent_with_the_hint(hive):
-    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+    async with (
+        agent(hive, "alice") as alice,
+        agent(hive, "bob") as bob,
+        agent(hive, "boss") as boss,
+    ):
         sent = await alice.expect(m.Send(to="*", body="standup in 5"), m.Sent)
         assert len(sent.message_ids) == 2
         for client in (bob, boss):
@@ -81,7 +89,9 @@ async def test_broadcast_reaches_every_other_agent_with_the_hint(hive):
 async def test_unknown_and_disallowed_recipients_are_named(short_tmp):
     config = make_config(agents={"alice": {"allowed_recipients": ["bob"]}, "bob": {}, "carl": {}})
     async with trio.open_nursery() as nursery:
-        hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+        hive = await nursery.start(
+            partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False)
+        )
         async with agent(hive, "alice") as alice:
             with pytest.raises(HiveError) as err:
                 await alice.call(m.Send(to="zed", body="hi"))
@@ -93,20 +103,30 @@ async def test_unknown_and_disallowed_recipients_are_named(short_tmp):
                 await alice.call(m.Send(to="*", body="hi"))
             assert err.value.code == "forbidden"
             await alice.expect(m.Send(to="bob", body="hi"), m.Sent)
-            await alice.expect(m.Send(to="operator", body="the operator is always reachable"), m.Sent)
+            await alice.expect(
+                m.Send(to="operator", body="the operator is always reachable"), m.Sent
+            )
         nursery.cancel_scope.cancel()
 
 
 async def test_in_reply_to_threads_visible_messages_and_ignores_the_rest(hive):
-    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+    async with (
+        agent(hive, "alice") as alice,
+        agent(hive, "bob") as bob,
+        agent(hive, "boss") as boss,
+    ):
         (root,) = (await alice.expect(m.Send(to="bob", body="q?"), m.Sent)).message_ids
         (secret,) = (await alice.expect(m.Send(to="boss", body="private"), m.Sent)).message_ids
-        (reply,) = (await bob.expect(m.Send(to="alice", body="a!", in_reply_to=root), m.Sent)).message_ids
+        (reply,) = (
+            await bob.expect(m.Send(to="alice", body="a!", in_reply_to=root), m.Sent)
+        ).message_ids
         got = {msg.id: msg for msg in await recv_all(alice)}
         assert (got[reply].in_reply_to, got[reply].thread) == (root, root)
         # bob cannot see alice→boss, an unknown id, or a huge id: each becomes a new root
         for parent in (secret, 999_999):
-            (mid,) = (await bob.expect(m.Send(to="alice", body="x", in_reply_to=parent), m.Sent)).message_ids
+            (mid,) = (
+                await bob.expect(m.Send(to="alice", body="x", in_reply_to=parent), m.Sent)
+            ).message_ids
             (msg,) = await recv_all(alice)
             assert (msg.in_reply_to, msg.thread) == (None, mid)
         await recv_all(boss)
@@ -164,12 +184,16 @@ async def test_wait_for_work_streams_one_message_at_a_time(hive):
 async def test_a_dropped_connection_puts_its_leases_back(hive, admin):
     async with agent(hive, "alice") as alice:
         (mid,) = (await alice.expect(m.Send(to="bob", body="careful"), m.Sent)).message_ids
-    async with agent(hive, "bob") as bob:
-        await bob.expect(m.Recv(), m.Deliveries)
-        assert await state_of(admin, mid) == "leased"
-    with trio.fail_after(5):
-        while await state_of(admin, mid) != "queued":
-            await trio.sleep(0.01)
+    async with admin.stream(m.Subscribe(kinds=["message_requeued"])) as events:
+        await anext(events)  # Subscribed
+        async with agent(hive, "bob") as bob:
+            await bob.expect(m.Recv(), m.Deliveries)
+            assert await state_of(admin, mid) == "leased"
+        with trio.fail_after(5):
+            requeued = await anext(events)
+    assert isinstance(requeued, m.EventFrame) and isinstance(requeued.event, m.MessageRequeued)
+    assert (requeued.event.message_id, requeued.event.reason) == (mid, "connection closed")
+    assert await state_of(admin, mid) == "queued"
     async with agent(hive, "bob") as bob:
         (msg,) = await recv_all(bob)
         assert (msg.id, msg.attempts) == (mid, 2)
@@ -178,7 +202,9 @@ async def test_a_dropped_connection_puts_its_leases_back(hive, admin):
 async def test_an_expired_lease_is_queued_again(short_tmp):
     config = make_config(lease_seconds=0.2, agents={"alice": {}, "bob": {}})
     async with trio.open_nursery() as nursery:
-        hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+        hive = await nursery.start(
+            partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False)
+        )
         async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
             await alice.expect(m.Send(to="bob", body="slow"), m.Sent)
             first = (await bob.expect(m.Recv(), m.Deliveries)).items[0]
@@ -208,7 +234,9 @@ def test_kill_9_between_lease_and_ack_delivers_again_after_restart(daemon_proces
         ]
         bob.expect(m.Ack(lease=got.items[0].lease), m.Ok)
     with sqlite3.connect(paths.db) as db:
-        assert db.execute("SELECT state FROM messages WHERE id = ?", (mid,)).fetchone()[0] == "acked"
+        assert (
+            db.execute("SELECT state FROM messages WHERE id = ?", (mid,)).fetchone()[0] == "acked"
+        )
 
 
 # ------------------------------------------------------------------ oversize bodies
@@ -233,7 +261,11 @@ async def test_an_oversize_body_goes_to_one_file_and_the_recipient_gets_a_pointe
 
 async def test_an_oversize_broadcast_writes_one_file_for_all(hive):
     body = "x" * 5 * 1024
-    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+    async with (
+        agent(hive, "alice") as alice,
+        agent(hive, "bob") as bob,
+        agent(hive, "boss") as boss,
+    ):
         sent = await alice.expect(m.Send(to="*", body=body), m.Sent)
         assert len(sent.message_ids) == 2
         (path,) = auto_msg_files(hive, "alice")
@@ -264,14 +296,21 @@ async def test_ask_the_operator_and_get_the_answer_as_a_threaded_message(hive, a
         )
         (q,) = (await admin.expect(m.ListQuestions(), m.Questions)).questions
         assert (q.id, q.asker, q.target, q.options, q.state) == (
-            asked.question_id, "alice", "operator", ["yes", "no"], "open",
+            asked.question_id,
+            "alice",
+            "operator",
+            ["yes", "no"],
+            "open",
         )
         mine = (await alice.expect(m.ListMyAsks(), m.Asks)).asks
         assert [(a.id, a.target, a.question) for a in mine] == [(q.id, "operator", "deploy now?")]
         await admin.expect(m.AnswerQuestion(question_id=q.id, answer="yes"), m.Ok)
         (msg,) = await recv_all(alice)
         assert (msg.kind, msg.from_, msg.in_reply_to, msg.question_id) == (
-            "answer", "operator", asked.message_id, q.id,
+            "answer",
+            "operator",
+            asked.message_id,
+            q.id,
         )
         assert msg.body.endswith(": yes")
         assert (await alice.expect(m.ListMyAsks(), m.Asks)).asks == []
@@ -281,7 +320,11 @@ async def test_ask_the_operator_and_get_the_answer_as_a_threaded_message(hive, a
 
 
 async def test_agent_questions_wake_the_target_and_only_the_target_may_answer(hive):
-    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+    async with (
+        agent(hive, "alice") as alice,
+        agent(hive, "bob") as bob,
+        agent(hive, "boss") as boss,
+    ):
         asked = await alice.expect(m.Ask(target="bob", question="which branch?"), m.Asked)
         (qmsg,) = await recv_all(bob)
         assert (qmsg.kind, qmsg.question_id) == ("question", asked.question_id)
@@ -310,7 +353,9 @@ async def test_cancel_ask_is_bounded_to_the_asker(hive):
 
 async def test_a_question_past_its_ttl_is_answered_expired(hive):
     async with agent(hive, "alice") as alice:
-        asked = await alice.expect(m.Ask(target="operator", question="quick?", ttl_seconds=1), m.Asked)
+        asked = await alice.expect(
+            m.Ask(target="operator", question="quick?", ttl_seconds=1), m.Asked
+        )
         with trio.fail_after(5):
             got = await alice.expect(m.Recv(wait_seconds=5), m.Deliveries)
         msg = got.items[0].message
@@ -330,7 +375,11 @@ async def test_questions_need_one_real_target(hive):
 
 
 async def test_open_threads_show_both_directions_and_the_manager_sees_the_hive(hive, admin):
-    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob, agent(hive, "boss") as boss:
+    async with (
+        agent(hive, "alice") as alice,
+        agent(hive, "bob") as bob,
+        agent(hive, "boss") as boss,
+    ):
         a1 = await alice.expect(m.Ask(target="bob", question="review my patch?"), m.Asked)
         a2 = await bob.expect(m.Ask(target="operator", question="may I deploy?"), m.Asked)
         await hive.store.write(
@@ -340,7 +389,9 @@ async def test_open_threads_show_both_directions_and_the_manager_sees_the_hive(h
             )
         )
         alice_threads = (await alice.expect(m.GetOpenThreads(), m.OpenThreads)).threads
-        assert [(t.id, t.role, t.counterparty) for t in alice_threads] == [(a1.question_id, "asker", "bob")]
+        assert [(t.id, t.role, t.counterparty) for t in alice_threads] == [
+            (a1.question_id, "asker", "bob")
+        ]
         bob_threads = (await bob.expect(m.GetOpenThreads(), m.OpenThreads)).threads
         assert sorted((t.id, t.role, t.counterparty) for t in bob_threads) == sorted(
             [(a1.question_id, "target", "alice"), (a2.question_id, "asker", "operator")]
@@ -351,7 +402,9 @@ async def test_open_threads_show_both_directions_and_the_manager_sees_the_hive(h
         via_admin = (await admin.expect(m.GetAgentOpenThreads(agent="bob"), m.OpenThreads)).threads
         assert [(t.id, t.role) for t in via_admin] == [(t.id, t.role) for t in bob_threads]
         boss_own = (await admin.expect(m.GetAgentOpenThreads(agent="boss"), m.OpenThreads)).threads
-        assert [(type(t).__name__, t.summary) for t in boss_own] == [("ApprovalThread", "spawn carol: spawn carol")]
+        assert [(type(t).__name__, t.summary) for t in boss_own] == [
+            ("ApprovalThread", "spawn carol: spawn carol")
+        ]
 
 
 async def test_set_status_shows_in_the_agent_rows(hive, admin):
@@ -366,7 +419,9 @@ async def test_set_status_shows_in_the_agent_rows(hive, admin):
 async def test_operator_send_and_list_messages_filters(hive, admin):
     (m1,) = (await admin.expect(m.OperatorSend(to="alice", body="to alice"), m.Sent)).message_ids
     await admin.expect(m.OperatorSend(to="bob", body="to bob"), m.Sent)
-    (m3,) = (await admin.expect(m.OperatorSend(to="alice", body="again", in_reply_to=m1), m.Sent)).message_ids
+    (m3,) = (
+        await admin.expect(m.OperatorSend(to="alice", body="again", in_reply_to=m1), m.Sent)
+    ).message_ids
     alice_rows = (await admin.expect(m.ListMessages(agent="alice"), m.Messages)).messages
     assert [r.id for r in alice_rows] == [m3, m1]
     thread = (await admin.expect(m.ListMessages(thread=m1), m.Messages)).messages

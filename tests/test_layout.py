@@ -1,0 +1,85 @@
+"""The shape of the project: who may import whom, and docs that cannot drift from the code."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec.inspect as mi
+
+from c0re_priv.config import AgentConfig, HiveSettings
+from c0re_priv.handlers import STREAMING, UNARY
+from protocol import docgen
+from protocol import messages as m
+
+ROOT = Path(__file__).resolve().parent.parent
+UNPRIVILEGED = ("c0re_web", "ag3nt", "protocol")
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_unprivileged_packages_never_import_the_daemon():
+    offenders = []
+    for package in UNPRIVILEGED:
+        for path in (ROOT / package).rglob("*.py"):
+            for name in imported_modules(path):
+                if name == "c0re_priv" or name.startswith("c0re_priv."):
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []
+
+
+def test_importing_the_harness_and_web_loads_no_daemon_module():
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "for pkg in ('protocol', 'ag3nt', 'c0re_web'):\n"
+        "    mod = importlib.import_module(pkg)\n"
+        "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
+        "        if not info.name.endswith('__main__'):\n"
+        "            importlib.import_module(info.name)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] == 'c0re_priv'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_verb_has_exactly_one_handler():
+    verbs = {t for types in m.ROLE_REQUESTS.values() for t in types}
+    assert set(UNARY) | set(STREAMING) == verbs
+    assert not set(UNARY) & set(STREAMING)
+
+
+def test_op_tags_are_unique_within_each_role():
+    for role, types in m.ROLE_REQUESTS.items():
+        ops = [m.op_of(t) for t in types]
+        assert len(ops) == len(set(ops)), role
+
+
+def test_protocol_reference_is_generated_from_the_structs():
+    assert (ROOT / "docs" / "protocol.md").read_text() == docgen.render(), (
+        "docs/protocol.md is stale: run `python -m protocol.docgen > docs/protocol.md`"
+    )
+
+
+def test_every_config_key_is_documented():
+    doc = (ROOT / "docs" / "operating.md").read_text()
+    for cls in (HiveSettings, AgentConfig):
+        info = mi.type_info(cls)
+        assert isinstance(info, mi.StructType)
+        for field in info.fields:
+            assert re.search(rf"`{field.encode_name}`", doc), (
+                f"{cls.__name__}.{field.encode_name} undocumented"
+            )
