@@ -224,6 +224,7 @@ class Broker:
                         now=now,
                         in_reply_to=parent,
                         thread=thread,
+                        kind="system" if sender == SYSTEM else "message",
                         broadcast=broadcast,
                     )
                 )

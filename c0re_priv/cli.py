@@ -500,5 +500,26 @@ def agent_mcp(
     run_stdio(str(socket))
 
 
+@agent_app.command("serve")
+def agent_serve(
+    socket: Annotated[Path, typer.Option(envvar="HIVE_AGENT_SOCKET", help="This agent's socket.")],
+    runtime: Annotated[str, typer.Option(help="scripted or claude.")] = "scripted",
+    rules: Annotated[Path | None, typer.Option(help="Rules file for the scripted runtime.")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="The agent's state dir (default: $HOME).")
+    ] = None,
+    model: Annotated[str, typer.Option(envvar="HIVE_AGENT_MODEL", help="Model to use.")] = "",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the harness: lease messages, drive one runtime turn each, ack them."""
+    import os
+
+    from ag3nt.serve import run_harness
+
+    _setup_logging(verbose)
+    home = state_dir or Path(os.environ.get("HOME") or Path.cwd())
+    run_harness(socket, runtime, home, rules, model)
+
+
 def main() -> None:
     app()

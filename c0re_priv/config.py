@@ -31,6 +31,11 @@ class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str, Meta(max_length=128)] = ""
     runtime: Annotated[str, Meta(max_length=32)] = "scripted"
     allowed_recipients: list[Recipient] | None = None
+    memory_mb: Annotated[int, Meta(ge=16)] | None = None
+    cpus: Annotated[float, Meta(gt=0)] | None = None
+    pids: Annotated[int, Meta(ge=8)] | None = None
+    network: bool = True
+    rules: str = ""
 
 
 class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +52,11 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     event_replay: Annotated[int, Meta(ge=16)] = 4096
     admin_group: str = ""
     web_group: str = ""
+    autostart: bool = True
+    max_restarts: Annotated[int, Meta(ge=0)] = 3
+    restart_window_seconds: Annotated[float, Meta(gt=0)] = 300.0
+    stop_grace_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    shared_dir: str = ""
 
 
 class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -13,13 +13,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import trio
+
 from protocol import messages as m
 
 from . import open_threads
 from .errors import Fail
+from .lifecycle import read_tail
 
 if TYPE_CHECKING:
     from .hive import Hive
+    from .lifecycle import Lifecycle
     from .server import Connection
 
 
@@ -267,3 +271,138 @@ async def get_open_threads(c: Caller, req: m.GetOpenThreads) -> m.Reply:
 async def set_status(c: Caller, req: m.SetStatus) -> m.Reply:
     await c.hive.registry.set_status(c.name, req.text)
     return m.Ok(id=0)
+
+
+# ------------------------------------------------------------------ lifecycle (web, admin)
+
+
+def _lifecycle(c: Caller) -> Lifecycle:
+    if c.hive.lifecycle is None:
+        raise Fail("unavailable", "the container supervisor is not running")
+    return c.hive.lifecycle
+
+
+async def _row(c: Caller, name: str) -> m.Reply:
+    return m.AgentInfo(id=0, agent=await c.hive.registry.row(name))
+
+
+@unary(m.Start)
+async def start(c: Caller, req: m.Start) -> m.Reply:
+    await _lifecycle(c).start(req.name)
+    return await _row(c, req.name)
+
+
+@unary(m.Stop)
+async def stop(c: Caller, req: m.Stop) -> m.Reply:
+    await _lifecycle(c).stop(req.name, req.graceful)
+    return await _row(c, req.name)
+
+
+@unary(m.Restart)
+async def restart(c: Caller, req: m.Restart) -> m.Reply:
+    await _lifecycle(c).restart(req.name)
+    return await _row(c, req.name)
+
+
+@unary(m.Rebuild)
+async def rebuild(c: Caller, req: m.Rebuild) -> m.Reply:
+    await _lifecycle(c).rebuild(req.name)
+    return await _row(c, req.name)
+
+
+@unary(m.RebuildAll)
+async def rebuild_all(c: Caller, req: m.RebuildAll) -> m.Reply:
+    await _lifecycle(c).rebuild_all()
+    return m.Agents(id=0, agents=await c.hive.registry.rows())
+
+
+@unary(m.SetPaused)
+async def set_paused(c: Caller, req: m.SetPaused) -> m.Reply:
+    await _lifecycle(c).set_paused(req.name, req.paused)
+    return await _row(c, req.name)
+
+
+@unary(m.Destroy)
+async def destroy(c: Caller, req: m.Destroy) -> m.Reply:
+    await _lifecycle(c).destroy(req.name)
+    return m.Ok(id=0)
+
+
+@unary(m.AgentStatus)
+async def agent_status(c: Caller, req: m.AgentStatus) -> m.Reply:
+    return await _row(c, req.name)
+
+
+async def _control(c: Caller, name: str, action: m.ControlAction, model: str | None = None) -> m.Reply:
+    await _lifecycle(c).control(name, action, model)
+    return m.Ok(id=0)
+
+
+@unary(m.CancelTurn)
+async def cancel_turn(c: Caller, req: m.CancelTurn) -> m.Reply:
+    return await _control(c, req.name, "cancel")
+
+
+@unary(m.Compact)
+async def compact(c: Caller, req: m.Compact) -> m.Reply:
+    return await _control(c, req.name, "compact")
+
+
+@unary(m.SetModel)
+async def set_model(c: Caller, req: m.SetModel) -> m.Reply:
+    return await _control(c, req.name, "set_model", req.model)
+
+
+@unary(m.NewSession)
+async def new_session(c: Caller, req: m.NewSession) -> m.Reply:
+    return await _control(c, req.name, "new_session")
+
+
+@unary(m.GetAgentStats)
+async def get_agent_stats(c: Caller, req: m.GetAgentStats) -> m.Reply:
+    return m.Stats(id=0, name=req.name, stats=await _lifecycle(c).stats(req.name))
+
+
+# ------------------------------------------------------------------ harness (agent, manager)
+
+
+@streaming(m.WaitForControl)
+async def wait_for_control(c: Caller, req: m.WaitForControl, emit: Emit) -> None:
+    controls = await _lifecycle(c).controls_for(c.name)
+    async for frame in controls:
+        await emit(frame)
+
+
+@unary(m.Nack)
+async def nack(c: Caller, req: m.Nack) -> m.Reply:
+    assert c.conn.holder is not None
+    if req.lease not in c.conn.holder.leases:
+        raise Fail("not_found", "no such lease on this connection")
+    await c.hive.broker.release([req.lease], req.reason or "turn failed")
+    return m.Ok(id=0)
+
+
+@unary(m.ReportState)
+async def report_state(c: Caller, req: m.ReportState) -> m.Reply:
+    _lifecycle(c).report_state(c.name, req.state, req.reason, req.model)
+    return m.Ok(id=0)
+
+
+@unary(m.ReportTurn)
+async def report_turn(c: Caller, req: m.ReportTurn) -> m.Reply:
+    await _lifecycle(c).report_turn(c.name, req.turn)
+    return m.Ok(id=0)
+
+
+@unary(m.ReportControl)
+async def report_control(c: Caller, req: m.ReportControl) -> m.Reply:
+    outcome = "done" if req.ok else "failed"
+    c.hive.bus.publish(m.Note(agent=c.name, text=f"{req.action} {outcome}: {req.detail}".strip()))
+    return m.Ok(id=0)
+
+
+@unary(m.GetLogs)
+async def get_logs(c: Caller, req: m.GetLogs) -> m.Reply:
+    path = _lifecycle(c).log_file(c.name)
+    lines = await trio.to_thread.run_sync(read_tail, path, req.lines)
+    return m.Logs(id=0, lines=lines, path=str(path))

@@ -28,6 +28,8 @@ from .config import HiveConfig, Paths
 from .errors import Fail
 from .events import EventBus
 from .questions import Questions
+from .containers import Backend
+from .lifecycle import Lifecycle
 from .registry import Registry
 from .store import Store
 
@@ -84,6 +86,7 @@ class Hive:
         self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths)
         self.questions = Questions(self.store, self.bus, self.registry, self.broker)
         self.sockets: SocketHubLike | None = None
+        self.lifecycle: Lifecycle | None = None
 
     def uptime(self) -> float:
         return time.monotonic() - self._started_mono
@@ -105,9 +108,13 @@ class Hive:
         self.ensure_agent_dirs(name)
         if self.sockets is not None:
             await self.sockets.open_agent(name)
+        if self.lifecycle is not None:
+            await self.lifecycle.ensure_uid(name)
 
     async def remove_agent(self, name: str) -> None:
         self.registry.get(name)
+        if self.lifecycle is not None:
+            await self.lifecycle.stop(name, graceful=False)
         if self.sockets is not None:
             self.sockets.close_agent(name)
         await self.registry.remove(name)
@@ -149,6 +156,7 @@ async def run_hive(
     paths: Paths,
     *,
     handle_signals: bool = True,
+    backend: Backend | None = None,
     on_ready: Callable[[Hive], None] | None = None,
     task_status: trio.TaskStatus[Hive] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -174,6 +182,11 @@ async def run_hive(
                     if name not in added:
                         hive.ensure_agent_dirs(name)
                         await hub.open_agent(name)
+                lifecycle = Lifecycle(hive, services, backend)
+                hive.lifecycle = lifecycle
+                hive.registry.row_extras = lifecycle.row_extras
+                for name in hive.registry.names():
+                    await lifecycle.ensure_uid(name)
                 await services.start(hive.broker.run_lease_reaper)
                 await services.start(hive.questions.run_expiry)
                 log.info(
@@ -182,6 +195,8 @@ async def run_hive(
                     paths.run_dir,
                     len(hive.registry.agents),
                 )
+                if hive.settings.autostart:
+                    await lifecycle.start_all()
                 sd_notify("READY=1")
                 if on_ready is not None:
                     on_ready(hive)

@@ -103,8 +103,34 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def m002_containers_and_turns(db: sqlite_utils.Database) -> None:
+    add_column(db, "agents", "uid", "INTEGER")
+    add_column(db, "agents", "paused", "INTEGER NOT NULL DEFAULT 0")
+    add_column(db, "agents", "active_model", "TEXT NOT NULL DEFAULT ''")
+    execute_all(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS turns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent TEXT NOT NULL,
+            at REAL NOT NULL,
+            ok INTEGER NOT NULL,
+            result TEXT NOT NULL DEFAULT '',
+            tool_calls TEXT NOT NULL DEFAULT '[]',
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            duration_ms INTEGER NOT NULL DEFAULT 0,
+            message_id INTEGER
+        );
+        CREATE INDEX IF NOT EXISTS turns_agent ON turns (agent, id);
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
+    (2, "containers_and_turns", m002_containers_and_turns),
 ]
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from protocol.messages import AgentAdded, AgentRemoved, AgentRole, AgentRow, StatusChanged
 
@@ -32,6 +36,8 @@ class AgentRecord:
     started_at: float
     last_seen: float | None = None
     connections: int = 0
+    uid: int | None = None
+    paused: bool = False
 
     def may_send_to(self, recipient: str) -> bool:
         if recipient == "operator" or self.allowed_recipients is None:
@@ -52,6 +58,7 @@ class AgentRecord:
             created_at=self.created_at,
             queued=queued,
             leased=leased,
+            paused=self.paused,
         )
 
 
@@ -67,6 +74,8 @@ def _record(row: sqlite3.Row) -> AgentRecord:
         status_set_at=row["status_set_at"],
         created_at=row["created_at"],
         started_at=row["started_at"],
+        uid=row["uid"],
+        paused=bool(row["paused"]),
     )
 
 
@@ -75,6 +84,8 @@ class Registry:
         self._store = store
         self._bus = bus
         self.agents: dict[str, AgentRecord] = {}
+        self.row_extras: Callable[[str], dict[str, Any]] | None = None
+        """Fields other services add to an agent's row (container state, reminder counts)."""
 
     async def load(self) -> None:
         rows = await self._store.read(lambda c: c.execute("SELECT * FROM agents").fetchall())
@@ -169,7 +180,14 @@ class Registry:
             ).fetchall()
         )
         by_agent: dict[tuple[str, str], int] = {(r[0], r[1]): r[2] for r in counts}
-        return [
-            rec.row(by_agent.get((name, "queued"), 0), by_agent.get((name, "leased"), 0))
-            for name, rec in sorted(self.agents.items())
-        ]
+        rows = []
+        for name, rec in sorted(self.agents.items()):
+            row = rec.row(by_agent.get((name, "queued"), 0), by_agent.get((name, "leased"), 0))
+            if self.row_extras is not None:
+                row = msgspec.structs.replace(row, **self.row_extras(name))
+            rows.append(row)
+        return rows
+
+    async def row(self, name: str) -> AgentRow:
+        self.get(name)
+        return next(r for r in await self.rows() if r.name == name)

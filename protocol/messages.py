@@ -29,6 +29,8 @@ Role = Literal["agent", "manager", "web", "admin"]
 AgentRole = Literal["agent", "manager"]
 MessageState = Literal["queued", "leased", "acked"]
 MessageKind = Literal["message", "question", "answer", "system"]
+ContainerState = Literal["stopped", "starting", "running", "stopping", "crashed", "failed"]
+ControlAction = Literal["cancel", "compact", "set_model", "new_session"]
 QuestionState = Literal["open", "answered", "cancelled", "expired"]
 ErrorCode = Literal[
     "bad_frame",
@@ -84,6 +86,21 @@ class AgentRow(Struct, kw_only=True):
     created_at: float
     queued: int
     leased: int
+    # container and harness state (the lifecycle supervisor's view)
+    backend: str = ""
+    container: ContainerState = "stopped"
+    failed: bool = False
+    paused: bool = False
+    needs_login: bool = False
+    needs_update: bool = False
+    parent: str | None = None
+    deployed_sha: str | None = None
+    active_model: str = ""
+    harness_state: str = ""
+    """What the harness last reported: idle, turn, rate_limited, needs_login, error."""
+    limits: str = ""
+    """Resource limits in force, or why none could be applied."""
+    restarts: int = 0
 
 
 class MessageRow(Struct, kw_only=True):
@@ -151,6 +168,30 @@ class QuestionThread(Struct, tag="question", tag_field="kind", kw_only=True):
 
 
 OpenThread: TypeAlias = ApprovalThread | QuestionThread
+
+
+class TurnStats(Struct, kw_only=True):
+    """One runtime turn, as the harness measured it."""
+
+    ok: bool
+    result: Annotated[str, Meta(max_length=4000)] = ""
+    tool_calls: list[Annotated[str, Meta(max_length=128)]] = []
+    input_tokens: Annotated[int, Meta(ge=0)] = 0
+    output_tokens: Annotated[int, Meta(ge=0)] = 0
+    cost_usd: Annotated[float, Meta(ge=0)] = 0.0
+    duration_ms: Annotated[int, Meta(ge=0)] = 0
+    message_id: int | None = None
+
+
+class StatsRow(Struct, kw_only=True):
+    turns: int
+    failed_turns: int
+    tool_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    duration_ms: int
+    last_turn_at: float | None
 
 
 # --------------------------------------------------------------------------- requests
@@ -311,6 +352,127 @@ class GetAgentOpenThreads(Request, tag="get_open_threads"):
     agent: AgentName
 
 
+class Start(Request, tag="start"):
+    """Start an agent's container (and so its harness)."""
+
+    name: AgentName
+
+
+class Stop(Request, tag="stop"):
+    """Stop an agent's container; `graceful` lets the running turn finish first (bounded)."""
+
+    name: AgentName
+    graceful: bool = True
+
+
+class Restart(Request, tag="restart"):
+    """Stop then start an agent's container."""
+
+    name: AgentName
+
+
+class Rebuild(Request, tag="rebuild"):
+    """Recreate an agent's container from its config, then start it.
+
+    The agent gets a "container rebuilt" system message that drives a turn.
+    """
+
+    name: AgentName
+
+
+class RebuildAll(Request, tag="rebuild_all"):
+    """Rebuild every agent: the manager first, then the others; the manager is told the outcome."""
+
+
+class SetPaused(Request, tag="set_paused"):
+    """Pause (stop, and keep stopped across daemon restarts) or unpause an agent."""
+
+    name: AgentName
+    paused: bool
+
+
+class Destroy(Request, tag="destroy"):
+    """Stop and unregister an agent; its state dir is kept as a tombstone."""
+
+    name: AgentName
+
+
+class AgentStatus(Request, tag="agent_status"):
+    """One agent's status row; answered by `AgentInfo`."""
+
+    name: AgentName
+
+
+class CancelTurn(Request, tag="cancel_turn"):
+    """Ask an agent's harness to cancel the turn it is running (a `note` event tells the outcome)."""
+
+    name: AgentName
+
+
+class Compact(Request, tag="compact"):
+    """Ask an agent's harness to compact its session context."""
+
+    name: AgentName
+
+
+class SetModel(Request, tag="set_model"):
+    """Switch the model an agent's harness uses from its next turn on."""
+
+    name: AgentName
+    model: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class NewSession(Request, tag="new_session"):
+    """Ask an agent's harness to start a fresh session (forgetting the conversation)."""
+
+    name: AgentName
+
+
+class GetAgentStats(Request, tag="get_agent_stats"):
+    """Turn statistics of one agent (turns, tokens, cost, failures)."""
+
+    name: AgentName
+
+
+class WaitForControl(Request, tag="wait_for_control"):
+    """Harness only: stream the operator's controls for this agent as `ControlFrame`s."""
+
+
+class Nack(Request, tag="nack"):
+    """Harness only: give a leased message back at once (its turn failed); it is queued again."""
+
+    lease: Annotated[str, Meta(min_length=1, max_length=64)]
+    reason: Annotated[str, Meta(max_length=500)] = ""
+
+
+class ReportState(Request, tag="report_state"):
+    """Harness only: what the harness is doing now (idle, turn, rate_limited, needs_login, error)."""
+
+    state: Literal["idle", "turn", "rate_limited", "needs_login", "error"]
+    reason: Annotated[str, Meta(max_length=2000)] = ""
+    model: Annotated[str, Meta(max_length=128)] | None = None
+
+
+class ReportTurn(Request, tag="report_turn"):
+    """Harness only: one finished turn's numbers."""
+
+    turn: TurnStats
+
+
+class ReportControl(Request, tag="report_control"):
+    """Harness only: the outcome of an operator control (published as a `note` event)."""
+
+    action: ControlAction
+    ok: bool
+    detail: Annotated[str, Meta(max_length=2000)] = ""
+
+
+class GetLogs(Request, tag="get_logs"):
+    """Your own harness log, last `lines` lines."""
+
+    lines: Annotated[int, Meta(ge=1, le=5000)] = 200
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -408,6 +570,21 @@ class Messages(Reply, tag="messages"):
     messages: list[MessageRow]
 
 
+class ControlFrame(Reply, tag="control"):
+    action: ControlAction
+    model: str | None = None
+
+
+class Stats(Reply, tag="stats"):
+    name: str
+    stats: StatsRow
+
+
+class Logs(Reply, tag="logs"):
+    lines: list[str]
+    path: str
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -480,6 +657,20 @@ class Note(Event, tag="note"):
     text: str
 
 
+class NeedsLogin(Event, tag="needs_login"):
+    name: str
+    reason: str
+
+
+class LoggedIn(Event, tag="logged_in"):
+    name: str
+
+
+class TurnRecorded(Event, tag="turn_recorded"):
+    name: str
+    turn: TurnStats
+
+
 AnyEvent: TypeAlias = (
     AgentAdded
     | AgentRemoved
@@ -493,6 +684,9 @@ AnyEvent: TypeAlias = (
     | QuestionAnswered
     | QuestionCancelled
     | Note
+    | NeedsLogin
+    | LoggedIn
+    | TurnRecorded
 )
 EVENT_KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in get_args(AnyEvent))
 
@@ -520,6 +714,9 @@ AnyReply: TypeAlias = (
     | OpenThreads
     | Questions
     | Messages
+    | ControlFrame
+    | Stats
+    | Logs
 )
 
 
@@ -539,6 +736,12 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     CancelAsk,
     GetOpenThreads,
     SetStatus,
+    GetLogs,
+    WaitForControl,
+    Nack,
+    ReportState,
+    ReportTurn,
+    ReportControl,
 )
 MANAGER_REQUESTS: tuple[type[Request], ...] = (*AGENT_REQUESTS,)
 OPERATOR_REQUESTS: tuple[type[Request], ...] = (
@@ -552,6 +755,19 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     OperatorSend,
     ListMessages,
     GetAgentOpenThreads,
+    Start,
+    Stop,
+    Restart,
+    Rebuild,
+    RebuildAll,
+    SetPaused,
+    Destroy,
+    AgentStatus,
+    CancelTurn,
+    Compact,
+    SetModel,
+    NewSession,
+    GetAgentStats,
 )
 WEB_REQUESTS: tuple[type[Request], ...] = OPERATOR_REQUESTS
 ADMIN_REQUESTS: tuple[type[Request], ...] = (*OPERATOR_REQUESTS, AddAgent, RemoveAgent)

@@ -35,6 +35,7 @@ def short_tmp() -> Iterator[Path]:
 def make_config(**settings: object) -> HiveConfig:
     agents = settings.pop("agents", {})
     assert isinstance(agents, dict)
+    settings.setdefault("autostart", False)  # tests that want running agents say so
     return HiveConfig(
         hive=HiveSettings(**settings),  # type: ignore[arg-type]
         agents={name: AgentConfig(**spec) for name, spec in agents.items()},
@@ -137,7 +138,9 @@ class DaemonProcess:
 def daemon_process(short_tmp: Path) -> Iterator[DaemonProcess]:
     """A daemon subprocess with agents boss (manager), alice and bob; started for you."""
     config_file = short_tmp / "hive.toml"
-    config_file.write_text('[agents.boss]\nrole = "manager"\n\n[agents.alice]\n\n[agents.bob]\n')
+    config_file.write_text(
+        '[hive]\nautostart = false\n\n[agents.boss]\nrole = "manager"\n\n[agents.alice]\n\n[agents.bob]\n'
+    )
     daemon = DaemonProcess(short_tmp, config_file)
     daemon.start()
     try:

@@ -34,7 +34,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.root = Path(tempfile.mkdtemp(prefix="hvsm", dir="/tmp"))
         config = self.root / "hive.toml"
         config.write_text(
-            f"[hive]\nlease_seconds = {LEASE_SECONDS}\n"
+            f"[hive]\nautostart = false\nlease_seconds = {LEASE_SECONDS}\n"
             + "".join(f"[agents.{name}]\n" for name in AGENTS)
         )
         self.daemon = DaemonProcess(self.root, config)

@@ -1,0 +1,218 @@
+"""The in-container harness: lease a message, drive one runtime turn for it, ack it.
+
+`serve` is supervised: any failure of the loop (daemon restart, socket error, a bug) is
+logged with context, reported to the daemon when it can still be reached, backed off and
+retried, so the loop can never die silently while the MCP side keeps answering — the seed's
+"missed wake" bug. A message is acked only after its turn ended; a turn that fails hands its
+message back at once (`Nack`) so it comes again. SIGTERM stops taking work, lets the running
+turn finish, and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from protocol import messages as m
+from protocol.client import ConnectionLost, HiveClient, HiveError
+
+from .runtimes.base import AgentContext, LoginRequired, RateLimited, Runtime, Turn, TurnFailed
+
+log = logging.getLogger("ag3nt.harness")
+
+HEARTBEAT_SECONDS = 15.0
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+LOGIN_RETRY_SECONDS = 60.0
+FAILED_TURN_PAUSE = 2.0
+
+RuntimeFactory = Callable[[AgentContext], Runtime]
+
+
+def wake_prompt(msg: m.MessageRow, more: int) -> str:
+    """What the model is woken with: the message, its context, and the queue behind it."""
+    head = f"New {msg.kind} #{msg.id} from {msg.from_}"
+    if msg.in_reply_to is not None:
+        head += f", in reply to #{msg.in_reply_to}"
+    if msg.question_id is not None and msg.kind == "question":
+        head += f" (question_id={msg.question_id})"
+    lines = [head + ":", msg.body]
+    if msg.hint:
+        lines.append(f"({msg.hint})")
+    if more > 0:
+        lines.append(f"(+{more} more queued; consider draining before acting)")
+    return "\n".join(lines)
+
+
+@dataclass
+class TurnState:
+    running: anyio.CancelScope | None = None
+    cancelled_by_operator: bool = False
+    stopping: bool = False
+    idle: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Harness:
+    def __init__(self, ctx: AgentContext, make_runtime: RuntimeFactory) -> None:
+        self.ctx = ctx
+        self.make_runtime = make_runtime
+        self.state = TurnState()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT; restart the loop after any failure, with backoff."""
+        failures = 0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_signals, tg.cancel_scope)
+            while not self.state.stopping:
+                started = time.monotonic()
+                try:
+                    await self._run_connected()
+                except ConnectionLost as exc:
+                    log.warning("lost the daemon (%s); reconnecting", exc.message)
+                except HiveError as exc:
+                    log.error("daemon refused the harness: %s", exc)
+                except Exception:
+                    log.exception("harness loop failed; restarting it")
+                    await self._report_crash()
+                if self.state.stopping:
+                    break
+                failures = 0 if time.monotonic() - started > 60 else failures + 1
+                await anyio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
+            tg.cancel_scope.cancel()
+
+    async def _watch_signals(self, main: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: finishing the current turn, then stopping", signal.Signals(signum).name)
+                self.state.stopping = True
+                if self.state.running is None:
+                    main.cancel()
+                    return
+                await self.state.idle.wait()
+                main.cancel()
+                return
+
+    async def _report_crash(self) -> None:
+        """Tell the daemon the loop crashed, on a fresh connection (best effort)."""
+        with anyio.move_on_after(5):
+            try:
+                async with HiveClient.connect(str(self.ctx.socket), client="harness-crash") as c:
+                    await c.call(m.ReportState(state="error", reason="harness loop crashed; restarting"))
+            except HiveError:
+                log.warning("could not report the crash to the daemon")
+
+    async def _run_connected(self) -> None:
+        async with HiveClient.connect(str(self.ctx.socket), client=f"harness/{self.ctx.name}") as client:
+            me = await client.expect(m.Whoami(), m.Identity)
+            self.ctx.name, self.ctx.role = me.name, me.role
+            if me.model and not self.ctx.model:
+                self.ctx.model = me.model
+            runtime = self.make_runtime(self.ctx)
+            log.info("serving %s (%s) with the %s runtime", me.name, me.role, runtime.name)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._heartbeat, client)
+                    tg.start_soon(self._controls, client, runtime)
+                    await self._work(client, runtime)
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runtime.aclose()
+
+    async def _heartbeat(self, client: HiveClient) -> None:
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            await client.expect(m.Ping(), m.Pong)
+
+    async def _report(self, client: HiveClient, state: str, reason: str = "", model: str | None = None) -> None:
+        await client.expect(m.ReportState(state=state, reason=reason[:2000], model=model), m.Ok)  # type: ignore[arg-type]
+
+    async def _work(self, client: HiveClient, runtime: Runtime) -> None:
+        await self._report(client, "idle", model=runtime.model)
+        async with client.stream(m.WaitForWork()) as work:
+            async for frame in work:
+                if not isinstance(frame, m.Work):
+                    continue
+                await self._handle(client, runtime, frame.delivery, frame.more)
+                if self.state.stopping:
+                    return
+
+    async def _handle(self, client: HiveClient, runtime: Runtime, delivery: m.Delivery, more: int) -> None:
+        msg = delivery.message
+        turn = Turn(prompt=wake_prompt(msg, more), message=msg)
+        self.state.idle = anyio.Event()
+        self.state.cancelled_by_operator = False
+        await self._report(client, "turn", f"message #{msg.id} from {msg.from_}")
+        try:
+            while True:
+                try:
+                    with anyio.CancelScope() as scope:
+                        self.state.running = scope
+                        stats = await runtime.turn(turn)
+                    break
+                except RateLimited as exc:
+                    await self._report(client, "rate_limited", str(exc))
+                    log.warning("rate limited; retrying message #%d in %.0fs", msg.id, exc.retry_after)
+                    await anyio.sleep(exc.retry_after)
+                    await self._report(client, "turn", f"retrying message #{msg.id}")
+        except LoginRequired as exc:
+            await self._failed(client, delivery, "needs_login", str(exc))
+            await anyio.sleep(LOGIN_RETRY_SECONDS)
+            return
+        except TurnFailed as exc:
+            await self._failed(client, delivery, "error", str(exc))
+            await anyio.sleep(FAILED_TURN_PAUSE)
+            return
+        finally:
+            self.state.running = None
+            self.state.idle.set()
+        if scope.cancelled_caught:
+            await client.expect(m.Ack(lease=delivery.lease), m.Ok)
+            await client.expect(
+                m.ReportControl(action="cancel", ok=True, detail=f"turn for message #{msg.id} cancelled; message dropped"),
+                m.Ok,
+            )
+            await self._report(client, "idle", model=runtime.model)
+            return
+        stats.message_id = msg.id
+        await client.expect(m.ReportTurn(turn=stats), m.Ok)
+        await client.expect(m.Ack(lease=delivery.lease), m.Ok)
+        await self._report(client, "idle", model=runtime.model)
+
+    async def _failed(self, client: HiveClient, delivery: m.Delivery, state: str, reason: str) -> None:
+        msg = delivery.message
+        log.error("turn for message #%d failed (%s): %s", msg.id, state, reason)
+        await client.expect(m.Nack(lease=delivery.lease, reason=f"{state}: {reason}"[:500]), m.Ok)
+        await client.expect(m.ReportTurn(turn=m.TurnStats(ok=False, result=reason[:4000], message_id=msg.id)), m.Ok)
+        await self._report(client, state, reason)
+        await client.expect(m.SetStatus(text=f"turn failed ({state}): {reason}"[:500]), m.Ok)
+
+    async def _controls(self, client: HiveClient, runtime: Runtime) -> None:
+        async with client.stream(m.WaitForControl()) as controls:
+            async for frame in controls:
+                if not isinstance(frame, m.ControlFrame):
+                    continue
+                ok, detail = True, ""
+                try:
+                    if frame.action == "cancel":
+                        if self.state.running is None:
+                            ok, detail = False, "no turn is running"
+                        else:
+                            self.state.cancelled_by_operator = True
+                            self.state.running.cancel()
+                            continue  # the work loop reports the outcome
+                    elif frame.action == "compact":
+                        detail = await runtime.compact()
+                    elif frame.action == "new_session":
+                        detail = await runtime.new_session()
+                    elif frame.action == "set_model" and frame.model:
+                        detail = runtime.set_model(frame.model)
+                        await self._report(client, "idle" if self.state.running is None else "turn", detail, model=runtime.model)
+                except TurnFailed as exc:
+                    ok, detail = False, str(exc)
+                await client.expect(m.ReportControl(action=frame.action, ok=ok, detail=detail[:2000]), m.Ok)

@@ -1,0 +1,1 @@
+"""Runtimes drive one agent turn each: `claude` (the Claude Code CLI) and `scripted` (rules)."""

@@ -1,0 +1,209 @@
+"""The `scripted` runtime: deterministic rules instead of a model, for tests and the offline demo.
+
+A rules file (TOML) says: on a message matching X, call MCP tool Y with arguments built from
+the message. The tool is really called through the agent's own MCP server
+(`hive agent mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
+path a Claude agent does. The first rule that matches fires; a message no rule matches
+ends the turn with no action (it is still acked: it was seen).
+
+    [[rule]]
+    match = '^@(?P<to>[a-z][a-z0-9-]*)\\s+(?P<text>.*)'   # re.search on the body (DOTALL)
+    from = "operator"          # optional: only from this sender
+    kind = "message"           # optional: message | question | answer | system
+    tool = "send"
+    args = { to = "{to}", body = "{text}" }
+
+Templates may use `{from}`, `{body}`, `{id}`, `{kind}`, `{question_id}`, `{me}` and the
+match's named groups.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from protocol.messages import MessageRow, TurnStats
+
+from .base import AgentContext, Turn, TurnFailed
+
+DEFAULT_RULES = """
+[[rule]]
+kind = "question"
+tool = "answer"
+args = { question_id = "{question_id}", answer = "{me} says yes" }
+
+[[rule]]
+from = "operator"
+kind = "message"
+match = '^@(?P<to>[a-z][a-z0-9-]*)\\s+(?P<text>.*)'
+tool = "send"
+args = { to = "{to}", body = "{text}" }
+
+[[rule]]
+from = "operator"
+kind = "message"
+tool = "send"
+args = { to = "operator", body = "{me} got: {body}" }
+
+[[rule]]
+kind = "system"
+tool = "set_status"
+args = { text = "{body}" }
+
+[[rule]]
+kind = "message"
+match = '^(?!re: )'
+tool = "send"
+args = { to = "{from}", body = "re: {body}", in_reply_to = "{id}" }
+"""
+
+
+@dataclass(frozen=True)
+class Rule:
+    tool: str
+    args: Mapping[str, Any]
+    pattern: re.Pattern[str] | None
+    sender: str | None
+    kind: str | None
+
+    def matches(self, msg: MessageRow) -> dict[str, str] | None:
+        if self.sender is not None and msg.from_ != self.sender:
+            return None
+        if self.kind is not None and msg.kind != self.kind:
+            return None
+        if self.pattern is None:
+            return {}
+        found = self.pattern.search(msg.body)
+        if found is None:
+            return None
+        return {k: v for k, v in found.groupdict().items() if v is not None}
+
+
+class RulesError(Exception):
+    pass
+
+
+def parse_rules(text: str, source: str = "rules") -> list[Rule]:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{source}: {exc}") from exc
+    rules = []
+    for n, entry in enumerate(raw.get("rule", []), 1):
+        unknown = set(entry) - {"match", "from", "kind", "tool", "args"}
+        if unknown or "tool" not in entry:
+            raise RulesError(f"{source}: rule {n} needs `tool` and allows only match/from/kind/args")
+        try:
+            pattern = re.compile(entry["match"], re.DOTALL) if "match" in entry else None
+        except re.error as exc:
+            raise RulesError(f"{source}: rule {n}: bad pattern: {exc}") from exc
+        rules.append(
+            Rule(
+                tool=str(entry["tool"]),
+                args=dict(entry.get("args", {})),
+                pattern=pattern,
+                sender=entry.get("from"),
+                kind=entry.get("kind"),
+            )
+        )
+    return rules
+
+
+def render_args(args: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """Fill templates; an argument that is exactly one integer-valued field stays an int."""
+    out: dict[str, Any] = {}
+    for key, template in args.items():
+        if not isinstance(template, str):
+            out[key] = template
+            continue
+        filled = template.format_map(_Missing(values))
+        whole = re.fullmatch(r"\{(\w+)\}", template)
+        if whole and whole.group(1) in ("id", "question_id") and filled.isdigit():
+            out[key] = int(filled)
+        elif whole and filled == "":
+            continue  # an absent optional field is left out, not sent empty
+        else:
+            out[key] = filled
+    return out
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+class ScriptedRuntime:
+    name = "scripted"
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self.model = ctx.model or "scripted"
+        path = ctx.rules_file
+        if path is None and (ctx.state_dir / "rules.toml").is_file():
+            path = ctx.state_dir / "rules.toml"
+        self.rules = parse_rules(path.read_text(), str(path)) if path else parse_rules(DEFAULT_RULES)
+
+    async def turn(self, turn: Turn) -> TurnStats:
+        started = time.monotonic()
+        msg = turn.message
+        for rule in self.rules:
+            groups = rule.matches(msg)
+            if groups is None:
+                continue
+            values = {
+                "from": msg.from_,
+                "body": msg.body,
+                "id": str(msg.id),
+                "kind": msg.kind,
+                "question_id": "" if msg.question_id is None else str(msg.question_id),
+                "me": self.ctx.name,
+                **groups,
+            }
+            result = await self.call_tool(rule.tool, render_args(rule.args, values))
+            return TurnStats(
+                ok=True,
+                result=result[:4000],
+                tool_calls=[rule.tool],
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+        return TurnStats(ok=True, result="no rule matched", duration_ms=int((time.monotonic() - started) * 1000))
+
+    async def call_tool(self, tool: str, args: dict[str, Any]) -> str:
+        """Call one hyperhive MCP tool through a fresh `hive agent mcp` on this agent's socket."""
+        params = StdioServerParameters(
+            command=self.ctx.hive_command[0],
+            args=[*self.ctx.hive_command[1:], "agent", "mcp", "--socket", str(self.ctx.socket)],
+            env=dict(self.ctx.extra_env) or None,
+        )
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            result = await session.call_tool(tool, args)
+        text = "\n".join(getattr(block, "text", "") for block in result.content)
+        if result.is_error:
+            raise TurnFailed(f"tool {tool} failed: {text}")
+        return text
+
+    async def compact(self) -> str:
+        return "scripted runtime: nothing to compact"
+
+    async def new_session(self) -> str:
+        return "scripted runtime: sessions are stateless"
+
+    def set_model(self, model: str) -> str:
+        self.model = model
+        return f"scripted runtime: model label set to {model} (rules decide, not a model)"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def load_rules_file(path: Path) -> list[Rule]:
+    return parse_rules(path.read_text(), str(path))

@@ -1,0 +1,43 @@
+"""`hive agent serve`: build the agent's context and runtime, then run the harness."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+
+from .harness import Harness
+from .runtimes.base import AgentContext, Runtime
+
+RUNTIMES = ("scripted", "claude")
+
+
+def make_runtime(name: str) -> type[Runtime] | None:
+    if name == "scripted":
+        from .runtimes.scripted import ScriptedRuntime
+
+        return ScriptedRuntime  # type: ignore[return-value]
+    if name == "claude":
+        from .runtimes.claude import ClaudeRuntime
+
+        return ClaudeRuntime  # type: ignore[return-value]
+    return None
+
+
+def run_harness(socket: Path, runtime: str, state_dir: Path, rules: Path | None, model: str) -> None:
+    factory = make_runtime(runtime)
+    if factory is None:
+        raise SystemExit(f"hive agent serve: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    ctx = AgentContext(
+        name="",
+        role="agent",
+        model=model,
+        socket=socket,
+        state_dir=state_dir,
+        hive_command=[sys.executable, "-m", "c0re_priv"],
+        rules_file=rules,
+    )
+    harness = Harness(ctx, factory)
+    # asyncio: the official mcp client the runtimes use is developed and tested on it
+    anyio.run(harness.serve, backend="asyncio")

@@ -1,0 +1,147 @@
+"""What every container backend is given and must do.
+
+A backend turns a `ContainerSpec` into a running harness and back. `run` is the whole life
+of one container start: it reports `started` once the harness process exists, returns the
+exit status when it ends, and when cancelled stops it (SIGTERM, then SIGKILL after the
+spec's grace period). Backends never decide policy (restarts, ordering, who may ask): the
+lifecycle supervisor does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int | None = None
+    cpu: float | None = None
+    """CPU cores (1.5 = one and a half cores of time)."""
+    pids: int | None = None
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.memory_bytes, self.cpu, self.pids))
+
+    def describe(self) -> str:
+        parts = []
+        if self.memory_bytes is not None:
+            parts.append(f"memory={self.memory_bytes // (1024 * 1024)}MiB")
+        if self.cpu is not None:
+            parts.append(f"cpu={self.cpu:g}")
+        if self.pids is not None:
+            parts.append(f"pids={self.pids}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    role: str
+    command: list[str]
+    """The harness argv, run inside the container."""
+    socket: Path
+    state_dir: Path
+    """`<agents_root>/<name>/state`: bound read-write at the same absolute path."""
+    log_file: Path
+    """Host file that receives the harness's stdout and stderr (the agent cannot write it)."""
+    shared_dir: Path
+    """Host dir bound read-write at `/shared` in every container."""
+    hide: tuple[Path, ...]
+    """Host dirs the container must not see (daemon state, run dir)."""
+    peers: tuple[Path, ...] = ()
+    """Other agents' state dirs, bound read-only at the same paths (the manager's view)."""
+    env: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+    network: bool = True
+    limits: Limits = Limits()
+    grace_seconds: float = 30.0
+    nix_config: str = ""
+    """The rendered NixOS container config (nixos backend only)."""
+
+
+class Backend(Protocol):
+    name: str
+    isolation: str
+    """One line for the operator: what this backend isolates."""
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here, or None when it can."""
+        ...
+
+    async def create(self, spec: ContainerSpec) -> None: ...
+
+    async def run(
+        self,
+        spec: ContainerSpec,
+        enter_cgroup: Callable[[], None] | None,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> int:
+        """Start the container, report its pid, return its exit status."""
+        ...
+
+    async def destroy(self, spec: ContainerSpec) -> None: ...
+
+
+def drop_privileges(uid: int | None, gid: int | None, enter_cgroup: Callable[[], None] | None) -> Callable[[], None]:
+    """A `preexec_fn`: join the cgroup while still root, then become the agent's uid."""
+
+    def preexec() -> None:
+        if enter_cgroup is not None:
+            enter_cgroup()
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+
+    return preexec
+
+
+async def run_supervised_process(
+    argv: list[str],
+    spec: ContainerSpec,
+    enter_cgroup: Callable[[], None] | None,
+    task_status: trio.TaskStatus[int],
+) -> int:
+    """Run `argv` in its own session, logging to the spec's log file; stop it when cancelled."""
+    spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(spec.log_file, "ab") as log:
+        proc = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, **spec.env},
+            preexec_fn=drop_privileges(spec.uid, spec.gid, enter_cgroup),
+        )
+    task_status.started(proc.pid)
+    try:
+        return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with trio.CancelScope(shield=True):
+                await terminate_group(proc, spec.grace_seconds)
+
+
+async def terminate_group(proc: trio.Process, grace: float) -> None:
+    """SIGTERM the process group, wait up to `grace` seconds, then SIGKILL it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with trio.move_on_after(grace):
+        await proc.wait()
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()

@@ -1,0 +1,448 @@
+"""The container supervisor: start, stop, restart, rebuild, pause and destroy agents.
+
+One supervising task per running agent lives in the daemon's services nursery. It asks the
+backend to run the container, and when the container ends without being asked to it
+restarts it (up to `max_restarts` within `restart_window_seconds`), after which the agent is
+`failed` and the manager's inbox gets a `container_crash` message with the log tail. Every
+transition publishes `AgentStateChanged`. The operator's controls for a running harness
+(cancel turn, compact, set model, new session) are queued here and streamed to the harness
+over its own socket (`WaitForControl`); the harness reports the outcome as a `note` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocol import messages as m
+
+from .broker import SYSTEM
+from .config import AgentConfig
+from .containers import BACKENDS, Backend, ContainerSpec, Limits
+from .containers.bwrap import BwrapBackend
+from .containers.cgroups import Applied, Cgroups
+from .errors import Fail
+
+if TYPE_CHECKING:
+    from .hive import Hive
+
+log = logging.getLogger(__name__)
+UID_BASE = 61000
+CONNECT_TIMEOUT = 60.0
+RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0)
+LOG_TAIL = 40
+
+
+@dataclass
+class Supervised:
+    """What the supervisor knows of one agent's container right now."""
+
+    name: str
+    state: m.ContainerState = "stopped"
+    scope: trio.CancelScope | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    stopping: bool = False
+    grace: float = 30.0
+    failed: bool = False
+    crashes: deque[float] = field(default_factory=deque)
+    restarts: int = 0
+    limits: str = ""
+    harness_state: str = ""
+    needs_login: bool = False
+    active_model: str = ""
+    controls: trio.MemorySendChannel[m.ControlFrame] | None = None
+    control_recv: trio.MemoryReceiveChannel[m.ControlFrame] | None = None
+
+    def __post_init__(self) -> None:
+        self.controls, self.control_recv = trio.open_memory_channel[m.ControlFrame](16)
+
+
+def harness_command(runtime: str, socket: Path, rules: Path | None) -> list[str]:
+    argv = [sys.executable, "-m", "c0re_priv", "agent", "serve", "--socket", str(socket), "--runtime", runtime]
+    if rules is not None:
+        argv += ["--rules", str(rules)]
+    return argv
+
+
+def read_tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a log file (empty when it does not exist yet)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 256 * 1024))
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    return data.decode(errors="replace").splitlines()[-lines:]
+
+
+class Lifecycle:
+    def __init__(self, hive: Hive, nursery: trio.Nursery, backend: Backend | None = None) -> None:
+        self.hive = hive
+        self._nursery = nursery
+        settings = hive.settings
+        if backend is None:
+            cls = BACKENDS[settings.backend]
+            backend = (
+                BwrapBackend(ro_extra=_interpreter_paths()) if cls is BwrapBackend else cls()
+            )
+        self.backend: Backend = backend
+        self.cgroups = Cgroups()
+        self.agents: dict[str, Supervised] = {}
+        self.shared_dir = (
+            Path(settings.shared_dir) if settings.shared_dir else hive.paths.state_dir / "shared"
+        )
+
+    # ---------------------------------------------------------------- state
+
+    def sup(self, name: str) -> Supervised:
+        self.hive.registry.get(name)
+        if name not in self.agents:
+            self.agents[name] = Supervised(name, grace=self.hive.settings.stop_grace_seconds)
+        return self.agents[name]
+
+    def _set_state(self, s: Supervised, state: m.ContainerState, reason: str = "") -> None:
+        s.state = state
+        self.hive.bus.publish(m.AgentStateChanged(name=s.name, state=state, reason=reason))
+
+    def log_file(self, name: str) -> Path:
+        return self.hive.paths.agents_root / name / "harness.log"
+
+    def agent_config(self, name: str) -> AgentConfig:
+        return self.hive.config.agents.get(name, AgentConfig())
+
+    def spec(self, name: str) -> ContainerSpec:
+        hive = self.hive
+        record = hive.registry.get(name)
+        cfg = self.agent_config(name)
+        paths = hive.paths
+        rules = Path(cfg.rules) if cfg.rules else None
+        peers: tuple[Path, ...] = ()
+        if record.role == "manager":
+            peers = tuple(paths.agent_state(n) for n in hive.registry.names() if n != name)
+        uid = record.uid
+        return ContainerSpec(
+            name=name,
+            role=record.role,
+            command=harness_command(record.runtime, paths.agent_sock(name), rules),
+            socket=paths.agent_sock(name),
+            state_dir=paths.agent_state(name),
+            log_file=self.log_file(name),
+            shared_dir=self.shared_dir,
+            hide=(paths.state_dir, paths.run_dir),
+            peers=peers,
+            env={"HIVE_AGENT_MODEL": record.model} if record.model else {},
+            uid=uid,
+            gid=uid,
+            network=cfg.network,
+            limits=Limits(
+                memory_bytes=cfg.memory_mb * 1024 * 1024 if cfg.memory_mb else None,
+                cpu=cfg.cpus,
+                pids=cfg.pids,
+            ),
+            grace_seconds=self.hive.settings.stop_grace_seconds,
+        )
+
+    def row_extras(self, name: str) -> dict[str, object]:
+        s = self.agents.get(name)
+        if s is None:
+            return {"backend": self.backend.name}
+        return {
+            "backend": self.backend.name,
+            "container": s.state,
+            "failed": s.failed,
+            "needs_login": s.needs_login,
+            "active_model": s.active_model,
+            "harness_state": s.harness_state,
+            "limits": s.limits,
+            "restarts": s.restarts,
+        }
+
+    # ---------------------------------------------------------------- ownership
+
+    async def ensure_uid(self, name: str) -> None:
+        """As root, give each agent its own uid and hand it its state dir and socket."""
+        record = self.hive.registry.get(name)
+        if os.geteuid() != 0:
+            return
+        if record.uid is None:
+            used = {r.uid for r in self.hive.registry.agents.values() if r.uid is not None}
+            uid = next(u for u in range(UID_BASE, UID_BASE + 100_000) if u not in used)
+            await self.hive.store.write(
+                lambda c: c.execute("UPDATE agents SET uid = ? WHERE name = ?", (uid, name))
+            )
+            record.uid = uid
+        uid = record.uid
+        state = self.hive.paths.agent_state(name)
+        state.mkdir(parents=True, exist_ok=True)
+        os.chown(state, uid, uid)
+        sock = self.hive.paths.agent_sock(name)
+        if sock.exists():
+            os.chown(sock, uid, uid)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.shared_dir, 0o1777)
+
+    # ---------------------------------------------------------------- verbs
+
+    async def start(self, name: str) -> None:
+        s = self.sup(name)
+        if s.scope is not None:
+            return
+        if (reason := self.backend.unavailable()) is not None:
+            raise Fail("unavailable", f"cannot start {name}: {reason}")
+        record = self.hive.registry.get(name)
+        if record.paused:
+            raise Fail("conflict", f"{name} is paused; unpause it first")
+        await self.ensure_uid(name)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        spec = self.spec(name)
+        await self.backend.create(spec)
+        s.failed = False
+        s.crashes.clear()
+        s.stopping = False
+        s.done = trio.Event()
+        await self._nursery.start(self._supervise, s)
+
+    async def stop(self, name: str, graceful: bool = True) -> None:
+        s = self.sup(name)
+        if s.scope is None:
+            return
+        s.stopping = True
+        s.grace = self.hive.settings.stop_grace_seconds if graceful else 0.0
+        self._set_state(s, "stopping", "graceful" if graceful else "immediate")
+        s.scope.cancel()
+        await s.done.wait()
+
+    async def restart(self, name: str) -> None:
+        await self.stop(name)
+        await self.start(name)
+
+    async def rebuild(self, name: str) -> None:
+        """Recreate the container from config and start it; the agent is told by message."""
+        await self.stop(name)
+        spec = self.spec(name)
+        await self.backend.destroy(spec)
+        await self.start(name)
+        await self.hive.broker.send(SYSTEM, name, "container rebuilt")
+
+    async def rebuild_all(self) -> tuple[list[str], dict[str, str]]:
+        """Rebuild the manager first, then everyone else; tell the manager what happened."""
+        registry = self.hive.registry
+        managers = [n for n in registry.names() if registry.agents[n].role == "manager"]
+        others = [n for n in registry.names() if n not in managers and not registry.agents[n].paused]
+        done: list[str] = []
+        failed: dict[str, str] = {}
+
+        async def one(name: str) -> None:
+            try:
+                await self.rebuild(name)
+                done.append(name)
+            except Fail as exc:
+                failed[name] = exc.message
+
+        for name in managers:
+            await one(name)
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                while name not in failed and registry.agents[name].connections == 0:
+                    await trio.sleep(0.05)
+        async with trio.open_nursery() as nursery:
+            for name in others:
+                nursery.start_soon(one, name)
+        for name in managers:
+            lines = [f"rebuilt: {', '.join(sorted(done)) or 'none'}"]
+            lines += [f"failed: {n}: {why}" for n, why in sorted(failed.items())]
+            await self.hive.broker.send(SYSTEM, name, "rebuild_all finished\n" + "\n".join(lines))
+        return done, failed
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        record = self.hive.registry.get(name)
+        if paused:
+            await self.stop(name)
+        await self.hive.store.write(
+            lambda c: c.execute("UPDATE agents SET paused = ? WHERE name = ?", (int(paused), name))
+        )
+        record.paused = paused
+        self.hive.bus.publish(
+            m.AgentStateChanged(name=name, state="paused" if paused else "unpaused", reason="operator")
+        )
+        if not paused and self.hive.settings.autostart:
+            await self.start(name)
+
+    async def destroy(self, name: str) -> Path:
+        """Stop and unregister; the agent's dir moves to the tombstones. Returns its new path."""
+        self.hive.registry.get(name)
+        tomb_root = self.hive.paths.state_dir / "tombstones"
+        tomb = tomb_root / name
+        if tomb.exists():
+            raise Fail("conflict", f"a tombstone for {name!r} exists; purge it first")
+        await self.stop(name, graceful=False)
+        await self.backend.destroy(self.spec(name))
+        await self.hive.remove_agent(name)
+        self.agents.pop(name, None)
+        tomb_root.mkdir(parents=True, exist_ok=True)
+        agent_dir = self.hive.paths.agents_root / name
+        if agent_dir.exists():
+            shutil.move(str(agent_dir), str(tomb))
+        return tomb
+
+    async def start_all(self) -> None:
+        registry = self.hive.registry
+        names = sorted(registry.names(), key=lambda n: registry.agents[n].role != "manager")
+        for name in names:
+            if registry.agents[name].paused:
+                continue
+            try:
+                await self.start(name)
+            except Fail as exc:
+                log.error("%s: %s", name, exc.message)
+
+    # ---------------------------------------------------------------- supervision
+
+    async def _supervise(self, s: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        applied: Applied | None = None
+        try:
+            with trio.CancelScope() as scope:
+                s.scope = scope
+                task_status.started()
+                while True:
+                    spec = self.spec(s.name)
+                    applied = self.cgroups.prepare(s.name, spec.limits)
+                    s.limits = applied.description
+                    self._set_state(s, "starting")
+                    started = time.monotonic()
+                    status = await self._run_once(s, spec, applied)
+                    if s.stopping:
+                        break
+                    now = time.monotonic()
+                    s.crashes.append(now)
+                    window = self.hive.settings.restart_window_seconds
+                    while s.crashes and s.crashes[0] < now - window:
+                        s.crashes.popleft()
+                    tail = read_tail(self.log_file(s.name), LOG_TAIL)
+                    if len(s.crashes) > self.hive.settings.max_restarts:
+                        s.failed = True
+                        self._set_state(s, "failed", f"exited with {status} {len(s.crashes)} times")
+                        await self._report_crash(s.name, status, tail)
+                        break
+                    self._set_state(s, "crashed", f"exited with {status} after {now - started:.1f}s")
+                    s.restarts += 1
+                    await trio.sleep(RESTART_BACKOFF[min(len(s.crashes), len(RESTART_BACKOFF)) - 1])
+        finally:
+            s.scope = None
+            if applied is not None:
+                self.cgroups.remove(applied)
+            if not s.failed:
+                s.state = "stopped"
+                self.hive.bus.publish(m.AgentStateChanged(name=s.name, state="stopped", reason=""))
+            s.done.set()
+
+    async def _run_once(self, s: Supervised, spec: ContainerSpec, applied: Applied) -> int:
+        result: list[int] = []
+
+        async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+            result.append(await self.backend.run(spec, applied.enter, task_status=task_status))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run)
+                self._set_state(s, "running")
+        except OSError as exc:
+            log.error("%s: could not start its container: %s", s.name, exc)
+            with open(self.log_file(s.name), "a") as fh:
+                fh.write(f"hyperhive: could not start the container: {exc}\n")
+            return -1
+        return result[0] if result else -1
+
+    async def _report_crash(self, name: str, status: int, tail: list[str]) -> None:
+        managers = [n for n, r in self.hive.registry.agents.items() if r.role == "manager" and n != name]
+        body = f"container_crash: {name} exited with {status} and will not be restarted.\nLast log lines:\n" + "\n".join(tail)
+        for manager in managers:
+            await self.hive.broker.send(SYSTEM, manager, body)
+
+    # ---------------------------------------------------------------- harness reports and controls
+
+    async def control(self, name: str, action: m.ControlAction, model: str | None = None) -> None:
+        s = self.sup(name)
+        if self.hive.registry.agents[name].connections == 0:
+            raise Fail("unavailable", f"{name}'s harness is not connected")
+        assert s.controls is not None
+        try:
+            s.controls.send_nowait(m.ControlFrame(id=0, action=action, model=model))
+        except trio.WouldBlock:
+            raise Fail("rate_limited", f"{name} has too many pending controls", 1.0) from None
+
+    async def controls_for(self, name: str) -> trio.MemoryReceiveChannel[m.ControlFrame]:
+        s = self.sup(name)
+        assert s.control_recv is not None
+        return s.control_recv
+
+    def report_state(self, name: str, state: str, reason: str, model: str | None) -> None:
+        s = self.sup(name)
+        s.harness_state = state
+        if model is not None:
+            s.active_model = model
+        if state == "needs_login" and not s.needs_login:
+            s.needs_login = True
+            self.hive.bus.publish(m.NeedsLogin(name=name, reason=reason))
+        self.hive.bus.publish(m.AgentStateChanged(name=name, state=f"harness:{state}", reason=reason))
+
+    async def report_turn(self, name: str, turn: m.TurnStats) -> None:
+        s = self.sup(name)
+        now = time.time()
+        await self.hive.store.write(
+            lambda c: c.execute(
+                "INSERT INTO turns (agent, at, ok, result, tool_calls, input_tokens, output_tokens,"
+                " cost_usd, duration_ms, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, now, int(turn.ok), turn.result, json.dumps(turn.tool_calls),
+                    turn.input_tokens, turn.output_tokens, turn.cost_usd, turn.duration_ms,
+                    turn.message_id,
+                ),
+            )
+        )
+        self.hive.bus.publish(m.TurnRecorded(name=name, turn=turn))
+        if turn.ok and s.needs_login:
+            s.needs_login = False
+            self.hive.bus.publish(m.LoggedIn(name=name))
+
+    async def stats(self, name: str) -> m.StatsRow:
+        self.hive.registry.get(name)
+
+        def read(c: sqlite3.Connection) -> m.StatsRow:
+            row = c.execute(
+                "SELECT count(*), sum(1 - ok), sum(json_array_length(tool_calls)),"
+                " sum(input_tokens), sum(output_tokens), sum(cost_usd), sum(duration_ms), max(at)"
+                " FROM turns WHERE agent = ?",
+                (name,),
+            ).fetchone()
+            return m.StatsRow(
+                turns=row[0],
+                failed_turns=row[1] or 0,
+                tool_calls=row[2] or 0,
+                input_tokens=row[3] or 0,
+                output_tokens=row[4] or 0,
+                cost_usd=row[5] or 0.0,
+                duration_ms=row[6] or 0,
+                last_turn_at=row[7],
+            )
+
+        return await self.hive.store.read(read)
+
+
+def _interpreter_paths() -> tuple[Path, ...]:
+    """The interpreter and hyperhive's own code, which a sandbox must see to run the harness."""
+    package_root = Path(__file__).resolve().parent.parent
+    candidates = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), package_root}
+    return tuple(sorted(p for p in candidates if p.exists()))
