@@ -17,11 +17,11 @@ def make_runtime(name: str) -> type[Runtime] | None:
     if name == "scripted":
         from .runtimes.scripted import ScriptedRuntime
 
-        return ScriptedRuntime  # type: ignore[return-value]
+        return ScriptedRuntime
     if name == "claude":
         from .runtimes.claude import ClaudeRuntime
 
-        return ClaudeRuntime  # type: ignore[return-value]
+        return ClaudeRuntime
     return None
 
 

@@ -41,7 +41,7 @@ OPERATOR = "operator"
 SYSTEM = "system"
 COLUMNS = (
     "id, sender, recipient, body, in_reply_to, thread, kind, state, attempts, broadcast,"
-    " question_id, created_at, acked_at"
+    " question_id, created_at, acked_at, reminder_id"
 )
 
 
@@ -61,6 +61,7 @@ def message_row(r: sqlite3.Row) -> MessageRow:
         question_id=r["question_id"],
         created_at=r["created_at"],
         acked_at=r["acked_at"],
+        reminder_id=r["reminder_id"],
     )
 
 
@@ -96,12 +97,14 @@ def insert_message(
     kind: MessageKind = "message",
     broadcast: bool = False,
     question_id: int | None = None,
+    reminder_id: int | None = None,
 ) -> MessageRow:
     """Insert one message; the operator's inbox is the dashboard, so it is acked on arrival."""
     to_operator = recipient == OPERATOR
     row = conn.execute(
         "INSERT INTO messages (sender, recipient, body, in_reply_to, thread, kind, state,"
-        " broadcast, question_id, created_at, acked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " broadcast, question_id, created_at, acked_at, reminder_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         f" RETURNING {COLUMNS}",
         (
             sender,
@@ -115,6 +118,7 @@ def insert_message(
             question_id,
             now,
             now if to_operator else None,
+            reminder_id,
         ),
     ).fetchone()
     msg = message_row(row)

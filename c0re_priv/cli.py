@@ -158,36 +158,107 @@ def up(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Bring up the whole hive from hive.toml and run until Ctrl-C."""
+    """Bring up the whole hive from hive.toml (daemon, dashboard, agents); Ctrl-C stops all."""
     import trio
 
     from .config import ConfigError, load_config, resolve_paths, write_default_config
-    from .hive import Hive, run_hive
+    from .hive import Hive
+    from .up import run_up
 
     _setup_logging(verbose)
     if not config.exists():
-        write_default_config(config)
-        typer.echo(f"wrote a default configuration to {config}")
+        runtime = _default_runtime()
+        write_default_config(config, runtime)
+        typer.echo(f"wrote a default configuration to {config} (runtime: {runtime})")
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         _die(str(exc))
     if web_port is not None:
         cfg.hive.web_port = web_port
+    cfg.hive.web_group = _web_group(cfg.hive.web_group)
     paths = resolve_paths(cfg.hive, state_dir, run_dir)
 
     def ready(hive: Hive) -> None:
+        lifecycle = hive.lifecycle
+        assert lifecycle is not None
+        backend = lifecycle.backend
         typer.echo(f"hyperhive {hive.rev} is up")
-        typer.echo(f"  state:   {paths.state_dir}")
-        typer.echo(f"  admin:   {paths.admin_sock}   (hive ctl --run-dir {paths.run_dir} …)")
-        typer.echo(f"  web:     {paths.web_sock}")
+        typer.echo(f"  state:    {paths.state_dir}")
+        typer.echo(f"  sockets:  {paths.run_dir}   (hive ctl --run-dir {paths.run_dir} …)")
+        typer.echo(f"  backend:  {backend.name}: {backend.isolation}")
+        if backend.name == "process":
+            typer.echo("  WARNING:  the process backend does not isolate agents at all", err=True)
+        if (why := backend.unavailable()) is not None:
+            typer.echo(f"  WARNING:  agents cannot start: {why}", err=True)
         for name in hive.registry.names():
             rec = hive.registry.agents[name]
-            typer.echo(f"  agent:   {name:<12} {rec.role:<8} {paths.agent_sock(name)}")
+            typer.echo(f"  agent:    {name:<12} {rec.role:<8} {rec.runtime:<9} {lifecycle.log_file(name)}")
         typer.echo("Ctrl-C stops everything.")
 
     with _startup_errors():
-        trio.run(lambda: run_hive(cfg, paths, on_ready=ready))
+        trio.run(run_up, cfg, paths, ready)
+
+
+def _default_runtime() -> str:
+    """`claude` when a logged-in Claude Code CLI is here, else the offline `scripted` runtime."""
+    try:
+        from ag3nt.runtimes.claude import claude_login_available
+    except ImportError:
+        return "scripted"
+    return "claude" if claude_login_available() else "scripted"
+
+
+def _web_group(configured: str) -> str:
+    """As root, `hive up` gives web.sock to the dashboard user's group unless told otherwise."""
+    import os
+
+    if configured or os.geteuid() != 0:
+        return configured
+    try:
+        from c0re_web.privileges import WEB_USER, PrivilegeError, ensure_user
+    except ImportError:
+        return configured
+    try:
+        ensure_user(WEB_USER)
+    except PrivilegeError as exc:
+        _die(f"cannot prepare the dashboard's user: {exc}")
+    return WEB_USER
+
+
+@app.command("web")
+def web(
+    run_dir: RunDir = None,
+    bind: Annotated[
+        str, typer.Option(help="HOST:PORT to serve on (port 0 picks one); keep it loopback.")
+    ] = "127.0.0.1:8765",
+    user: Annotated[
+        str, typer.Option(help="Unprivileged user to run as when started as root.")
+    ] = "hive-web",
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--allow-host", help="Another Host[:PORT] browsers use (repeatable)."),
+    ] = None,
+    session_hours: Annotated[float, typer.Option(min=0.01, help="How long a login lasts.")] = 12.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the operator dashboard; unprivileged, it reaches the daemon only through web.sock."""
+    from c0re_web.privileges import PrivilegeError
+    from c0re_web.serve import StartupError, WebOptions, serve
+
+    _setup_logging(verbose)
+    options = WebOptions(
+        web_sock=_run_dir(run_dir).absolute() / "web.sock",
+        bind=bind,
+        user=user,
+        allow_hosts=tuple(allow_host or ()),
+        session_seconds=session_hours * 3600,
+        log_level="debug" if verbose else "info",
+    )
+    try:
+        serve(options)
+    except (StartupError, PrivilegeError) as exc:
+        _die(f"cannot start the dashboard: {exc}")
 
 
 # ------------------------------------------------------------------ ctl
@@ -485,6 +556,75 @@ def ctl_threads(
         _table(rows, ["KIND", "ID", "WITH", "AGE", "SUMMARY"])
 
     _emit(threads, as_json, human)
+
+
+def _due(ts: float) -> str:
+    ahead = int(ts - time.time())
+    if ahead <= 0:
+        return _ago(ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if ahead >= size:
+            return f"in {ahead // size}{unit}"
+    return f"in {ahead}s"
+
+
+@ctl.command("reminders")
+def ctl_reminders(
+    agent: Annotated[str | None, typer.Option(help="Only this agent's reminders.")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only this state: pending, delivered, failed, cancelled.")
+    ] = None,
+    limit: int = 100,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Reminders, newest first; a failed one shows its attempts and last error."""
+    try:
+        req = msgspec.convert({"agent": agent, "state": state, "limit": limit}, m.ListReminders)
+    except msgspec.ValidationError as exc:
+        _die(f"invalid filter: {exc}")
+    with _admin(run_dir) as c:
+        try:
+            rows = c.expect(req, m.Reminders).reminders
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(
+        rows,
+        as_json,
+        lambda: _table(
+            [
+                [
+                    str(r.id),
+                    r.owner,
+                    r.state,
+                    _due(r.due_at),
+                    str(r.attempt_count),
+                    (r.last_error or "")[:40],
+                    r.body.replace("\n", " ")[:50],
+                ]
+                for r in rows
+            ],
+            ["ID", "OWNER", "STATE", "DUE", "ATTEMPTS", "LAST ERROR", "BODY"],
+        ),
+    )
+
+
+@ctl.command("retry-reminder")
+def ctl_retry_reminder(
+    reminder_id: int, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Queue a failed reminder again: due at once, with a fresh set of attempts."""
+    try:
+        req = msgspec.convert({"id": reminder_id}, m.RetryReminder)
+    except msgspec.ValidationError as exc:
+        _die(f"invalid reminder id: {exc}")
+    with _admin(run_dir) as c:
+        try:
+            row = c.expect(req, m.ReminderInfo).reminder
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(row, as_json, lambda: typer.echo(f"reminder #{row.id} of {row.owner} is pending again"))
 
 
 # ------------------------------------------------------------------ in-container harness

@@ -36,6 +36,10 @@ class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     pids: Annotated[int, Meta(ge=8)] | None = None
     network: bool = True
     rules: str = ""
+    # per-agent overrides of the [hive] reminder limits
+    reminder_burst: Annotated[int, Meta(ge=1)] | None = None
+    reminder_refill_per_minute: Annotated[float, Meta(gt=0)] | None = None
+    reminder_max_pending: Annotated[int, Meta(ge=1)] | None = None
 
 
 class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -57,6 +61,12 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     restart_window_seconds: Annotated[float, Meta(gt=0)] = 300.0
     stop_grace_seconds: Annotated[float, Meta(ge=0)] = 30.0
     shared_dir: str = ""
+    reminder_burst: Annotated[int, Meta(ge=1)] = 10
+    reminder_refill_per_minute: Annotated[float, Meta(gt=0)] = 6.0
+    reminder_max_pending: Annotated[int, Meta(ge=1)] = 100
+    reminder_max_attempts: Annotated[int, Meta(ge=1)] = 5
+    reminder_retry_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    reminder_batch: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
 
 class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -17,7 +17,7 @@ import trio
 
 from protocol import messages as m
 
-from . import open_threads
+from . import agent_files, open_threads, snapshot
 from .errors import Fail
 from .lifecycle import read_tail
 
@@ -171,6 +171,49 @@ async def agent_open_threads(c: Caller, req: m.GetAgentOpenThreads) -> m.Reply:
     return m.OpenThreads(id=0, threads=threads)
 
 
+@unary(m.ListReminders)
+async def list_reminders(c: Caller, req: m.ListReminders) -> m.Reply:
+    rows = await c.hive.reminders.list(req.agent, req.state, req.limit)
+    return m.Reminders(id=0, reminders=rows)
+
+
+@unary(m.RetryReminder)
+async def retry_reminder(c: Caller, req: m.RetryReminder) -> m.Reply:
+    return m.ReminderInfo(id=0, reminder=await c.hive.reminders.retry(req.id))
+
+
+# ------------------------------------------------------------------ dashboard reads (web, admin)
+
+
+@unary(m.Snapshot)
+async def take_snapshot(c: Caller, req: m.Snapshot) -> m.Reply:
+    return await snapshot.take(c.hive, req.agent, req.messages)
+
+
+@unary(m.ReadAgentStateFile)
+async def read_agent_state_file(c: Caller, req: m.ReadAgentStateFile) -> m.Reply:
+    return await trio.to_thread.run_sync(
+        agent_files.read_state_file, c.hive, req.agent, req.rel_path
+    )
+
+
+@unary(m.ListAgentStateDir)
+async def list_agent_state_dir(c: Caller, req: m.ListAgentStateDir) -> m.Reply:
+    return await trio.to_thread.run_sync(
+        agent_files.list_state_dir, c.hive, req.agent, req.rel_path
+    )
+
+
+@unary(m.ReadJournal)
+async def read_journal(c: Caller, req: m.ReadJournal) -> m.Reply:
+    return await trio.to_thread.run_sync(agent_files.read_journal, c.hive, req.agent, req.lines)
+
+
+@unary(m.ReadAgentConfig)
+async def read_agent_config(c: Caller, req: m.ReadAgentConfig) -> m.Reply:
+    return agent_files.agent_config_text(c.hive, req.agent)
+
+
 # ------------------------------------------------------------------ admin only
 
 
@@ -253,6 +296,23 @@ async def list_my_asks(c: Caller, req: m.ListMyAsks) -> m.Reply:
 @unary(m.CancelAsk)
 async def cancel_ask(c: Caller, req: m.CancelAsk) -> m.Reply:
     await c.hive.questions.cancel(c.name, req.id)
+    return m.Ok(id=0)
+
+
+@unary(m.Remind)
+async def remind(c: Caller, req: m.Remind) -> m.Reply:
+    reminder, spilled = await c.hive.reminders.remind(c.name, req.body, req.at, req.in_seconds)
+    return m.Reminded(id=0, reminder=reminder, body_file=spilled)
+
+
+@unary(m.ListMyReminders)
+async def list_my_reminders(c: Caller, req: m.ListMyReminders) -> m.Reply:
+    return m.Reminders(id=0, reminders=await c.hive.reminders.list_mine(c.name))
+
+
+@unary(m.CancelReminder)
+async def cancel_reminder(c: Caller, req: m.CancelReminder) -> m.Reply:
+    await c.hive.reminders.cancel(c.name, req.id)
     return m.Ok(id=0)
 
 

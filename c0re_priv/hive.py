@@ -1,10 +1,11 @@
 """`Hive`: the daemon's services wired together, and `run_hive`, the nursery that runs them.
 
 `run_hive` is the whole daemon's lifetime in one function. Two nurseries, visibly nested:
-the outer one owns the store writer; the inner one owns the sockets, the lease reaper and
-the question expiry. Shutdown (SIGTERM/SIGINT, or cancelling the caller) cancels the inner
-nursery first, so every connection can hand its leases back while the writer is still
-alive; then the writer commits whatever is still queued and the sockets are unlinked.
+the outer one owns the store writer; the inner one owns the sockets, the lease reaper, the
+question expiry and the reminder scheduler. Shutdown (SIGTERM/SIGINT, or cancelling the
+caller) cancels the inner nursery first, so every connection can hand its leases back while
+the writer is still alive; then the writer commits whatever is still queued and the sockets
+are unlinked.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from protocol.messages import PROTOCOL_VERSION
 
 from .broker import Broker
 from .config import HiveConfig, Paths
+from .containers import Backend
 from .errors import Fail
 from .events import EventBus
-from .questions import Questions
-from .containers import Backend
 from .lifecycle import Lifecycle
+from .questions import Questions
 from .registry import Registry
+from .reminders import Reminders, reminder_counts
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,12 @@ def detect_rev() -> str:
 class Hive:
     """Every service of one daemon; built before serving, used by the request handlers."""
 
-    def __init__(self, config: HiveConfig, paths: Paths) -> None:
+    def __init__(
+        self, config: HiveConfig, paths: Paths, now: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
+        self.now = now
+        """The wall clock of the timed services (broker, questions, reminders); tests mock it."""
         self.settings = config.hive
         self.paths = paths
         self.rev = detect_rev()
@@ -83,8 +89,10 @@ class Hive:
         self.store = Store.open(paths.db)
         self.bus = EventBus(self.settings.event_replay)
         self.registry = Registry(self.store, self.bus)
-        self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths)
-        self.questions = Questions(self.store, self.bus, self.registry, self.broker)
+        self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths, now)
+        self.questions = Questions(self.store, self.bus, self.registry, self.broker, now)
+        self.reminders = Reminders(self.store, self.bus, self.broker, config, now)
+        self.registry.row_counts = reminder_counts
         self.sockets: SocketHubLike | None = None
         self.lifecycle: Lifecycle | None = None
 
@@ -158,12 +166,17 @@ async def run_hive(
     handle_signals: bool = True,
     backend: Backend | None = None,
     on_ready: Callable[[Hive], None] | None = None,
+    now: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[Hive] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one daemon until cancelled or signalled; returns after a clean shutdown."""
+    """Run one daemon until cancelled or signalled; returns after a clean shutdown.
+
+    `now` is the wall clock of the timed services; a test passes one derived from
+    `trio.current_time()` to drive them with trio's `MockClock`.
+    """
     from .server import SocketHub
 
-    hive = Hive(config, paths)
+    hive = Hive(config, paths, now)
     try:
         async with trio.open_nursery() as core:
             await core.start(hive.store.run_writer)
@@ -189,6 +202,7 @@ async def run_hive(
                     await lifecycle.ensure_uid(name)
                 await services.start(hive.broker.run_lease_reaper)
                 await services.start(hive.questions.run_expiry)
+                await services.start(hive.reminders.run_scheduler)
                 log.info(
                     "hyperhive %s serving on %s (%d agents)",
                     hive.rev,

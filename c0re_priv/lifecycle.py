@@ -128,7 +128,7 @@ class Lifecycle:
         record = hive.registry.get(name)
         cfg = self.agent_config(name)
         paths = hive.paths
-        rules = Path(cfg.rules) if cfg.rules else None
+        rules = Path(cfg.rules).absolute() if cfg.rules else None
         peers: tuple[Path, ...] = ()
         if record.role == "manager":
             peers = tuple(paths.agent_state(n) for n in hive.registry.names() if n != name)
@@ -143,6 +143,7 @@ class Lifecycle:
             shared_dir=self.shared_dir,
             hide=(paths.state_dir, paths.run_dir),
             peers=peers,
+            ro_files=(rules,) if rules is not None and rules.is_file() else (),
             env={"HIVE_AGENT_MODEL": record.model} if record.model else {},
             uid=uid,
             gid=uid,
@@ -255,7 +256,8 @@ class Lifecycle:
         for name in managers:
             await one(name)
             with trio.move_on_after(CONNECT_TIMEOUT):
-                while name not in failed and registry.agents[name].connections == 0:
+                # connections are counted by the socket server; no event to wait on is worth it here
+                while name not in failed and registry.agents[name].connections == 0:  # noqa: ASYNC110
                     await trio.sleep(0.05)
         async with trio.open_nursery() as nursery:
             for name in others:
@@ -354,14 +356,20 @@ class Lifecycle:
         async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
             result.append(await self.backend.run(spec, applied.enter, task_status=task_status))
 
+        failures: list[OSError] = []
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(run)
                 self._set_state(s, "running")
-        except OSError as exc:
-            log.error("%s: could not start its container: %s", s.name, exc)
-            with open(self.log_file(s.name), "a") as fh:
-                fh.write(f"hyperhive: could not start the container: {exc}\n")
+        except* OSError as group:
+            # exec failed (permissions, a missing binary): a crash of this agent, which the
+            # restart policy counts, never an error that takes the daemon down
+            failures.extend(e for e in group.exceptions if isinstance(e, OSError))
+        for exc in failures:
+            log.error("%s: could not run its container: %s", s.name, exc)
+            with open(self.log_file(s.name), "a") as fh:  # noqa: ASYNC230 - one short local append
+                fh.write(f"hyperhive: could not run the container: {exc}\n")
+        if failures:
             return -1
         return result[0] if result else -1
 
@@ -375,7 +383,8 @@ class Lifecycle:
 
     async def control(self, name: str, action: m.ControlAction, model: str | None = None) -> None:
         s = self.sup(name)
-        if self.hive.registry.agents[name].connections == 0:
+        # a stopped container's connection may not have been noticed as closed yet
+        if s.stopping or self.hive.registry.agents[name].connections == 0:
             raise Fail("unavailable", f"{name}'s harness is not connected")
         assert s.controls is not None
         try:

@@ -128,9 +128,50 @@ def m002_containers_and_turns(db: sqlite_utils.Database) -> None:
     )
 
 
+def m003_reminders(db: sqlite_utils.Database) -> None:
+    add_column(db, "messages", "reminder_id", "INTEGER")
+    execute_all(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS reminders (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner TEXT NOT NULL,
+            body TEXT NOT NULL,
+            body_file TEXT,
+            due_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            created_at REAL NOT NULL,
+            delivered_at REAL,
+            message_id INTEGER
+        );
+        CREATE INDEX IF NOT EXISTS reminders_owner ON reminders (owner, state);
+        CREATE INDEX IF NOT EXISTS reminders_due ON reminders (due_at) WHERE state = 'pending';
+        """,
+    )
+
+
+def m004_reminder_delivery_errors(db: sqlite_utils.Database) -> None:
+    # a failed attempt moves next_attempt_at past due_at (backoff); due_at stays what was asked
+    add_column(db, "reminders", "last_error", "TEXT")
+    add_column(db, "reminders", "attempt_count", "INTEGER NOT NULL DEFAULT 0")
+    add_column(db, "reminders", "next_attempt_at", "REAL")
+    execute_all(
+        db,
+        """
+        UPDATE reminders SET next_attempt_at = due_at
+            WHERE next_attempt_at IS NULL AND state = 'pending';
+        DROP INDEX IF EXISTS reminders_due;
+        CREATE INDEX IF NOT EXISTS reminders_next ON reminders (next_attempt_at)
+            WHERE state = 'pending';
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "containers_and_turns", m002_containers_and_turns),
+    (3, "reminders", m003_reminders),
+    (4, "reminder_delivery_errors", m004_reminder_delivery_errors),
 ]
 
 

@@ -86,6 +86,8 @@ class Registry:
         self.agents: dict[str, AgentRecord] = {}
         self.row_extras: Callable[[str], dict[str, Any]] | None = None
         """Fields other services add to an agent's row (container state, reminder counts)."""
+        self.row_counts: Callable[[sqlite3.Connection], dict[str, dict[str, Any]]] | None = None
+        """Per-agent row fields other services count in sqlite (reminders), by agent name."""
 
     async def load(self) -> None:
         rows = await self._store.read(lambda c: c.execute("SELECT * FROM agents").fetchall())
@@ -180,9 +182,12 @@ class Registry:
             ).fetchall()
         )
         by_agent: dict[tuple[str, str], int] = {(r[0], r[1]): r[2] for r in counts}
+        counted = await self._store.read(self.row_counts) if self.row_counts is not None else {}
         rows = []
         for name, rec in sorted(self.agents.items()):
             row = rec.row(by_agent.get((name, "queued"), 0), by_agent.get((name, "leased"), 0))
+            if name in counted:
+                row = msgspec.structs.replace(row, **counted[name])
             if self.row_extras is not None:
                 row = msgspec.structs.replace(row, **self.row_extras(name))
             rows.append(row)

@@ -28,10 +28,11 @@ Recipient = Annotated[str, Meta(min_length=1, max_length=31)]
 Role = Literal["agent", "manager", "web", "admin"]
 AgentRole = Literal["agent", "manager"]
 MessageState = Literal["queued", "leased", "acked"]
-MessageKind = Literal["message", "question", "answer", "system"]
+MessageKind = Literal["message", "question", "answer", "system", "reminder"]
 ContainerState = Literal["stopped", "starting", "running", "stopping", "crashed", "failed"]
 ControlAction = Literal["cancel", "compact", "set_model", "new_session"]
 QuestionState = Literal["open", "answered", "cancelled", "expired"]
+ReminderState = Literal["pending", "delivered", "failed", "cancelled"]
 ErrorCode = Literal[
     "bad_frame",
     "unknown_op",
@@ -47,6 +48,7 @@ ErrorCode = Literal[
 ]
 
 MessageId = Annotated[int, Meta(ge=1)]
+ReminderId = Annotated[int, Meta(ge=1)]
 Body = Annotated[str, Meta(max_length=262_144)]
 """Message text; the frame limit bounds it, the daemon's body cap moves the excess to a file."""
 
@@ -101,6 +103,10 @@ class AgentRow(Struct, kw_only=True):
     limits: str = ""
     """Resource limits in force, or why none could be applied."""
     restarts: int = 0
+    # reminders, for the dashboard chip
+    reminders_pending: int = 0
+    reminders_delivered: int = 0
+    reminders_failed: int = 0
 
 
 class MessageRow(Struct, kw_only=True):
@@ -119,6 +125,8 @@ class MessageRow(Struct, kw_only=True):
     question_id: int | None
     created_at: float
     acked_at: float | None
+    reminder_id: int | None = None
+    """Set on a `reminder` message: the reminder it delivers."""
 
 
 class Delivery(Struct, kw_only=True):
@@ -141,6 +149,24 @@ class QuestionRow(Struct, kw_only=True):
     answer: str | None
     answered_at: float | None
     message_id: int
+
+
+class ReminderRow(Struct, kw_only=True):
+    id: int
+    owner: str
+    body: str
+    """The text to deliver (an excerpt and a file path when the body was over the cap)."""
+    due_at: float
+    state: ReminderState
+    created_at: float
+    next_attempt_at: float | None
+    """When the scheduler tries next (later than `due_at` after a failed attempt)."""
+    attempt_count: int
+    """Delivery attempts so far, the successful one included (`RetryReminder` resets it)."""
+    last_error: str | None
+    delivered_at: float | None
+    message_id: int | None
+    """The `reminder` message it became, once delivered."""
 
 
 class AskRow(Struct, kw_only=True):
@@ -192,6 +218,17 @@ class StatsRow(Struct, kw_only=True):
     cost_usd: float
     duration_ms: int
     last_turn_at: float | None
+
+
+class DirEntry(Struct, kw_only=True):
+    """One entry of an agent's state dir, as `ListAgentStateDir` sees it (never followed)."""
+
+    name: str
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mtime: float
+    readable: bool
+    """World-readable (a dir: and searchable), so the daemon would serve it to the dashboard."""
 
 
 # --------------------------------------------------------------------------- requests
@@ -305,6 +342,30 @@ class CancelAsk(Request, tag="cancel_ask"):
     id: Annotated[int, Meta(ge=1)]
 
 
+class Remind(Request, tag="remind"):
+    """Set a reminder for yourself, `at` a unix time or `in_seconds` from now (give exactly one).
+
+    When due it comes back to you as a `reminder` message (with `reminder_id`), leased and
+    acked like any message; a time in the past is due at once. A body over the cap is moved
+    to a file, as for `send`. Limited per agent (`rate_limited` says when to try again) and
+    capped in how many may be pending at once.
+    """
+
+    body: Body
+    at: Annotated[float, Meta(ge=0, le=4_102_444_800)] | None = None
+    in_seconds: Annotated[float, Meta(ge=0, le=315_360_000)] | None = None
+
+
+class ListMyReminders(Request, tag="list_my_reminders"):
+    """Your own pending and failed reminders, soonest first; answered by `Reminders`."""
+
+
+class CancelReminder(Request, tag="cancel_reminder"):
+    """Cancel one of your own pending (or failed) reminders."""
+
+    id: ReminderId
+
+
 class GetOpenThreads(Request, tag="get_open_threads"):
     """What is still open against you (a manager gets the hive-wide list)."""
 
@@ -344,6 +405,20 @@ class ListMessages(Request, tag="list_messages"):
     thread: MessageId | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     before: MessageId | None = None
+
+
+class ListReminders(Request, tag="list_reminders"):
+    """Reminders, newest first, optionally only one agent's or only those in one state."""
+
+    agent: AgentName | None = None
+    state: ReminderState | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class RetryReminder(Request, tag="retry_reminder"):
+    """Queue a `failed` reminder again: it is due at once, with a fresh set of attempts."""
+
+    id: ReminderId
 
 
 class GetAgentOpenThreads(Request, tag="get_open_threads"):
@@ -473,6 +548,52 @@ class GetLogs(Request, tag="get_logs"):
     lines: Annotated[int, Meta(ge=1, le=5000)] = 200
 
 
+class Snapshot(Request, tag="snapshot"):
+    """Everything a dashboard page's cold load needs, and the event `seq` it is consistent with.
+
+    `seq` is read before anything else, so every later change arrives as an event with a
+    larger seq (some may already show in the snapshot; applying them again is harmless).
+    With `agent`, `messages` and `threads` are that agent's. Answered by `HiveState`.
+    """
+
+    agent: AgentName | None = None
+    messages: Annotated[int, Meta(ge=0, le=1000)] = 200
+
+
+class ReadAgentStateFile(Request, tag="read_agent_state_file"):
+    """One file of an agent's state dir, `rel_path` relative to it; answered by `AgentFile`.
+
+    Walked one component at a time without following symlinks (a symlink anywhere is
+    refused); refused unless it is a regular, world-readable file of at most 512 KiB.
+    """
+
+    agent: AgentName
+    rel_path: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class ListAgentStateDir(Request, tag="list_agent_state_dir"):
+    """One directory of an agent's state dir (`""`: the state dir itself); answered by `AgentDir`.
+
+    The same walk and refusals as `ReadAgentStateFile`; the directory must be world-readable.
+    """
+
+    agent: AgentName
+    rel_path: Annotated[str, Meta(max_length=4096)] = ""
+
+
+class ReadJournal(Request, tag="read_journal"):
+    """The last `lines` lines of an agent's harness log; answered by `Journal`."""
+
+    agent: AgentName
+    lines: Annotated[int, Meta(ge=1, le=5000)] = 200
+
+
+class ReadAgentConfig(Request, tag="read_agent_config"):
+    """An agent's registry record and `hive.toml` section as TOML text; answered by `AgentConfigText`."""
+
+    agent: AgentName
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -554,6 +675,20 @@ class Asked(Reply, tag="asked"):
     message_id: int
 
 
+class Reminded(Reply, tag="reminded"):
+    reminder: ReminderRow
+    body_file: str | None
+    """Where an oversize body was written in full, if it was."""
+
+
+class Reminders(Reply, tag="reminders"):
+    reminders: list[ReminderRow]
+
+
+class ReminderInfo(Reply, tag="reminder"):
+    reminder: ReminderRow
+
+
 class Asks(Reply, tag="asks"):
     asks: list[AskRow]
 
@@ -583,6 +718,55 @@ class Stats(Reply, tag="stats"):
 class Logs(Reply, tag="logs"):
     lines: list[str]
     path: str
+
+
+class HiveState(Reply, tag="hive_state"):
+    seq: int
+    """The event seq this state is consistent with: follow with `Subscribe{since_seq=seq}`."""
+    rev: str
+    server_time: float
+    agents: list[AgentRow]
+    open_threads: dict[str, int]
+    """Per agent, how many threads are open against it (as `GetAgentOpenThreads` counts)."""
+    questions: list[QuestionRow]
+    """Open questions addressed to the operator, newest first."""
+    messages: list[MessageRow]
+    """Recent messages (the focus agent's, with `agent`), newest first."""
+    failed_reminders: list[ReminderRow]
+    threads: list[OpenThread]
+    """The focus agent's open threads (empty without `agent`)."""
+
+
+class AgentFile(Reply, tag="agent_file"):
+    agent: str
+    rel_path: str
+    size: int
+    mtime: float
+    data: bytes
+
+
+class AgentDir(Reply, tag="agent_dir"):
+    agent: str
+    rel_path: str
+    entries: list[DirEntry]
+    """Directories first, then by name."""
+    truncated: bool
+    """More entries exist than one listing returns."""
+
+
+class Journal(Reply, tag="journal"):
+    agent: str
+    path: str
+    lines: list[str]
+    note: str
+    """Why `lines` is empty (no log yet), or `""`."""
+
+
+class AgentConfigText(Reply, tag="agent_config"):
+    agent: str
+    source: str
+    """Where the text comes from (the registry and `hive.toml` for now)."""
+    text: str
 
 
 # --------------------------------------------------------------------------- events
@@ -652,6 +836,33 @@ class QuestionCancelled(Event, tag="question_cancelled"):
     target: str
 
 
+class ReminderScheduled(Event, tag="reminder_scheduled"):
+    """A reminder was set, or a failed one was queued again."""
+
+    reminder: ReminderRow
+
+
+class ReminderDelivered(Event, tag="reminder_delivered"):
+    reminder_id: int
+    owner: str
+    message_id: int
+
+
+class ReminderFailed(Event, tag="reminder_failed"):
+    """A delivery attempt failed; `retry_at` is `None` when the reminder is now `failed`."""
+
+    reminder_id: int
+    owner: str
+    error: str
+    attempt_count: int
+    retry_at: float | None
+
+
+class ReminderCancelled(Event, tag="reminder_cancelled"):
+    reminder_id: int
+    owner: str
+
+
 class Note(Event, tag="note"):
     agent: str | None
     text: str
@@ -683,6 +894,10 @@ AnyEvent: TypeAlias = (
     | QuestionAsked
     | QuestionAnswered
     | QuestionCancelled
+    | ReminderScheduled
+    | ReminderDelivered
+    | ReminderFailed
+    | ReminderCancelled
     | Note
     | NeedsLogin
     | LoggedIn
@@ -711,12 +926,20 @@ AnyReply: TypeAlias = (
     | Work
     | Asked
     | Asks
+    | Reminded
+    | Reminders
+    | ReminderInfo
     | OpenThreads
     | Questions
     | Messages
     | ControlFrame
     | Stats
     | Logs
+    | HiveState
+    | AgentFile
+    | AgentDir
+    | Journal
+    | AgentConfigText
 )
 
 
@@ -734,6 +957,9 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     Answer,
     ListMyAsks,
     CancelAsk,
+    Remind,
+    ListMyReminders,
+    CancelReminder,
     GetOpenThreads,
     SetStatus,
     GetLogs,
@@ -755,6 +981,8 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     OperatorSend,
     ListMessages,
     GetAgentOpenThreads,
+    ListReminders,
+    RetryReminder,
     Start,
     Stop,
     Restart,
@@ -768,6 +996,11 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     SetModel,
     NewSession,
     GetAgentStats,
+    Snapshot,
+    ReadAgentStateFile,
+    ListAgentStateDir,
+    ReadJournal,
+    ReadAgentConfig,
 )
 WEB_REQUESTS: tuple[type[Request], ...] = OPERATOR_REQUESTS
 ADMIN_REQUESTS: tuple[type[Request], ...] = (*OPERATOR_REQUESTS, AddAgent, RemoveAgent)

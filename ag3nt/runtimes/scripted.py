@@ -12,6 +12,7 @@ ends the turn with no action (it is still acked: it was seen).
     kind = "message"           # optional: message | question | answer | system
     tool = "send"
     args = { to = "{to}", body = "{text}" }
+    delay = 0.5                # optional: seconds to "think" before acting
 
 Templates may use `{from}`, `{body}`, `{id}`, `{kind}`, `{question_id}`, `{me}` and the
 match's named groups.
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -73,6 +75,7 @@ class Rule:
     pattern: re.Pattern[str] | None
     sender: str | None
     kind: str | None
+    delay: float = 0.0
 
     def matches(self, msg: MessageRow) -> dict[str, str] | None:
         if self.sender is not None and msg.from_ != self.sender:
@@ -98,9 +101,11 @@ def parse_rules(text: str, source: str = "rules") -> list[Rule]:
         raise RulesError(f"{source}: {exc}") from exc
     rules = []
     for n, entry in enumerate(raw.get("rule", []), 1):
-        unknown = set(entry) - {"match", "from", "kind", "tool", "args"}
+        unknown = set(entry) - {"match", "from", "kind", "tool", "args", "delay"}
         if unknown or "tool" not in entry:
-            raise RulesError(f"{source}: rule {n} needs `tool` and allows only match/from/kind/args")
+            raise RulesError(
+                f"{source}: rule {n} needs `tool` and allows only match/from/kind/args/delay"
+            )
         try:
             pattern = re.compile(entry["match"], re.DOTALL) if "match" in entry else None
         except re.error as exc:
@@ -112,6 +117,7 @@ def parse_rules(text: str, source: str = "rules") -> list[Rule]:
                 pattern=pattern,
                 sender=entry.get("from"),
                 kind=entry.get("kind"),
+                delay=float(entry.get("delay", 0.0)),
             )
         )
     return rules
@@ -167,6 +173,8 @@ class ScriptedRuntime:
                 "me": self.ctx.name,
                 **groups,
             }
+            if rule.delay:
+                await anyio.sleep(rule.delay)
             result = await self.call_tool(rule.tool, render_args(rule.args, values))
             return TurnStats(
                 ok=True,

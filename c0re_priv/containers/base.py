@@ -59,6 +59,8 @@ class ContainerSpec:
     """Host dirs the container must not see (daemon state, run dir)."""
     peers: tuple[Path, ...] = ()
     """Other agents' state dirs, bound read-only at the same paths (the manager's view)."""
+    ro_files: tuple[Path, ...] = ()
+    """Host files the harness reads (its rules file), bound read-only at the same paths."""
     env: dict[str, str] = field(default_factory=dict)
     uid: int | None = None
     gid: int | None = None
@@ -116,7 +118,7 @@ async def run_supervised_process(
 ) -> int:
     """Run `argv` in its own session, logging to the spec's log file; stop it when cancelled."""
     spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(spec.log_file, "ab") as log:
+    with open(spec.log_file, "ab") as log:  # noqa: ASYNC230 - opening a local log for append
         proc = await trio.lowlevel.open_process(
             argv,
             stdin=subprocess.DEVNULL,

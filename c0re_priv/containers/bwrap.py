@@ -113,6 +113,8 @@ def bwrap_argv(
     mounts.bind("--bind", spec.shared_dir, Path("/shared"))
     for peer in spec.peers:
         mounts.bind("--ro-bind", peer, peer)
+    for path in spec.ro_files:
+        mounts.bind("--ro-bind", path, path)
     mounts.bind("--bind", spec.state_dir, spec.state_dir)
     mounts.bind("--bind", spec.socket, spec.socket)
     argv += mounts.argv

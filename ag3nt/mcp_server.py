@@ -1,0 +1,311 @@
+"""`hive agent mcp`: the hyperhive MCP tools, served on stdio to the agent's runtime.
+
+Every tool is one protocol verb on this agent's socket, with the verb's field names as its
+arguments: the socket decides who the caller is, so no tool takes a "from" or an "owner".
+Arguments are checked against the verb's Struct before anything is sent, so a bad argument
+is a tool error naming the field, never a dropped message. A daemon error comes back as a
+tool error `"<code>: <message>"` (`rate_limited` adds when to try again).
+
+Each tool call opens its own connection to the socket and closes it when done. That costs
+well under a millisecond and makes the server survive a daemon restart (a container rebuild)
+without reconnect logic. It also bounds leases: `recv` and `recv_batch` ack every message they
+lease before returning its text, on the connection that leased it, so a message is either in
+the tool result or still queued — never parked in a lease held by an idle connection.
+
+The tools registered depend on the socket's role, learned from the daemon's `Welcome` at
+start: a manager's socket adds the manager-only tools; on an agent's socket they do not
+exist. Logs go to stderr only; stdout is the MCP transport.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+from protocol import messages as m
+from protocol.client import ConnectionLost, HiveClient, HiveError
+
+log = logging.getLogger("ag3nt.mcp")
+
+R = TypeVar("R", bound=m.Reply)
+INSTRUCTIONS = """\
+You are an agent in a hyperhive swarm. Every word to other agents and to the human
+operator goes through these tools: `send` to talk, `recv`/`recv_batch` to read what is
+waiting, `ask`/`answer` for questions, `remind` to come back to something later, and
+`get_open_threads` to see what is still open against you. The operator is "operator";
+"*" broadcasts to every other agent."""
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_message(msg: m.MessageRow) -> str:
+    """One received message as the model reads it: who, what kind, which thread, the body."""
+    head = f"#{msg.id} {msg.kind} from {msg.from_}"
+    if msg.in_reply_to is not None:
+        head += f", in reply to #{msg.in_reply_to}"
+    if msg.question_id is not None and msg.kind == "question":
+        head += f" (question_id={msg.question_id}; reply with answer)"
+    if msg.reminder_id is not None:
+        head += f" (reminder #{msg.reminder_id})"
+    lines = [head + ":", msg.body]
+    if msg.hint:
+        lines.append(f"({msg.hint})")
+    return "\n".join(lines)
+
+
+def format_deliveries(items: list[m.Delivery], more: int) -> str:
+    if not items:
+        return "(empty)"
+    text = "\n\n".join(format_message(d.message) for d in items)
+    if more > 0:
+        text += f"\n\n(+{more} more queued; consider draining before acting)"
+    return text
+
+
+def format_thread(t: m.OpenThread) -> str:
+    age = f"{int(t.age_seconds)}s"
+    if isinstance(t, m.QuestionThread):
+        if t.role == "asker":
+            return f"question #{t.id}: you asked {t.counterparty} ({age} ago): {t.summary}"
+        return f"question #{t.id}: {t.counterparty} asks you ({age} ago): {t.summary}"
+    return f"approval #{t.id} for {t.agent} ({age} ago): {t.summary}"
+
+
+def format_reminder(r: m.ReminderRow) -> str:
+    text = f"reminder #{r.id} ({r.state}) due {_when(r.due_at)}: {r.body}"
+    if r.last_error:
+        text += f" [last error after {r.attempt_count} attempts: {r.last_error}]"
+    return text
+
+
+class Tools:
+    """The tool implementations: each builds one request, calls the daemon, formats the reply."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def _request(self, verb: type[m.Request], fields: dict[str, Any]) -> m.Request:
+        args = {k: v for k, v in fields.items() if v is not None}
+        try:
+            return msgspec.convert(args, verb)
+        except msgspec.ValidationError as exc:
+            raise ToolError(f"invalid: {exc}") from None
+
+    async def _with_client(self, fn: Callable[[HiveClient], Awaitable[R]]) -> R:
+        try:
+            async with HiveClient.connect(self.socket_path, client="hive-mcp") as client:
+                return await fn(client)
+        except HiveError as exc:
+            text = f"{exc.code}: {exc.message}"
+            if exc.retry_after_seconds is not None:
+                text += f" (retry after {exc.retry_after_seconds:.0f}s)"
+            raise ToolError(text) from None
+
+    async def call(self, verb: type[m.Request], reply: type[R], **fields: Any) -> R:
+        req = self._request(verb, fields)
+        return await self._with_client(lambda c: c.expect(req, reply))
+
+    # ------------------------------------------------------------------ messaging
+
+    async def send(self, to: str, body: str, in_reply_to: int | None = None) -> str:
+        """Send a message to an agent, to "operator", or to "*" (every other agent).
+
+        `in_reply_to` (a message id) threads it; an unknown id just starts a new thread.
+        A body over the size cap is written to a file and the message carries its path.
+        """
+        sent = await self.call(m.Send, m.Sent, to=to, body=body, in_reply_to=in_reply_to)
+        ids = ", ".join(f"#{i}" for i in sent.message_ids)
+        text = f"sent {ids} to {to}"
+        if sent.body_file:
+            text += f" (full body written to {sent.body_file})"
+        return text
+
+    async def recv(self, wait_seconds: float = 0.0) -> str:
+        """Take the next message waiting for you, waiting up to `wait_seconds` for one."""
+        return await self.recv_batch(1, wait_seconds)
+
+    async def recv_batch(self, max: int = 10, wait_seconds: float = 0.0) -> str:
+        """Take up to `max` waiting messages at once, waiting up to `wait_seconds` for the first."""
+        req = self._request(m.Recv, {"max": max, "wait_seconds": wait_seconds})
+
+        async def lease_and_ack(client: HiveClient) -> m.Deliveries:
+            got = await client.expect(req, m.Deliveries)
+            for d in got.items:
+                await client.expect(m.Ack(lease=d.lease), m.Ok)
+            return got
+
+        got = await self._with_client(lease_and_ack)
+        return format_deliveries(got.items, got.more)
+
+    # ------------------------------------------------------------------ questions
+
+    async def ask(
+        self,
+        target: str,
+        question: str,
+        options: list[str] | None = None,
+        multi: bool = False,
+        ttl_seconds: int | None = None,
+    ) -> str:
+        """Ask the operator or another agent a question; the answer arrives as a message.
+
+        `options` offers choices (`multi` allows several); after `ttl_seconds` an unanswered
+        question is answered "[expired]" for you.
+        """
+        asked = await self.call(
+            m.Ask,
+            m.Asked,
+            target=target,
+            question=question,
+            options=options,
+            multi=multi,
+            ttl_seconds=ttl_seconds,
+        )
+        return (
+            f"question #{asked.question_id} sent to {target} as message #{asked.message_id}; "
+            f"the answer will arrive as a message in reply to #{asked.message_id}"
+        )
+
+    async def answer(self, question_id: int, answer: str) -> str:
+        """Answer a question addressed to you (its question_id is in the message)."""
+        await self.call(m.Answer, m.Ok, question_id=question_id, answer=answer)
+        return f"answered question #{question_id}"
+
+    async def list_my_asks(self) -> str:
+        """Your own questions still waiting for an answer."""
+        asks = (await self.call(m.ListMyAsks, m.Asks)).asks
+        if not asks:
+            return "(no open questions)"
+        return "\n".join(
+            f"question #{a.id} to {a.target}, asked {_when(a.asked_at)}: {a.question}" for a in asks
+        )
+
+    async def cancel_ask(self, id: int) -> str:
+        """Withdraw one of your own open questions."""
+        await self.call(m.CancelAsk, m.Ok, id=id)
+        return f"question #{id} withdrawn"
+
+    async def get_open_threads(self) -> str:
+        """What is still open against you: questions you asked or were asked, approvals."""
+        threads = (await self.call(m.GetOpenThreads, m.OpenThreads)).threads
+        if not threads:
+            return "(nothing open)"
+        return "\n".join(format_thread(t) for t in threads)
+
+    # ------------------------------------------------------------------ reminders
+
+    async def remind(self, body: str, at: float | None = None, in_seconds: float | None = None) -> str:
+        """Set a reminder for yourself: `in_seconds` from now, or `at` a unix time (one of them).
+
+        When due it comes back to you as a message carrying the reminder id.
+        """
+        if (at is None) == (in_seconds is None):
+            raise ToolError("invalid: give exactly one of `at` or `in_seconds`")
+        got = await self.call(m.Remind, m.Reminded, body=body, at=at, in_seconds=in_seconds)
+        r = got.reminder
+        text = f"reminder #{r.id} set, due {_when(r.due_at)} (in {max(0, int(r.due_at - time.time()))}s)"
+        if got.body_file:
+            text += f" (full body written to {got.body_file})"
+        return text
+
+    async def list_my_reminders(self) -> str:
+        """Your pending and failed reminders, soonest first."""
+        rows = (await self.call(m.ListMyReminders, m.Reminders)).reminders
+        if not rows:
+            return "(no reminders)"
+        return "\n".join(format_reminder(r) for r in rows)
+
+    async def cancel_reminder(self, id: int) -> str:
+        """Cancel one of your own pending or failed reminders."""
+        await self.call(m.CancelReminder, m.Ok, id=id)
+        return f"reminder #{id} cancelled"
+
+    # ------------------------------------------------------------------ self
+
+    async def whoami(self) -> str:
+        """Who you are in this hive: name, role, model, and the hive's revision."""
+        me = await self.call(m.Whoami, m.Identity)
+        return (
+            f"name: {me.name}\nrole: {me.role}\nmodel: {me.model or '-'}\n"
+            f"hyperhive: {me.hyperhive_rev}\nstarted: {_when(me.started_at)}"
+        )
+
+    async def set_status(self, text: str) -> str:
+        """Say what you are doing; the operator sees it on the dashboard next to your name."""
+        await self.call(m.SetStatus, m.Ok, text=text)
+        return "status set"
+
+    async def get_logs(self, lines: int = 200) -> str:
+        """The last `lines` lines of your own harness log (turn failures, restarts)."""
+        got = await self.call(m.GetLogs, m.Logs, lines=lines)
+        return "\n".join(got.lines) if got.lines else f"(log {got.path} is empty)"
+
+
+AGENT_TOOLS = (
+    "send",
+    "recv",
+    "recv_batch",
+    "ask",
+    "answer",
+    "list_my_asks",
+    "cancel_ask",
+    "get_open_threads",
+    "remind",
+    "list_my_reminders",
+    "cancel_reminder",
+    "whoami",
+    "set_status",
+    "get_logs",
+)
+MANAGER_TOOLS: tuple[str, ...] = ()
+"""Tools that exist only on a manager's socket (its verbs are in `MANAGER_REQUESTS`)."""
+
+
+def build_server(socket_path: str, role: str) -> MCPServer:
+    """An `MCPServer` with the tools this socket's role may use."""
+    tools = Tools(socket_path)
+    server = MCPServer("hyperhive", instructions=INSTRUCTIONS)
+    names = AGENT_TOOLS + (MANAGER_TOOLS if role == "manager" else ())
+    for name in names:
+        server.add_tool(getattr(tools, name), name=name, structured_output=False)
+    return server
+
+
+async def learn_role(socket_path: str, attempts: int = 20) -> str:
+    """The socket's role from the daemon's `Welcome`, waiting out a daemon that is restarting."""
+    for attempt in range(attempts):
+        try:
+            async with HiveClient.connect(socket_path, client="hive-mcp") as client:
+                return client.welcome.role
+        except ConnectionLost as exc:
+            if attempt == attempts - 1:
+                log.warning("%s; serving the agent tools only", exc.message)
+                break
+            await anyio.sleep(0.25)
+    return "agent"
+
+
+async def serve(socket_path: str) -> None:
+    role = await learn_role(socket_path)
+    await build_server(socket_path, role).run_stdio_async()
+
+
+def run_stdio(socket_path: str) -> None:
+    """Serve the tools on stdin/stdout until the client closes them."""
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="hive-mcp %(levelname)s %(message)s"
+    )
+    anyio.run(serve, socket_path, backend="asyncio")

@@ -1,0 +1,55 @@
+"""The dashboard's cold load: one consistent picture of the hive and the event seq it matches.
+
+The seq is read first, before any table, so a client that follows with
+`Subscribe{since_seq=seq}` misses nothing: every change after that point comes as an event,
+and a change that raced into the snapshot is simply applied twice (every event the dashboard
+applies is idempotent). Reads only; one sweep per call, no cache.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+from protocol import messages as m
+
+from . import open_threads
+
+if TYPE_CHECKING:
+    from .hive import Hive
+
+FAILED_REMINDERS = 100
+
+
+async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
+    seq = hive.bus.seq
+    if agent is not None:
+        hive.registry.get(agent)
+    now = time.time()
+    names = hive.registry.names()
+
+    def thread_counts(conn: sqlite3.Connection) -> dict[str, int]:
+        return {name: len(open_threads.for_agent(conn, name, now)) for name in names}
+
+    agents = await hive.registry.rows()
+    counts = await hive.store.read(thread_counts)
+    questions = await hive.questions.list("operator", include_closed=False)
+    recent = await hive.broker.list_messages(agent, None, messages, None) if messages > 0 else []
+    failed = await hive.reminders.list(None, "failed", FAILED_REMINDERS)
+    threads: list[m.OpenThread] = []
+    if agent is not None:
+        focus = agent
+        threads = await hive.store.read(lambda conn: open_threads.for_agent(conn, focus, now))
+    return m.HiveState(
+        id=0,
+        seq=seq,
+        rev=hive.rev,
+        server_time=now,
+        agents=agents,
+        open_threads=counts,
+        questions=questions,
+        messages=recent,
+        failed_reminders=failed,
+        threads=threads,
+    )

@@ -1,0 +1,66 @@
+"""`hive up`: the daemon and the dashboard process under one nursery, stopped together.
+
+The daemon runs in this process (it owns the signals); the web process is a child that runs
+unprivileged. When the daemon stops (Ctrl-C, SIGTERM) the nursery is cancelled, which stops
+the web process; the daemon's own shutdown stops every agent's container.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+
+import trio
+
+from .config import HiveConfig, Paths
+from .hive import Hive, run_hive
+
+log = logging.getLogger(__name__)
+
+
+def web_available() -> bool:
+    return importlib.util.find_spec("c0re_web.app") is not None
+
+
+async def run_web(paths: Paths, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run `hive web` as a child, echoing what it prints (its login link) to our stdout."""
+    argv = [sys.executable, "-m", "c0re_priv", "web", "--run-dir", str(paths.run_dir), "--bind", f"127.0.0.1:{port}"]
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=None)
+    assert proc.stdout is not None
+    task_status.started()
+    try:
+        buffered = b""
+        async for chunk in proc.stdout:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                print(f"  web:      {line.decode(errors='replace')}", flush=True)
+        await proc.wait()
+        log.error("the web process exited with %s", proc.returncode)
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.terminate()
+                with trio.move_on_after(5):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def run_up(config: HiveConfig, paths: Paths, on_ready: Callable[[Hive], None]) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def daemon(task_status: trio.TaskStatus[Hive] = trio.TASK_STATUS_IGNORED) -> None:
+            await run_hive(config, paths, on_ready=on_ready, task_status=task_status)
+            nursery.cancel_scope.cancel()  # the daemon stopped: stop everything else too
+
+        await nursery.start(daemon)
+        if web_available():
+            await nursery.start(partial(run_web, paths, config.hive.web_port))
+        else:
+            print("  web:      the dashboard is not part of this build", flush=True)

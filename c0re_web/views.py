@@ -1,0 +1,361 @@
+"""The dashboard's routes: pages, fragments for htmx, and the operator's actions.
+
+A route is a function from request to response. Pages load one `Snapshot` (plus the panels
+of an agent page) and name the event seq they match, so the browser follows with events
+only. Actions post with htmx and answer 200 with the fragment they changed and a toast;
+a refusal from the daemon answers its HTTP status with an error toast and `HX-Reswap:
+none`, so the page keeps what it shows. Every request has passed `auth.Guard` before it
+gets here; nothing here checks a session or an origin again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+
+from protocol import messages as m
+from protocol.client import HiveError
+
+from .auth import SESSION_COOKIE, Auth
+from .daemon import DaemonLink
+from .live import HEARTBEAT, Hub, sse_frame
+from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations
+
+R = TypeVar("R", bound=m.Reply)
+T = TypeVar("T")
+JOURNAL_LINES = 200
+HTTP_STATUS = {
+    "invalid": 422,
+    "not_found": 404,
+    "forbidden": 403,
+    "too_large": 413,
+    "rate_limited": 429,
+    "conflict": 409,
+    "unavailable": 503,
+}
+PAGE_PATTERN = re.compile(r"^(dashboard|agent:[a-z][a-z0-9-]{0,30})\Z")
+
+
+@dataclass(frozen=True)
+class Web:
+    """What the routes share for the life of the process (built by the app's lifespan)."""
+
+    auth: Auth
+    render: Renderer
+    hub: Hub
+    daemon: DaemonLink
+
+
+def web(request: Request) -> Web:
+    w = request.state.web
+    assert isinstance(w, Web)
+    return w
+
+
+async def call(request: Request, req: m.Request, reply_type: type[R]) -> R:
+    return await web(request).daemon.call(req, reply_type)
+
+
+async def panel(request: Request, req: m.Request, reply_type: type[R]) -> R | str:
+    """A call whose refusal is shown in its panel (a missing file, an unreadable dir)."""
+    try:
+        return await call(request, req, reply_type)
+    except HiveError as exc:
+        if exc.code == "unavailable" and not web(request).daemon.connected:
+            raise
+        return exc.message
+
+
+def convert(data: dict[str, Any], typ: type[T]) -> T:
+    """Build a protocol request from form or path input; the Struct's constraints validate it."""
+    try:
+        return msgspec.convert(data, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        raise HiveError("invalid", str(exc)) from None
+
+
+def agent_name(request: Request) -> str:
+    name = str(request.path_params["name"])
+    if not re.match(m.AGENT_NAME_PATTERN, name):
+        raise HTTPException(404, f"no agent named {name!r}")
+    return name
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def fragment(
+    request: Request, html: str, toast: str | None = None, tone: str = "ok"
+) -> HTMLResponse:
+    body = html + (web(request).render.toast(toast, tone) if toast else "")
+    return HTMLResponse(body)
+
+
+async def hive_error(request: Request, exc: Exception) -> Response:
+    """A daemon refusal: an error toast for htmx, an error page for a browser page."""
+    assert isinstance(exc, HiveError)
+    status_code = HTTP_STATUS.get(exc.code, 502)
+    w = web(request)
+    if is_htmx(request) or request.method != "GET":
+        return HTMLResponse(
+            w.render.toast(exc.message, "bad"),
+            status_code=status_code,
+            headers={"HX-Reswap": "none"},
+        )
+    return w.render.page(
+        request,
+        "error.html",
+        {"message": exc.message, "code": exc.code, "daemon_up": w.daemon.connected},
+        status_code=status_code,
+    )
+
+
+# ------------------------------------------------------------------ session
+
+
+async def login(request: Request) -> Response:
+    w = web(request)
+    token = request.query_params.get("token")
+    if token:
+        cookie = w.auth.redeem(token)
+        if cookie is None:
+            message = (
+                "This login link was already used or is not valid. Each link works once; "
+                "send SIGUSR1 to the web process (or restart it) to print a new one."
+            )
+            return HTMLResponse(w.render.login_page(message), status_code=401)
+        return RedirectResponse("/", 303, headers={"set-cookie": w.auth.cookie_header(cookie)})
+    if w.auth.session(request.cookies.get(SESSION_COOKIE)) is not None:
+        return RedirectResponse("/", 303)
+    return HTMLResponse(
+        w.render.login_page("Open the login link that `hive web` printed when it started.")
+    )
+
+
+async def logout(request: Request) -> Response:
+    web(request).auth.logout(request.session["sid"])
+    return Response(
+        status_code=200,
+        headers={"set-cookie": Auth.clear_cookie_header(), "HX-Redirect": "/login"},
+    )
+
+
+async def ping(request: Request) -> Response:
+    return PlainTextResponse("ok" if web(request).daemon.connected else "daemon unreachable")
+
+
+# ------------------------------------------------------------------ pages
+
+
+async def dashboard(request: Request) -> Response:
+    state = await call(request, m.Snapshot(messages=FLOW_MESSAGES), m.HiveState)
+    return web(request).render.page(
+        request,
+        "dashboard.html",
+        {
+            "state": state,
+            "convs": conversations(state.messages, FLOW_CONVERSATIONS),
+            "page": "dashboard",
+        },
+    )
+
+
+async def agent_page(request: Request) -> Response:
+    name = agent_name(request)
+    state = await call(request, m.Snapshot(agent=name, messages=INBOX_MESSAGES), m.HiveState)
+    row = next(a for a in state.agents if a.name == name)
+    context = {
+        "state": state,
+        "row": row,
+        "page": f"agent:{name}",
+        "listing": await panel(request, m.ListAgentStateDir(agent=name), m.AgentDir),
+        "journal": await panel(request, m.ReadJournal(agent=name, lines=JOURNAL_LINES), m.Journal),
+        "config": await panel(request, m.ReadAgentConfig(agent=name), m.AgentConfigText),
+        "stats": await panel(request, m.GetAgentStats(name=name), m.Stats),
+    }
+    return web(request).render.page(request, "agent.html", context)
+
+
+async def files(request: Request) -> Response:
+    name = agent_name(request)
+    req = convert(
+        {"agent": name, "rel_path": request.query_params.get("path", "")}, m.ListAgentStateDir
+    )
+    listing = await panel(request, req, m.AgentDir)
+    return HTMLResponse(web(request).render.part("dir_listing", name, listing, req.rel_path))
+
+
+async def file_view(request: Request) -> Response:
+    name = agent_name(request)
+    path = request.query_params.get("path", "")
+    req = convert({"agent": name, "rel_path": path}, m.ReadAgentStateFile)
+    got = await panel(request, req, m.AgentFile)
+    return HTMLResponse(web(request).render.part("file_view", name, got, path))
+
+
+async def journal(request: Request) -> Response:
+    name = agent_name(request)
+    lines = request.query_params.get("lines", str(JOURNAL_LINES))
+    req = convert({"agent": name, "lines": lines}, m.ReadJournal)
+    got = await panel(request, req, m.Journal)
+    return HTMLResponse(web(request).render.part("journal", name, got))
+
+
+# ------------------------------------------------------------------ live
+
+
+async def events(request: Request) -> Response:
+    """The page's SSE stream: what changed since the snapshot (or `Last-Event-ID`), then live."""
+    page = request.query_params.get("page", "")
+    if not PAGE_PATTERN.match(page):
+        raise HTTPException(400, "page must be `dashboard` or `agent:<name>`")
+    since_text = request.headers.get("last-event-id") or request.query_params.get("since")
+    try:
+        since = int(since_text) if since_text else None
+    except ValueError:
+        raise HTTPException(400, "since must be an event seq") from None
+    hub = web(request).hub
+    listener = hub.listen(page, since)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 2000\n\n"
+            while True:
+                with anyio.move_on_after(HEARTBEAT):
+                    try:
+                        item = await listener.recv.receive()
+                    except anyio.EndOfStream:
+                        return
+                    yield sse_frame(item, page)
+                    continue
+                yield ": keep-alive\n\n"
+        finally:
+            hub.forget(listener)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+# ------------------------------------------------------------------ actions
+
+
+async def send(request: Request) -> Response:
+    form = await request.form()
+    reply_to = str(form.get("in_reply_to") or "").strip()
+    req = convert(
+        {
+            "to": str(form.get("to", "")).strip(),
+            "body": str(form.get("body", "")),
+            "in_reply_to": int(reply_to) if reply_to.isdigit() else None,
+        },
+        m.OperatorSend,
+    )
+    if not req.body.strip():
+        raise HiveError("invalid", "write something first")
+    sent = await call(request, req, m.Sent)
+    ids = ", ".join(f"#{i}" for i in sent.message_ids)
+    note = f"sent to {req.to} ({ids})" + (
+        f"; full text in {sent.body_file}" if sent.body_file else ""
+    )
+    return fragment(request, web(request).render.part("composer", req.to), note)
+
+
+def answer_text(form: FormData) -> str:
+    choices = [str(v) for v in form.getlist("choice")]
+    if choices:
+        return ", ".join(choices)
+    return str(form.get("answer", "")).strip()
+
+
+async def answer(request: Request) -> Response:
+    form = await request.form()
+    text = answer_text(form)
+    if not text:
+        raise HiveError("invalid", "give an answer first")
+    qid = request.path_params["qid"]
+    req = convert({"question_id": qid, "answer": text}, m.AnswerQuestion)
+    await call(request, req, m.Ok)
+    return fragment(request, "", f"answered #{qid}: {text}")
+
+
+async def retry_reminder(request: Request) -> Response:
+    rid = request.path_params["rid"]
+    got = await call(request, convert({"id": rid}, m.RetryReminder), m.ReminderInfo)
+    return fragment(request, "", f"reminder #{rid} of {got.reminder.owner} is pending again")
+
+
+async def rebuild_all(request: Request) -> Response:
+    await call(request, m.RebuildAll(), m.Agents)
+    return fragment(request, "", "rebuilt every agent (the manager first)")
+
+
+LIFECYCLE: dict[str, Callable[[str], dict[str, Any]]] = {
+    "start": lambda name: {"op": m.Start, "name": name},
+    "stop": lambda name: {"op": m.Stop, "name": name},
+    "restart": lambda name: {"op": m.Restart, "name": name},
+    "rebuild": lambda name: {"op": m.Rebuild, "name": name},
+    "pause": lambda name: {"op": m.SetPaused, "name": name, "paused": True},
+    "unpause": lambda name: {"op": m.SetPaused, "name": name, "paused": False},
+}
+CONTROLS: dict[str, type[m.Request]] = {
+    "cancel": m.CancelTurn,
+    "compact": m.Compact,
+    "new-session": m.NewSession,
+}
+PAST = {
+    "start": "started",
+    "stop": "stopped",
+    "restart": "restarted",
+    "rebuild": "rebuilt",
+    "pause": "paused",
+    "unpause": "unpaused",
+}
+
+
+async def agent_action(request: Request) -> Response:
+    """Lifecycle buttons and harness controls of one agent, from its row or its page."""
+    name = agent_name(request)
+    action = str(request.path_params["action"])
+    target = request.headers.get("hx-target", "")
+    if action in LIFECYCLE:
+        spec = LIFECYCLE[action](name)
+        typ = spec.pop("op")
+        got = await call(request, convert(spec, typ), m.AgentInfo)
+        threads = await call(request, m.GetAgentOpenThreads(agent=name), m.OpenThreads)
+        macro = "agent_head" if target == f"agent-head-{name}" else "agent_row"
+        html = web(request).render.part(macro, got.agent, len(threads.threads))
+        return fragment(request, html, f"{name} {PAST[action]}")
+    if action == "destroy":
+        await call(request, convert({"name": name}, m.Destroy), m.Ok)
+        note = f"{name} was destroyed; its state dir is kept as a tombstone"
+        if target == f"agent-head-{name}":
+            return Response(status_code=200, headers={"HX-Redirect": "/"})
+        return fragment(request, "", note, "warn")
+    if action in CONTROLS:
+        await call(request, convert({"name": name}, CONTROLS[action]), m.Ok)
+        return fragment(request, "", f"{action} sent to {name}; its harness reports back")
+    if action == "model":
+        form = await request.form()
+        model = str(form.get("model", "")).strip()
+        await call(request, convert({"name": name, "model": model}, m.SetModel), m.Ok)
+        return fragment(request, "", f"{name} switches to {model} from its next turn")
+    raise HTTPException(404, f"no action {action!r}")
