@@ -185,7 +185,7 @@ def up(
         backend = lifecycle.backend
         typer.echo(f"hyperhive {hive.rev} is up")
         typer.echo(f"  state:    {paths.state_dir}")
-        typer.echo(f"  sockets:  {paths.run_dir}   (hive ctl --run-dir {paths.run_dir} …)")
+        typer.echo(f"  sockets:  {paths.run_dir}   (HIVE_RUN_DIR={paths.run_dir} hive ctl …)")
         typer.echo(f"  backend:  {backend.name}: {backend.isolation}")
         if backend.name == "process":
             typer.echo("  WARNING:  the process backend does not isolate agents at all", err=True)
@@ -193,7 +193,9 @@ def up(
             typer.echo(f"  WARNING:  agents cannot start: {why}", err=True)
         for name in hive.registry.names():
             rec = hive.registry.agents[name]
-            typer.echo(f"  agent:    {name:<12} {rec.role:<8} {rec.runtime:<9} {lifecycle.log_file(name)}")
+            typer.echo(
+                f"  agent:    {name:<12} {rec.role:<8} {rec.runtime:<9} {lifecycle.log_file(name)}"
+            )
         typer.echo("Ctrl-C stops everything.")
 
     with _startup_errors():
@@ -625,6 +627,196 @@ def ctl_retry_reminder(
         except HiveError as exc:
             _die(exc.message)
     _emit(row, as_json, lambda: typer.echo(f"reminder #{row.id} of {row.owner} is pending again"))
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def _agent_request(verb: type[m.Request], **fields: Any) -> m.Request:
+    try:
+        return msgspec.convert(fields, verb)
+    except msgspec.ValidationError as exc:
+        _die(f"invalid {verb.__name__}: {exc}")
+
+
+def _agent_verb(
+    verb: type[m.Request], name: str, run_dir: Path | None, as_json: bool, done: str, **fields: Any
+) -> None:
+    """Send one lifecycle verb; print the agent's row (or `done`) afterwards."""
+    req = _agent_request(verb, name=name, **fields)
+    with _admin(run_dir, timeout=None) as c:
+        try:
+            reply = c.call(req)
+        except HiveError as exc:
+            _die(exc.message)
+    if isinstance(reply, m.AgentInfo):
+        row = reply.agent
+        _emit(
+            row,
+            as_json,
+            lambda: typer.echo(f"{row.name}: {done} (container {row.container or '-'})"),
+        )
+    else:
+        _emit({"name": name, "done": done}, as_json, lambda: typer.echo(f"{name}: {done}"))
+
+
+@ctl.command("start")
+def ctl_start(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Start an agent's container."""
+    _agent_verb(m.Start, name, run_dir, as_json, "started")
+
+
+@ctl.command("stop")
+def ctl_stop(
+    name: str,
+    now: Annotated[bool, typer.Option("--now", help="Do not wait for the running turn.")] = False,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Stop an agent's container (gracefully: the running turn may finish, bounded)."""
+    _agent_verb(m.Stop, name, run_dir, as_json, "stopped", graceful=not now)
+
+
+@ctl.command("restart")
+def ctl_restart(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Stop and start an agent's container."""
+    _agent_verb(m.Restart, name, run_dir, as_json, "restarted")
+
+
+@ctl.command("rebuild")
+def ctl_rebuild(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Recreate an agent's container from its config; the agent gets "container rebuilt"."""
+    _agent_verb(m.Rebuild, name, run_dir, as_json, "rebuilt")
+
+
+@ctl.command("rebuild-all")
+def ctl_rebuild_all(
+    run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Rebuild every agent, the manager first; the manager is told what happened."""
+    with _admin(run_dir, timeout=None) as c:
+        try:
+            agents = c.expect(m.RebuildAll(), m.Agents).agents
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(agents, as_json, lambda: typer.echo("rebuilt: " + ", ".join(a.name for a in agents)))
+
+
+@ctl.command("pause")
+def ctl_pause(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Stop an agent and keep it stopped across daemon restarts."""
+    _agent_verb(m.SetPaused, name, run_dir, as_json, "paused", paused=True)
+
+
+@ctl.command("resume")
+def ctl_resume(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Unpause an agent and start it."""
+    unpause = _agent_request(m.SetPaused, name=name, paused=False)
+    with _admin(run_dir, timeout=None) as c:
+        try:
+            c.expect(unpause, m.AgentInfo)
+        except HiveError as exc:
+            _die(exc.message)
+    _agent_verb(m.Start, name, run_dir, as_json, "resumed")
+
+
+@ctl.command("destroy")
+def ctl_destroy(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Stop and remove an agent; its state dir is kept as a tombstone."""
+    if not yes and not typer.confirm(f"destroy {name}? (its state dir is kept as a tombstone)"):
+        _die("not destroyed")
+    _agent_verb(m.Destroy, name, run_dir, as_json, "destroyed (state kept as a tombstone)")
+
+
+@ctl.command("status")
+def ctl_status(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """One agent's full status row."""
+    req = _agent_request(m.AgentStatus, name=name)
+    with _admin(run_dir) as c:
+        try:
+            row = c.expect(req, m.AgentInfo).agent
+        except HiveError as exc:
+            _die(exc.message)
+
+    def human() -> None:
+        for key, value in msgspec.structs.asdict(row).items():
+            typer.echo(f"{key:22} {value}")
+
+    _emit(row, as_json, human)
+
+
+@ctl.command("cancel-turn")
+def ctl_cancel_turn(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Cancel the agent's running turn (its message is dropped); the outcome is a note event."""
+    _agent_verb(m.CancelTurn, name, run_dir, as_json, "cancel sent")
+
+
+@ctl.command("compact")
+def ctl_compact(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Ask the agent's runtime to compact its context."""
+    _agent_verb(m.Compact, name, run_dir, as_json, "compact sent")
+
+
+@ctl.command("set-model")
+def ctl_set_model(
+    name: str,
+    model: str,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Switch the agent's model for its next turns (until its container is rebuilt)."""
+    _agent_verb(m.SetModel, name, run_dir, as_json, f"set-model {model} sent", model=model)
+
+
+@ctl.command("new-session")
+def ctl_new_session(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Start the agent's next turn in a fresh session."""
+    _agent_verb(m.NewSession, name, run_dir, as_json, "new-session sent")
+
+
+@ctl.command("stats")
+def ctl_stats(
+    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Turns, tool calls, tokens, cost and time the agent's runtime reported."""
+    req = _agent_request(m.GetAgentStats, name=name)
+    with _admin(run_dir) as c:
+        try:
+            stats = c.expect(req, m.Stats).stats
+        except HiveError as exc:
+            _die(exc.message)
+
+    def human() -> None:
+        for key, value in msgspec.structs.asdict(stats).items():
+            typer.echo(f"{key:14} {value}")
+
+    _emit(stats, as_json, human)
 
 
 # ------------------------------------------------------------------ in-container harness

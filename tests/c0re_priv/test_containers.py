@@ -256,3 +256,31 @@ async def test_nixos_backend_drives_nixos_container(short_tmp, monkeypatch):
             text=True,
         )
         assert parsed.returncode == 0, parsed.stderr
+
+
+async def test_a_harness_that_cannot_even_be_executed_fails_the_agent_not_the_daemon(
+    short_tmp, monkeypatch, nursery
+):
+    from functools import partial
+
+    from c0re_priv import lifecycle
+    from c0re_priv.hive import run_hive
+    from protocol import messages as m
+    from protocol.client import HiveClient
+    from tests.conftest import make_config, paths_in
+
+    missing = short_tmp / "no-such-interpreter"
+    monkeypatch.setattr(lifecycle, "harness_command", lambda *a: [str(missing), "agent", "serve"])
+    config = make_config(max_restarts=1, agents={"boss": {"role": "manager"}, "alice": {}})
+    hive = await nursery.start(
+        partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False, backend=ProcessBackend())
+    )
+    async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
+        await admin.expect(m.Start(name="alice"), m.AgentInfo)
+        with trio.fail_after(30):
+            while not (row := (await admin.expect(m.AgentStatus(name="alice"), m.AgentInfo)).agent).failed:
+                await trio.sleep(0.05)
+        assert row.container == "failed"
+        log = (hive.paths.agents_root / "alice" / "harness.log").read_text()
+        assert "could not run the container" in log and str(missing) in log
+        await admin.expect(m.Ping(), m.Pong)  # the daemon is still serving
