@@ -7,6 +7,7 @@ names the key, never a silently ignored setting. Every key is documented in
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -26,6 +27,10 @@ class ConfigError(Exception):
     pass
 
 
+EnvName = Annotated[str, Meta(pattern=r"^(?!HIVE_)[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+"""An environment variable an agent's config may set; `HIVE_*` belong to the daemon."""
+
+
 class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     role: AgentRole = "agent"
     model: Annotated[str, Meta(max_length=128)] = ""
@@ -36,6 +41,8 @@ class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     pids: Annotated[int, Meta(ge=8)] | None = None
     network: bool = True
     rules: str = ""
+    env: dict[EnvName, Annotated[str, Meta(max_length=4096)]] = {}
+    """Extra environment for the agent's harness and runtime (e.g. an API token)."""
     # per-agent overrides of the [hive] reminder limits
     reminder_burst: Annotated[int, Meta(ge=1)] | None = None
     reminder_refill_per_minute: Annotated[float, Meta(gt=0)] | None = None
@@ -61,6 +68,14 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     restart_window_seconds: Annotated[float, Meta(gt=0)] = 300.0
     stop_grace_seconds: Annotated[float, Meta(ge=0)] = 30.0
     shared_dir: str = ""
+    claude_pass_env: list[EnvName] = msgspec.field(
+        default_factory=lambda: [
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+        ]
+    )
+    claude_credentials: str = ""
     reminder_burst: Annotated[int, Meta(ge=1)] = 10
     reminder_refill_per_minute: Annotated[float, Meta(gt=0)] = 6.0
     reminder_max_pending: Annotated[int, Meta(ge=1)] = 100
@@ -110,7 +125,18 @@ runtime = "{runtime}"
 
 
 def write_default_config(path: Path, runtime: str = "scripted") -> None:
-    path.write_text(DEFAULT_CONFIG.format(runtime=runtime))
+    text = DEFAULT_CONFIG.format(runtime=runtime)
+    if runtime == "claude":
+        config_dir = Path(os.environ.get("CLAUDE_CONFIG_DIR") or Path.home() / ".claude")
+        creds = config_dir / ".credentials.json"
+        if creds.is_file():
+            # agents' HOME is their state dir: each gets a copy of this login on first start
+            text = text.replace(
+                "[agents.manager]",
+                f"claude_credentials = {json.dumps(str(creds))}\n\n[agents.manager]",
+                1,
+            )
+    path.write_text(text)
 
 
 def default_dirs() -> tuple[Path, Path]:

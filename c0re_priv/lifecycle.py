@@ -69,7 +69,17 @@ class Supervised:
 
 
 def harness_command(runtime: str, socket: Path, rules: Path | None) -> list[str]:
-    argv = [sys.executable, "-m", "c0re_priv", "agent", "serve", "--socket", str(socket), "--runtime", runtime]
+    argv = [
+        sys.executable,
+        "-m",
+        "c0re_priv",
+        "agent",
+        "serve",
+        "--socket",
+        str(socket),
+        "--runtime",
+        runtime,
+    ]
     if rules is not None:
         argv += ["--rules", str(rules)]
     return argv
@@ -95,9 +105,7 @@ class Lifecycle:
         settings = hive.settings
         if backend is None:
             cls = BACKENDS[settings.backend]
-            backend = (
-                BwrapBackend(ro_extra=_interpreter_paths()) if cls is BwrapBackend else cls()
-            )
+            backend = BwrapBackend(ro_extra=_interpreter_paths()) if cls is BwrapBackend else cls()
         self.backend: Backend = backend
         self.cgroups = Cgroups()
         self.agents: dict[str, Supervised] = {}
@@ -144,7 +152,11 @@ class Lifecycle:
             hide=(paths.state_dir, paths.run_dir),
             peers=peers,
             ro_files=(rules,) if rules is not None and rules.is_file() else (),
-            env={"HIVE_AGENT_MODEL": record.model} if record.model else {},
+            env={
+                **(self.claude_env() if record.runtime == "claude" else {}),
+                **cfg.env,
+                **({"HIVE_AGENT_MODEL": record.model} if record.model else {}),
+            },
             uid=uid,
             gid=uid,
             network=cfg.network,
@@ -155,6 +167,36 @@ class Lifecycle:
             ),
             grace_seconds=self.hive.settings.stop_grace_seconds,
         )
+
+    def claude_env(self) -> dict[str, str]:
+        """The daemon's Claude credentials a `claude` agent inherits (`claude_pass_env`)."""
+        return {k: os.environ[k] for k in self.hive.settings.claude_pass_env if os.environ.get(k)}
+
+    def hand_over_claude_login(self, name: str, uid: int | None) -> None:
+        """Copy `claude_credentials` into a `claude` agent's `~/.claude` unless it has its own.
+
+        Inside its container an agent's HOME is its state dir, so the operator's own login
+        is not visible there; this gives each agent a copy it owns (0600), once.
+        """
+        source = self.hive.settings.claude_credentials
+        if not source or self.hive.registry.get(name).runtime != "claude":
+            return
+        home = self.hive.paths.agent_state(name) / ".claude"
+        target = home / ".credentials.json"
+        if target.exists() or target.is_symlink():
+            return
+        try:
+            data = Path(source).expanduser().read_bytes()
+        except OSError as exc:
+            log.warning("%s: cannot read claude_credentials %s: %s", name, source, exc)
+            return
+        home.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if uid is not None:
+            os.chown(home, uid, uid)
+            os.chown(target, uid, uid)
 
     def row_extras(self, name: str) -> dict[str, object]:
         s = self.agents.get(name)
@@ -177,6 +219,8 @@ class Lifecycle:
         """As root, give each agent its own uid and hand it its state dir and socket."""
         record = self.hive.registry.get(name)
         if os.geteuid() != 0:
+            self.hive.paths.agent_state(name).mkdir(parents=True, exist_ok=True)
+            self.hand_over_claude_login(name, None)
             return
         if record.uid is None:
             used = {r.uid for r in self.hive.registry.agents.values() if r.uid is not None}
@@ -194,6 +238,7 @@ class Lifecycle:
             os.chown(sock, uid, uid)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.shared_dir, 0o1777)
+        self.hand_over_claude_login(name, uid)
 
     # ---------------------------------------------------------------- verbs
 
@@ -242,7 +287,9 @@ class Lifecycle:
         """Rebuild the manager first, then everyone else; tell the manager what happened."""
         registry = self.hive.registry
         managers = [n for n in registry.names() if registry.agents[n].role == "manager"]
-        others = [n for n in registry.names() if n not in managers and not registry.agents[n].paused]
+        others = [
+            n for n in registry.names() if n not in managers and not registry.agents[n].paused
+        ]
         done: list[str] = []
         failed: dict[str, str] = {}
 
@@ -277,7 +324,9 @@ class Lifecycle:
         )
         record.paused = paused
         self.hive.bus.publish(
-            m.AgentStateChanged(name=name, state="paused" if paused else "unpaused", reason="operator")
+            m.AgentStateChanged(
+                name=name, state="paused" if paused else "unpaused", reason="operator"
+            )
         )
         if not paused and self.hive.settings.autostart:
             await self.start(name)
@@ -312,7 +361,9 @@ class Lifecycle:
 
     # ---------------------------------------------------------------- supervision
 
-    async def _supervise(self, s: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _supervise(
+        self, s: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         applied: Applied | None = None
         try:
             with trio.CancelScope() as scope:
@@ -338,7 +389,9 @@ class Lifecycle:
                         self._set_state(s, "failed", f"exited with {status} {len(s.crashes)} times")
                         await self._report_crash(s.name, status, tail)
                         break
-                    self._set_state(s, "crashed", f"exited with {status} after {now - started:.1f}s")
+                    self._set_state(
+                        s, "crashed", f"exited with {status} after {now - started:.1f}s"
+                    )
                     s.restarts += 1
                     await trio.sleep(RESTART_BACKOFF[min(len(s.crashes), len(RESTART_BACKOFF)) - 1])
         finally:
@@ -374,8 +427,13 @@ class Lifecycle:
         return result[0] if result else -1
 
     async def _report_crash(self, name: str, status: int, tail: list[str]) -> None:
-        managers = [n for n, r in self.hive.registry.agents.items() if r.role == "manager" and n != name]
-        body = f"container_crash: {name} exited with {status} and will not be restarted.\nLast log lines:\n" + "\n".join(tail)
+        managers = [
+            n for n, r in self.hive.registry.agents.items() if r.role == "manager" and n != name
+        ]
+        body = (
+            f"container_crash: {name} exited with {status} and will not be restarted.\nLast log lines:\n"
+            + "\n".join(tail)
+        )
         for manager in managers:
             await self.hive.broker.send(SYSTEM, manager, body)
 
@@ -405,7 +463,9 @@ class Lifecycle:
         if state == "needs_login" and not s.needs_login:
             s.needs_login = True
             self.hive.bus.publish(m.NeedsLogin(name=name, reason=reason))
-        self.hive.bus.publish(m.AgentStateChanged(name=name, state=f"harness:{state}", reason=reason))
+        self.hive.bus.publish(
+            m.AgentStateChanged(name=name, state=f"harness:{state}", reason=reason)
+        )
 
     async def report_turn(self, name: str, turn: m.TurnStats) -> None:
         s = self.sup(name)
@@ -415,8 +475,15 @@ class Lifecycle:
                 "INSERT INTO turns (agent, at, ok, result, tool_calls, input_tokens, output_tokens,"
                 " cost_usd, duration_ms, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    name, now, int(turn.ok), turn.result, json.dumps(turn.tool_calls),
-                    turn.input_tokens, turn.output_tokens, turn.cost_usd, turn.duration_ms,
+                    name,
+                    now,
+                    int(turn.ok),
+                    turn.result,
+                    json.dumps(turn.tool_calls),
+                    turn.input_tokens,
+                    turn.output_tokens,
+                    turn.cost_usd,
+                    turn.duration_ms,
                     turn.message_id,
                 ),
             )

@@ -76,7 +76,10 @@ def test_an_agent_sees_exactly_the_agent_tools(daemon_process: DaemonProcess) ->
 
 def test_send_then_recv_delivers_once_and_acks(daemon_process: DaemonProcess) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             assert (await bob.ok("recv")) == "(empty)"
             sent = await alice.ok("send", to="bob", body="hello bob")
             assert sent.startswith("sent #") and sent.endswith("to bob")
@@ -95,7 +98,10 @@ def test_send_then_recv_delivers_once_and_acks(daemon_process: DaemonProcess) ->
 
 def test_recv_batch_drains_up_to_max_and_says_how_many_wait(daemon_process: DaemonProcess) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             for i in range(3):
                 await alice.ok("send", to="bob", body=f"note {i}")
             got = await bob.ok("recv_batch", max=2)
@@ -108,7 +114,10 @@ def test_recv_batch_drains_up_to_max_and_says_how_many_wait(daemon_process: Daem
 
 def test_broadcast_reaches_every_other_agent_with_the_hint(daemon_process: DaemonProcess) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             await alice.ok("send", to="*", body="standup in 5")
             got = await bob.ok("recv", wait_seconds=5)
             assert "standup in 5" in got and "broadcast" in got
@@ -117,9 +126,14 @@ def test_broadcast_reaches_every_other_agent_with_the_hint(daemon_process: Daemo
     run(main)
 
 
-def test_bad_arguments_and_refusals_are_tool_errors_that_lose_nothing(daemon_process: DaemonProcess) -> None:
+def test_bad_arguments_and_refusals_are_tool_errors_that_lose_nothing(
+    daemon_process: DaemonProcess,
+) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             assert "invalid" in await alice.error("recv_batch", max=1000)
             assert "not_found" in await alice.error("send", to="nobody", body="lost?")
             assert "invalid" in await alice.error("remind", body="x")
@@ -132,9 +146,14 @@ def test_bad_arguments_and_refusals_are_tool_errors_that_lose_nothing(daemon_pro
     run(main)
 
 
-def test_oversize_body_is_written_to_a_file_and_the_message_points_at_it(daemon_process: DaemonProcess) -> None:
+def test_oversize_body_is_written_to_a_file_and_the_message_points_at_it(
+    daemon_process: DaemonProcess,
+) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             sent = await alice.ok("send", to="bob", body="x" * 5000)
             assert "full body written to" in sent
             got = await bob.ok("recv", wait_seconds=5)
@@ -145,7 +164,10 @@ def test_oversize_body_is_written_to_a_file_and_the_message_points_at_it(daemon_
 
 def test_questions_round_trip_between_agents(daemon_process: DaemonProcess) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             asked = await alice.ok("ask", target="bob", question="ship it?", options=["yes", "no"])
             qid = int(asked.split()[1].lstrip("#"))
             assert f"question #{qid}" in await alice.ok("list_my_asks")
@@ -171,7 +193,10 @@ def test_reminders_are_set_listed_cancelled_and_delivered_to_their_owner_only(
     daemon_process: DaemonProcess,
 ) -> None:
     async def main() -> None:
-        async with mcp_agent(daemon_process, "alice") as alice, mcp_agent(daemon_process, "bob") as bob:
+        async with (
+            mcp_agent(daemon_process, "alice") as alice,
+            mcp_agent(daemon_process, "bob") as bob,
+        ):
             later = await alice.ok("remind", body="check the build", in_seconds=3600)
             rid = int(later.split()[1].lstrip("#"))
             assert "check the build" in await alice.ok("list_my_reminders")

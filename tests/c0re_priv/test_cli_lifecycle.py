@@ -49,7 +49,12 @@ def test_start_stop_pause_resume_stats_and_destroy(daemon_process: DaemonProcess
 
     sent = ctl(d, "send", "alice", "hello from the cli")
     assert sent.returncode == 0, sent.stderr
-    wait_until(lambda: (s := ctl(d, "stats", "alice", "--json")).returncode == 0 and msgspec.json.decode(s.stdout)["turns"] >= 1)
+    wait_until(
+        lambda: (
+            (s := ctl(d, "stats", "alice", "--json")).returncode == 0
+            and msgspec.json.decode(s.stdout)["turns"] >= 1
+        )
+    )
 
     assert ctl(d, "set-model", "alice", "opus-x").returncode == 0
     wait_until(lambda: status(d, "alice").active_model == "opus-x")
@@ -72,7 +77,16 @@ def test_start_stop_pause_resume_stats_and_destroy(daemon_process: DaemonProcess
     assert bad.returncode == 1 and "invalid" in bad.stderr
 
     asked = subprocess.run(
-        [sys.executable, "-m", "c0re_priv", "ctl", "destroy", "bob", "--run-dir", str(d.paths.run_dir)],
+        [
+            sys.executable,
+            "-m",
+            "c0re_priv",
+            "ctl",
+            "destroy",
+            "bob",
+            "--run-dir",
+            str(d.paths.run_dir),
+        ],
         input="n\n",
         capture_output=True,
         text=True,
@@ -81,5 +95,8 @@ def test_start_stop_pause_resume_stats_and_destroy(daemon_process: DaemonProcess
     )
     assert asked.returncode == 1 and "not destroyed" in asked.stderr
     assert ctl(d, "destroy", "bob", "--yes").returncode == 0
-    names = [a.name for a in msgspec.json.decode(ctl(d, "agents", "--json").stdout, type=list[m.AgentRow])]
+    names = [
+        a.name
+        for a in msgspec.json.decode(ctl(d, "agents", "--json").stdout, type=list[m.AgentRow])
+    ]
     assert "bob" not in names and "alice" in names

@@ -126,7 +126,9 @@ async def test_agents_see_only_their_own_state_the_manager_sees_all_and_shared_i
         ("read", "/etc/shadow"),
         ("write", "/usr/evil"),
     ]
-    alice = await run_probe(make_spec(short_tmp, "alice", probe_command(checks), uid=61001, gid=61001), backend)
+    alice = await run_probe(
+        make_spec(short_tmp, "alice", probe_command(checks), uid=61001, gid=61001), backend
+    )
     assert alice["uid"] == 61001
     assert alice["hostname"] == "h-alice"
     assert alice["pid"] < 10  # its own pid namespace
@@ -140,11 +142,22 @@ async def test_agents_see_only_their_own_state_the_manager_sees_all_and_shared_i
         "read /etc/shadow": False,
         "write /usr/evil": False,
     }
-    manager_checks = [("read", str(alice_state / "notes.md")), ("read", str(bob_state / "notes.md")),
-                      ("write", str(bob_state / "evil.md")), ("read", "/shared/from-alice.md")]
+    manager_checks = [
+        ("read", str(alice_state / "notes.md")),
+        ("read", str(bob_state / "notes.md")),
+        ("write", str(bob_state / "evil.md")),
+        ("read", "/shared/from-alice.md"),
+    ]
     boss = await run_probe(
-        make_spec(short_tmp, "boss", probe_command(manager_checks), role="manager", uid=61003, gid=61003,
-                  peers=(alice_state, bob_state)),
+        make_spec(
+            short_tmp,
+            "boss",
+            probe_command(manager_checks),
+            role="manager",
+            uid=61003,
+            gid=61003,
+            peers=(alice_state, bob_state),
+        ),
         backend,
     )
     # the manager reads both agents' state (files are 0644 here) but cannot write it
@@ -187,7 +200,11 @@ def test_limits_that_cannot_be_applied_say_so(tmp_path):
 
 
 async def test_process_backend_stops_a_child_that_ignores_sigterm_after_the_grace(short_tmp):
-    stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"]
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
+    ]
     spec = make_spec(short_tmp, "stubborn", stubborn, grace_seconds=0.5)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -247,8 +264,18 @@ async def test_nixos_backend_drives_nixos_container(short_tmp, monkeypatch):
     await backend.destroy(spec)
     import json
 
-    calls = [json.loads(line)[:2] for line in log.read_text().splitlines() if not line.startswith('["list"') and not line.startswith('["status"')]
-    assert calls == [["create", "h-alice"], ["update", "h-alice"], ["start", "h-alice"], ["stop", "h-alice"], ["destroy", "h-alice"]]
+    calls = [
+        json.loads(line)[:2]
+        for line in log.read_text().splitlines()
+        if not line.startswith('["list"') and not line.startswith('["status"')
+    ]
+    assert calls == [
+        ["create", "h-alice"],
+        ["update", "h-alice"],
+        ["start", "h-alice"],
+        ["stop", "h-alice"],
+        ["destroy", "h-alice"],
+    ]
     if shutil.which("nix-instantiate"):
         parsed = subprocess.run(
             ["nix-instantiate", "--parse", str(spec.state_dir.parent / "agent.nix")],
@@ -273,14 +300,70 @@ async def test_a_harness_that_cannot_even_be_executed_fails_the_agent_not_the_da
     monkeypatch.setattr(lifecycle, "harness_command", lambda *a: [str(missing), "agent", "serve"])
     config = make_config(max_restarts=1, agents={"boss": {"role": "manager"}, "alice": {}})
     hive = await nursery.start(
-        partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False, backend=ProcessBackend())
+        partial(
+            run_hive,
+            config,
+            paths_in(short_tmp, config),
+            handle_signals=False,
+            backend=ProcessBackend(),
+        )
     )
     async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
         await admin.expect(m.Start(name="alice"), m.AgentInfo)
         with trio.fail_after(30):
-            while not (row := (await admin.expect(m.AgentStatus(name="alice"), m.AgentInfo)).agent).failed:
+            while not (
+                row := (await admin.expect(m.AgentStatus(name="alice"), m.AgentInfo)).agent
+            ).failed:
                 await trio.sleep(0.05)
         assert row.container == "failed"
         log = (hive.paths.agents_root / "alice" / "harness.log").read_text()
         assert "could not run the container" in log and str(missing) in log
         await admin.expect(m.Ping(), m.Pong)  # the daemon is still serving
+
+
+async def test_claude_agents_inherit_the_operators_login_and_their_env(
+    short_tmp, monkeypatch, nursery
+):
+    import msgspec
+
+    from c0re_priv.config import AgentConfig
+    from c0re_priv.hive import run_hive
+    from tests.conftest import make_config, paths_in
+
+    creds = short_tmp / "operator-creds.json"
+    creds.write_text('{"claudeAiOauth": {"accessToken": "tok"}}')
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "from-the-daemon")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    config = make_config(
+        claude_credentials=str(creds),
+        agents={
+            "cl": {"runtime": "claude", "env": {"EXTRA": "1"}},
+            "sc": {"runtime": "scripted"},
+            "own": {"runtime": "claude"},
+        },
+    )
+    paths = paths_in(short_tmp, config)
+    own = paths.agent_state("own") / ".claude"
+    own.mkdir(parents=True)
+    (own / ".credentials.json").write_text("the agent's own login")
+    hive = await nursery.start(partial_run(run_hive, config, paths))
+    lifecycle = hive.lifecycle
+    copied = paths.agent_state("cl") / ".claude" / ".credentials.json"
+    assert copied.read_text() == creds.read_text()
+    assert copied.stat().st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:
+        assert copied.stat().st_uid == hive.registry.get("cl").uid
+    assert (own / ".credentials.json").read_text() == "the agent's own login"
+    assert not (paths.agent_state("sc") / ".claude").exists()
+    cl_env = lifecycle.spec("cl").env
+    assert cl_env["CLAUDE_CODE_OAUTH_TOKEN"] == "from-the-daemon" and cl_env["EXTRA"] == "1"
+    assert "ANTHROPIC_API_KEY" not in cl_env
+    assert "CLAUDE_CODE_OAUTH_TOKEN" not in lifecycle.spec("sc").env
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"env": {"HIVE_AGENT_SOCKET": "/elsewhere"}}, AgentConfig)
+
+
+def partial_run(run_hive, config, paths):
+    from functools import partial
+
+    return partial(run_hive, config, paths, handle_signals=False)
