@@ -643,7 +643,11 @@ def _agent_verb(
     verb: type[m.Request], name: str, run_dir: Path | None, as_json: bool, done: str, **fields: Any
 ) -> None:
     """Send one lifecycle verb; print the agent's row (or `done`) afterwards."""
-    req = _agent_request(verb, name=name, **fields)
+    _agent_verb_request(_agent_request(verb, name=name, **fields), run_dir, as_json, done)
+
+
+def _agent_verb_request(req: m.Request, run_dir: Path | None, as_json: bool, done: str) -> None:
+    name = getattr(req, "name", "")
     with _admin(run_dir, timeout=None) as c:
         try:
             reply = c.call(req)
@@ -817,6 +821,27 @@ def ctl_stats(
             typer.echo(f"{key:14} {value}")
 
     _emit(stats, as_json, human)
+
+
+@ctl.command("login")
+def ctl_login(
+    name: str,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the agent's token.")] = False,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Give a claude agent a login token (from `claude setup-token`), read from stdin."""
+    token: str | None = None
+    if not clear:
+        if sys.stdin.isatty():
+            token = typer.prompt(f"token for {name}", hide_input=True).strip()
+        else:
+            token = sys.stdin.read().strip()
+    req = _agent_request(m.SetAgentLogin, name=name, token=token)
+    _agent_verb_request(
+        req, run_dir, as_json, "login token forgotten" if clear else "login token set"
+    )
 
 
 # ------------------------------------------------------------------ in-container harness

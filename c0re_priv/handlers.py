@@ -393,9 +393,17 @@ async def agent_status(c: Caller, req: m.AgentStatus) -> m.Reply:
     return await _row(c, req.name)
 
 
-async def _control(c: Caller, name: str, action: m.ControlAction, model: str | None = None) -> m.Reply:
+async def _control(
+    c: Caller, name: str, action: m.ControlAction, model: str | None = None
+) -> m.Reply:
     await _lifecycle(c).control(name, action, model)
     return m.Ok(id=0)
+
+
+@unary(m.SetAgentLogin)
+async def set_agent_login(c: Caller, req: m.SetAgentLogin) -> m.Reply:
+    await _lifecycle(c).set_login(req.name, req.token)
+    return await _row(c, req.name)
 
 
 @unary(m.CancelTurn)

@@ -153,7 +153,7 @@ class Lifecycle:
             peers=peers,
             ro_files=(rules,) if rules is not None and rules.is_file() else (),
             env={
-                **(self.claude_env() if record.runtime == "claude" else {}),
+                **(self.claude_env(name) if record.runtime == "claude" else {}),
                 **cfg.env,
                 **({"HIVE_AGENT_MODEL": record.model} if record.model else {}),
             },
@@ -168,9 +168,45 @@ class Lifecycle:
             grace_seconds=self.hive.settings.stop_grace_seconds,
         )
 
-    def claude_env(self) -> dict[str, str]:
-        """The daemon's Claude credentials a `claude` agent inherits (`claude_pass_env`)."""
-        return {k: os.environ[k] for k in self.hive.settings.claude_pass_env if os.environ.get(k)}
+    def claude_env(self, name: str) -> dict[str, str]:
+        """What a `claude` agent gets to log in: the daemon's own credentials named in
+        `claude_pass_env`, overridden by a token the operator gave this agent."""
+        env = {k: os.environ[k] for k in self.hive.settings.claude_pass_env if os.environ.get(k)}
+        token = self.login_token(name)
+        if token:
+            env["CLAUDE_CODE_OAUTH_TOKEN"] = token
+        return env
+
+    def login_token_file(self, name: str) -> Path:
+        # outside agents_root: no container binds it, and the web process cannot read it
+        return self.hive.paths.state_dir / "secrets" / f"{name}.token"
+
+    def login_token(self, name: str) -> str:
+        try:
+            return self.login_token_file(name).read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    async def set_login(self, name: str, token: str | None) -> None:
+        """Keep (or, with None, forget) an agent's login token; restart it if it runs."""
+        self.hive.registry.get(name)
+        path = self.login_token_file(name)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        if token is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = path.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token)
+            os.replace(tmp, path)
+        state = "login_token_set" if token is not None else "login_token_cleared"
+        self.hive.bus.publish(m.AgentStateChanged(name=name, state=state, reason="operator"))
+        s = self.agents.get(name)
+        if s is not None and s.scope is not None:
+            await self.restart(name)
 
     def hand_over_claude_login(self, name: str, uid: int | None) -> None:
         """Copy `claude_credentials` into a `claude` agent's `~/.claude` unless it has its own.
@@ -201,9 +237,13 @@ class Lifecycle:
     def row_extras(self, name: str) -> dict[str, object]:
         s = self.agents.get(name)
         if s is None:
-            return {"backend": self.backend.name}
+            return {
+                "backend": self.backend.name,
+                "has_login_token": self.login_token_file(name).exists(),
+            }
         return {
             "backend": self.backend.name,
+            "has_login_token": self.login_token_file(name).exists(),
             "container": s.state,
             "failed": s.failed,
             "needs_login": s.needs_login,
@@ -342,6 +382,7 @@ class Lifecycle:
         await self.backend.destroy(self.spec(name))
         await self.hive.remove_agent(name)
         self.agents.pop(name, None)
+        self.login_token_file(name).unlink(missing_ok=True)
         tomb_root.mkdir(parents=True, exist_ok=True)
         agent_dir = self.hive.paths.agents_root / name
         if agent_dir.exists():

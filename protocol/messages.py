@@ -103,6 +103,8 @@ class AgentRow(Struct, kw_only=True):
     limits: str = ""
     """Resource limits in force, or why none could be applied."""
     restarts: int = 0
+    has_login_token: bool = False
+    """A login token was given with `SetAgentLogin` (the token itself is never sent)."""
     # reminders, for the dashboard chip
     reminders_pending: int = 0
     reminders_delivered: int = 0
@@ -507,6 +509,18 @@ class GetAgentStats(Request, tag="get_agent_stats"):
     """Turn statistics of one agent (turns, tokens, cost, failures)."""
 
     name: AgentName
+
+
+class SetAgentLogin(Request, tag="set_agent_login"):
+    """Give a `claude` agent a login: a long-lived token from `claude setup-token`.
+
+    The daemon keeps it in a root-only file and hands it to the agent's runtime as
+    `CLAUDE_CODE_OAUTH_TOKEN`, restarting the agent if it runs. `token = null` forgets it.
+    The token is never sent back by any verb; `AgentRow.has_login_token` says one is set.
+    """
+
+    name: AgentName
+    token: Annotated[str, Meta(min_length=8, max_length=4096, pattern=r"^[\x21-\x7e]+$")] | None
 
 
 class WaitForControl(Request, tag="wait_for_control"):
@@ -996,6 +1010,7 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     SetModel,
     NewSession,
     GetAgentStats,
+    SetAgentLogin,
     Snapshot,
     ReadAgentStateFile,
     ListAgentStateDir,

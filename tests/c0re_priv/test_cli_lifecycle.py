@@ -100,3 +100,33 @@ def test_start_stop_pause_resume_stats_and_destroy(daemon_process: DaemonProcess
         for a in msgspec.json.decode(ctl(d, "agents", "--json").stdout, type=list[m.AgentRow])
     ]
     assert "bob" not in names and "alice" in names
+
+
+def test_login_reads_the_token_from_stdin_and_never_prints_it(
+    daemon_process: DaemonProcess,
+) -> None:
+    d = daemon_process
+    cmd = [
+        sys.executable,
+        "-m",
+        "c0re_priv",
+        "ctl",
+        "login",
+        "alice",
+        "--run-dir",
+        str(d.paths.run_dir),
+    ]
+    given = subprocess.run(
+        cmd, input="sk-ant-oat01-secret\n", capture_output=True, text=True, timeout=60, check=False
+    )
+    assert given.returncode == 0, given.stderr
+    assert "login token set" in given.stdout and "secret" not in given.stdout + given.stderr
+    assert status(d, "alice").has_login_token
+    assert "secret" not in ctl(d, "status", "alice", "--json").stdout
+    cleared = ctl(d, "login", "alice", "--clear")
+    assert cleared.returncode == 0 and "forgotten" in cleared.stdout
+    assert not status(d, "alice").has_login_token
+    bad = subprocess.run(
+        cmd, input="short\n", capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bad.returncode == 1 and "invalid" in bad.stderr

@@ -362,6 +362,26 @@ async def test_claude_agents_inherit_the_operators_login_and_their_env(
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"env": {"HIVE_AGENT_SOCKET": "/elsewhere"}}, AgentConfig)
 
+    # a token the operator gives one agent wins over the daemon's, is kept root-only, never echoed
+    from protocol import messages as m
+    from protocol.client import HiveClient
+
+    async with HiveClient.connect(str(paths.admin_sock)) as admin:
+        row = (
+            await admin.expect(m.SetAgentLogin(name="cl", token="sk-ant-oat-given"), m.AgentInfo)
+        ).agent
+        assert row.has_login_token and "sk-ant-oat-given" not in msgspec.json.encode(row).decode()
+        token_file = lifecycle.login_token_file("cl")
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert token_file.parent.stat().st_mode & 0o777 == 0o700
+        assert not token_file.is_relative_to(paths.agents_root)
+        assert lifecycle.spec("cl").env["CLAUDE_CODE_OAUTH_TOKEN"] == "sk-ant-oat-given"
+        row = (await admin.expect(m.SetAgentLogin(name="cl", token=None), m.AgentInfo)).agent
+        assert not row.has_login_token and not token_file.exists()
+        assert lifecycle.spec("cl").env["CLAUDE_CODE_OAUTH_TOKEN"] == "from-the-daemon"
+        with pytest.raises(Exception, match="invalid"):
+            await admin.expect(m.SetAgentLogin(name="cl", token="has spaces in it"), m.AgentInfo)
+
 
 def partial_run(run_hive, config, paths):
     from functools import partial
