@@ -30,6 +30,7 @@ HEARTBEAT_SECONDS = 15.0
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 LOGIN_RETRY_SECONDS = 60.0
 FAILED_TURN_PAUSE = 2.0
+MIN_RENEW_SECONDS = 0.5
 
 RuntimeFactory = Callable[[AgentContext], Runtime]
 
@@ -55,6 +56,10 @@ class TurnState:
     cancelled_by_operator: bool = False
     stopping: bool = False
     idle: anyio.Event = field(default_factory=anyio.Event)
+    holding: m.Delivery | None = None
+    """The message whose turn is under way; its lease is renewed until it is acked."""
+    held: anyio.Event = field(default_factory=anyio.Event)
+    """Set when `holding` is set, to wake the lease keeper."""
 
 
 class Harness:
@@ -88,7 +93,9 @@ class Harness:
     async def _watch_signals(self, main: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("%s: finishing the current turn, then stopping", signal.Signals(signum).name)
+                log.info(
+                    "%s: finishing the current turn, then stopping", signal.Signals(signum).name
+                )
                 self.state.stopping = True
                 if self.state.running is None:
                     main.cancel()
@@ -102,12 +109,16 @@ class Harness:
         with anyio.move_on_after(5):
             try:
                 async with HiveClient.connect(str(self.ctx.socket), client="harness-crash") as c:
-                    await c.call(m.ReportState(state="error", reason="harness loop crashed; restarting"))
+                    await c.call(
+                        m.ReportState(state="error", reason="harness loop crashed; restarting")
+                    )
             except HiveError:
                 log.warning("could not report the crash to the daemon")
 
     async def _run_connected(self) -> None:
-        async with HiveClient.connect(str(self.ctx.socket), client=f"harness/{self.ctx.name}") as client:
+        async with HiveClient.connect(
+            str(self.ctx.socket), client=f"harness/{self.ctx.name}"
+        ) as client:
             me = await client.expect(m.Whoami(), m.Identity)
             self.ctx.name, self.ctx.role = me.name, me.role
             if me.model and not self.ctx.model:
@@ -117,6 +128,7 @@ class Harness:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._heartbeat, client)
+                    tg.start_soon(self._keep_lease, client)
                     tg.start_soon(self._controls, client, runtime)
                     await self._work(client, runtime)
                     tg.cancel_scope.cancel()
@@ -129,7 +141,31 @@ class Harness:
             await anyio.sleep(HEARTBEAT_SECONDS)
             await client.expect(m.Ping(), m.Pong)
 
-    async def _report(self, client: HiveClient, state: str, reason: str = "", model: str | None = None) -> None:
+    async def _keep_lease(self, client: HiveClient) -> None:
+        """Renew the held lease at half its remaining time, so a long turn (or a long
+        rate-limit wait) never lets the message expire and come again while it is worked on."""
+        while True:
+            held = self.state.holding
+            if held is None or held.expires_at is None:
+                self.state.held = anyio.Event()
+                await self.state.held.wait()
+                continue
+            await anyio.sleep(max(MIN_RENEW_SECONDS, (held.expires_at - time.time()) / 2))
+            if self.state.holding is not held:
+                continue
+            try:
+                renewed = await client.expect(m.Renew(lease=held.lease), m.Renewed)
+            except HiveError as exc:
+                if isinstance(exc, ConnectionLost):
+                    raise
+                log.warning("could not renew the lease of message #%d: %s", held.message.id, exc)
+                self.state.holding = None
+                continue
+            held.expires_at = renewed.expires_at
+
+    async def _report(
+        self, client: HiveClient, state: str, reason: str = "", model: str | None = None
+    ) -> None:
         await client.expect(m.ReportState(state=state, reason=reason[:2000], model=model), m.Ok)  # type: ignore[arg-type]
 
     async def _work(self, client: HiveClient, runtime: Runtime) -> None:
@@ -142,11 +178,15 @@ class Harness:
                 if self.state.stopping:
                     return
 
-    async def _handle(self, client: HiveClient, runtime: Runtime, delivery: m.Delivery, more: int) -> None:
+    async def _handle(
+        self, client: HiveClient, runtime: Runtime, delivery: m.Delivery, more: int
+    ) -> None:
         msg = delivery.message
         turn = Turn(prompt=wake_prompt(msg, more), message=msg)
         self.state.idle = anyio.Event()
         self.state.cancelled_by_operator = False
+        self.state.holding = delivery
+        self.state.held.set()
         await self._report(client, "turn", f"message #{msg.id} from {msg.from_}")
         try:
             while True:
@@ -157,7 +197,9 @@ class Harness:
                     break
                 except RateLimited as exc:
                     await self._report(client, "rate_limited", str(exc))
-                    log.warning("rate limited; retrying message #%d in %.0fs", msg.id, exc.retry_after)
+                    log.warning(
+                        "rate limited; retrying message #%d in %.0fs", msg.id, exc.retry_after
+                    )
                     await anyio.sleep(exc.retry_after)
                     await self._report(client, "turn", f"retrying message #{msg.id}")
         except LoginRequired as exc:
@@ -170,25 +212,46 @@ class Harness:
             return
         finally:
             self.state.running = None
+            self.state.holding = None
             self.state.idle.set()
         if scope.cancelled_caught:
-            await client.expect(m.Ack(lease=delivery.lease), m.Ok)
+            await self._ack(client, delivery)
             await client.expect(
-                m.ReportControl(action="cancel", ok=True, detail=f"turn for message #{msg.id} cancelled; message dropped"),
+                m.ReportControl(
+                    action="cancel",
+                    ok=True,
+                    detail=f"turn for message #{msg.id} cancelled; message dropped",
+                ),
                 m.Ok,
             )
             await self._report(client, "idle", model=runtime.model)
             return
         stats.message_id = msg.id
         await client.expect(m.ReportTurn(turn=stats), m.Ok)
-        await client.expect(m.Ack(lease=delivery.lease), m.Ok)
+        await self._ack(client, delivery)
         await self._report(client, "idle", model=runtime.model)
 
-    async def _failed(self, client: HiveClient, delivery: m.Delivery, state: str, reason: str) -> None:
+    async def _ack(self, client: HiveClient, delivery: m.Delivery) -> None:
+        try:
+            await client.expect(m.Ack(lease=delivery.lease), m.Ok)
+        except HiveError as exc:
+            if exc.code != "not_found" or isinstance(exc, ConnectionLost):
+                raise
+            # the lease ran out before the turn ended (renewal could not keep it): the message
+            # is queued again and will drive another turn; nothing to undo here
+            log.warning(
+                "message #%d: lease lost before ack; it will come again", delivery.message.id
+            )
+
+    async def _failed(
+        self, client: HiveClient, delivery: m.Delivery, state: str, reason: str
+    ) -> None:
         msg = delivery.message
         log.error("turn for message #%d failed (%s): %s", msg.id, state, reason)
         await client.expect(m.Nack(lease=delivery.lease, reason=f"{state}: {reason}"[:500]), m.Ok)
-        await client.expect(m.ReportTurn(turn=m.TurnStats(ok=False, result=reason[:4000], message_id=msg.id)), m.Ok)
+        await client.expect(
+            m.ReportTurn(turn=m.TurnStats(ok=False, result=reason[:4000], message_id=msg.id)), m.Ok
+        )
         await self._report(client, state, reason)
         await client.expect(m.SetStatus(text=f"turn failed ({state}): {reason}"[:500]), m.Ok)
 
@@ -212,7 +275,14 @@ class Harness:
                         detail = await runtime.new_session()
                     elif frame.action == "set_model" and frame.model:
                         detail = runtime.set_model(frame.model)
-                        await self._report(client, "idle" if self.state.running is None else "turn", detail, model=runtime.model)
+                        await self._report(
+                            client,
+                            "idle" if self.state.running is None else "turn",
+                            detail,
+                            model=runtime.model,
+                        )
                 except TurnFailed as exc:
                     ok, detail = False, str(exc)
-                await client.expect(m.ReportControl(action=frame.action, ok=ok, detail=detail[:2000]), m.Ok)
+                await client.expect(
+                    m.ReportControl(action=frame.action, ok=ok, detail=detail[:2000]), m.Ok
+                )

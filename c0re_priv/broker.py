@@ -276,7 +276,7 @@ class Broker:
             holder.leased_ids[token] = msg.id
             self._holders[token] = holder
             self._bus.publish(MessageLeased(message_id=msg.id, agent=agent, attempts=msg.attempts))
-            deliveries.append(Delivery(lease=token, message=msg))
+            deliveries.append(Delivery(lease=token, message=msg, expires_at=expires))
         if leased:
             self._reaper_poke.set()
         return deliveries, more
@@ -324,6 +324,20 @@ class Broker:
         self._forget(lease)
         self._bus.publish(MessageAcked(message_id=row[0], agent=agent))
         return int(row[0])
+
+    async def renew(self, holder: LeaseHolder, lease: str) -> float:
+        """Push a held lease's expiry `lease_seconds` ahead; return the new expiry."""
+        expires = self._now() + self._settings.lease_seconds
+        row = await self._store.write(
+            lambda c: c.execute(
+                "UPDATE messages SET lease_expires = ? WHERE lease = ? AND recipient = ?"
+                " AND state = 'leased' RETURNING id",
+                (expires, lease, holder.agent),
+            ).fetchone()
+        )
+        if row is None:
+            raise Fail("not_found", "no such lease: already acked, expired, or not yours")
+        return expires
 
     def _forget(self, lease: str) -> None:
         holder = self._holders.pop(lease, None)

@@ -274,6 +274,12 @@ async def ack(c: Caller, req: m.Ack) -> m.Reply:
     return m.Ok(id=0)
 
 
+@unary(m.Renew)
+async def renew(c: Caller, req: m.Renew) -> m.Reply:
+    assert c.conn.holder is not None
+    return m.Renewed(id=0, expires_at=await c.hive.broker.renew(c.conn.holder, req.lease))
+
+
 @unary(m.Ask)
 async def ask(c: Caller, req: m.Ask) -> m.Reply:
     q, msg = await c.hive.questions.ask(

@@ -136,6 +136,8 @@ class Delivery(Struct, kw_only=True):
 
     lease: str
     message: MessageRow
+    expires_at: float | None = None
+    """When the lease runs out unless acked or renewed (`Renew`)."""
 
 
 class QuestionRow(Struct, kw_only=True):
@@ -313,6 +315,15 @@ class WaitForWork(Request, tag="wait_for_work"):
 
 class Ack(Request, tag="ack"):
     """Mark a leased message delivered. Only the recipient's socket can ack it."""
+
+    lease: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Renew(Request, tag="renew"):
+    """Keep a lease you hold while its turn runs: it expires `lease_seconds` from now again.
+
+    Answered by `Renewed`; a lease that is no longer yours (acked, expired) is `not_found`.
+    """
 
     lease: Annotated[str, Meta(min_length=1, max_length=64)]
 
@@ -684,6 +695,10 @@ class Work(Reply, tag="work"):
     more: int
 
 
+class Renewed(Reply, tag="renewed"):
+    expires_at: float
+
+
 class Asked(Reply, tag="asked"):
     question_id: int
     message_id: int
@@ -938,6 +953,7 @@ AnyReply: TypeAlias = (
     | Sent
     | Deliveries
     | Work
+    | Renewed
     | Asked
     | Asks
     | Reminded
@@ -967,6 +983,7 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     Recv,
     WaitForWork,
     Ack,
+    Renew,
     Ask,
     Answer,
     ListMyAsks,

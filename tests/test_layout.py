@@ -83,3 +83,16 @@ def test_every_config_key_is_documented():
             assert re.search(rf"`{field.encode_name}`", doc), (
                 f"{cls.__name__}.{field.encode_name} undocumented"
             )
+
+
+def test_every_reply_struct_is_in_the_reply_union():
+    import typing
+
+    from protocol import messages as m
+
+    declared = {
+        cls
+        for cls in vars(m).values()
+        if isinstance(cls, type) and issubclass(cls, m.Reply) and cls is not m.Reply
+    }
+    assert declared - set(typing.get_args(m.AnyReply)) == set()

@@ -202,3 +202,18 @@ async def test_operator_controls_reach_the_harness_and_come_back_as_notes(live):
         with pytest.raises(HiveError) as err:
             await admin.call(m.Compact(name="alice"))
         assert err.value.code == "unavailable"
+
+
+async def test_a_turn_longer_than_the_lease_keeps_its_message_by_renewing_it(nursery, short_tmp):
+    # the "slow" rule thinks for 2.5 s; leases last 1 s: only renewals keep the message
+    config = make_config(autostart=True, lease_seconds=1.0, agents=write_rules(short_tmp))
+    hive: Hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+    await wait_connected(hive, "alice")
+    async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
+        (mid,) = (await admin.expect(m.OperatorSend(to="alice", body="slow and steady"), m.Sent)).message_ids
+        await wait_for(admin, lambda r: r.id == mid and r.state == "acked")
+        rows = (await admin.expect(m.ListMessages(limit=200), m.Messages)).messages
+        (original,) = [r for r in rows if r.id == mid]
+        assert original.attempts == 1
+        done = [r for r in rows if r.from_ == "alice" and r.body == "alice finished: slow and steady"]
+        assert len(done) == 1
