@@ -207,7 +207,9 @@ class Tools:
 
     # ------------------------------------------------------------------ reminders
 
-    async def remind(self, body: str, at: float | None = None, in_seconds: float | None = None) -> str:
+    async def remind(
+        self, body: str, at: float | None = None, in_seconds: float | None = None
+    ) -> str:
         """Set a reminder for yourself: `in_seconds` from now, or `at` a unix time (one of them).
 
         When due it comes back to you as a message carrying the reminder id.

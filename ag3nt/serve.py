@@ -25,10 +25,14 @@ def make_runtime(name: str) -> type[Runtime] | None:
     return None
 
 
-def run_harness(socket: Path, runtime: str, state_dir: Path, rules: Path | None, model: str) -> None:
+def run_harness(
+    socket: Path, runtime: str, state_dir: Path, rules: Path | None, model: str
+) -> None:
     factory = make_runtime(runtime)
     if factory is None:
-        raise SystemExit(f"hive agent serve: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+        raise SystemExit(
+            f"hive agent serve: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})"
+        )
     ctx = AgentContext(
         name="",
         role="agent",

@@ -26,9 +26,20 @@ def web_available() -> bool:
     return importlib.util.find_spec("c0re_web.app") is not None
 
 
-async def run_web(paths: Paths, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_web(
+    paths: Paths, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run `hive web` as a child, echoing what it prints (its login link) to our stdout."""
-    argv = [sys.executable, "-m", "c0re_priv", "web", "--run-dir", str(paths.run_dir), "--bind", f"127.0.0.1:{port}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "c0re_priv",
+        "web",
+        "--run-dir",
+        str(paths.run_dir),
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
     proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=None)
     assert proc.stdout is not None
     task_status.started()

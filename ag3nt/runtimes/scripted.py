@@ -155,7 +155,9 @@ class ScriptedRuntime:
         path = ctx.rules_file
         if path is None and (ctx.state_dir / "rules.toml").is_file():
             path = ctx.state_dir / "rules.toml"
-        self.rules = parse_rules(path.read_text(), str(path)) if path else parse_rules(DEFAULT_RULES)
+        self.rules = (
+            parse_rules(path.read_text(), str(path)) if path else parse_rules(DEFAULT_RULES)
+        )
 
     async def turn(self, turn: Turn) -> TurnStats:
         started = time.monotonic()
@@ -182,7 +184,9 @@ class ScriptedRuntime:
                 tool_calls=[rule.tool],
                 duration_ms=int((time.monotonic() - started) * 1000),
             )
-        return TurnStats(ok=True, result="no rule matched", duration_ms=int((time.monotonic() - started) * 1000))
+        return TurnStats(
+            ok=True, result="no rule matched", duration_ms=int((time.monotonic() - started) * 1000)
+        )
 
     async def call_tool(self, tool: str, args: dict[str, Any]) -> str:
         """Call one hyperhive MCP tool through a fresh `hive agent mcp` on this agent's socket."""

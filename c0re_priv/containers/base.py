@@ -95,7 +95,9 @@ class Backend(Protocol):
     async def destroy(self, spec: ContainerSpec) -> None: ...
 
 
-def drop_privileges(uid: int | None, gid: int | None, enter_cgroup: Callable[[], None] | None) -> Callable[[], None]:
+def drop_privileges(
+    uid: int | None, gid: int | None, enter_cgroup: Callable[[], None] | None
+) -> Callable[[], None]:
     """A `preexec_fn`: join the cgroup while still root, then become the agent's uid."""
 
     def preexec() -> None:

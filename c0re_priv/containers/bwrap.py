@@ -21,7 +21,9 @@ import trio
 from .base import ContainerSpec, run_supervised_process
 
 # Host top-level entries never bound into a sandbox: provided fresh, or hidden (homes).
-NOT_FROM_HOST = frozenset({"proc", "dev", "sys", "tmp", "run", "shared", "root", "home", "lost+found"})
+NOT_FROM_HOST = frozenset(
+    {"proc", "dev", "sys", "tmp", "run", "shared", "root", "home", "lost+found"}
+)
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -137,7 +139,9 @@ def bwrap_argv(
 
 class BwrapBackend:
     name = "bwrap"
-    isolation = "bubblewrap: own pid/ipc/uts namespaces, host read-only, only its own state dir writable"
+    isolation = (
+        "bubblewrap: own pid/ipc/uts namespaces, host read-only, only its own state dir writable"
+    )
 
     def __init__(self, ro_extra: tuple[Path, ...] = ()) -> None:
         self.ro_extra = ro_extra

@@ -72,7 +72,9 @@ class Cgroups:
             writes.append(("pids", "pids.max", str(limits.pids)))
         missing = sorted({c for c, _, _ in writes if not (self.root / c).is_dir()})
         if missing:
-            return Applied(f"not applied: cgroup v1 controller(s) {', '.join(missing)} missing", None, [])
+            return Applied(
+                f"not applied: cgroup v1 controller(s) {', '.join(missing)} missing", None, []
+            )
         dirs: list[Path] = []
         for controller, knob, value in writes:
             path = self.root / controller / self.group / agent
@@ -83,20 +85,30 @@ class Cgroups:
         if limits.memory_bytes is not None:
             # without swap accounting a limited process could page out instead of stopping
             with contextlib.suppress(OSError):
-                (self.root / "memory" / self.group / agent / "memory.memsw.limit_in_bytes").write_text(
-                    str(limits.memory_bytes)
-                )
+                (
+                    self.root / "memory" / self.group / agent / "memory.memsw.limit_in_bytes"
+                ).write_text(str(limits.memory_bytes))
         procs = [d / "cgroup.procs" for d in dirs]
         return Applied(f"{limits.describe()} (cgroup v1)", _enter(procs), dirs)
 
     def _prepare_v2(self, agent: str, limits: Limits) -> Applied:
         parent = self.root / self.group
         parent.mkdir(exist_ok=True)
-        wanted = [c for c, v in (("memory", limits.memory_bytes), ("cpu", limits.cpu), ("pids", limits.pids)) if v is not None]
+        wanted = [
+            c
+            for c, v in (
+                ("memory", limits.memory_bytes),
+                ("cpu", limits.cpu),
+                ("pids", limits.pids),
+            )
+            if v is not None
+        ]
         available = (self.root / "cgroup.controllers").read_text().split()
         missing = [c for c in wanted if c not in available]
         if missing:
-            return Applied(f"not applied: cgroup v2 controller(s) {', '.join(missing)} unavailable", None, [])
+            return Applied(
+                f"not applied: cgroup v2 controller(s) {', '.join(missing)} unavailable", None, []
+            )
         enable = " ".join(f"+{c}" for c in wanted)
         (self.root / "cgroup.subtree_control").write_text(enable)
         (parent / "cgroup.subtree_control").write_text(enable)

@@ -53,8 +53,12 @@ def write_rules(root: Path) -> dict[str, dict[str, object]]:
 
 @pytest.fixture
 async def live(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Hive]:
-    config = make_config(autostart=True, max_restarts=1, stop_grace_seconds=5, agents=write_rules(short_tmp))
-    hive: Hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+    config = make_config(
+        autostart=True, max_restarts=1, stop_grace_seconds=5, agents=write_rules(short_tmp)
+    )
+    hive: Hive = await nursery.start(
+        partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False)
+    )
     yield hive
 
 
@@ -76,9 +80,20 @@ async def wait_connected(hive: Hive, *names: str, timeout: float = 30.0) -> None
 
 def test_wake_prompt_carries_the_message_and_the_queue_hint():
     msg = m.MessageRow(
-        id=7, from_="bob", to="alice", body="hi", in_reply_to=3, thread=3, kind="message",
-        state="leased", attempts=1, broadcast=True, hint="this was a broadcast and may not need any action from you",
-        question_id=None, created_at=0.0, acked_at=None,
+        id=7,
+        from_="bob",
+        to="alice",
+        body="hi",
+        in_reply_to=3,
+        thread=3,
+        kind="message",
+        state="leased",
+        attempts=1,
+        broadcast=True,
+        hint="this was a broadcast and may not need any action from you",
+        question_id=None,
+        created_at=0.0,
+        acked_at=None,
     )
     prompt = wake_prompt(msg, 3)
     assert "New message #7 from bob, in reply to #3:" in prompt
@@ -90,7 +105,9 @@ def test_wake_prompt_carries_the_message_and_the_queue_hint():
 async def test_a_message_to_alice_drives_a_turn_in_her_sandbox_and_her_reply_reaches_bob(live):
     await wait_connected(live, "alice", "bob")
     async with HiveClient.connect(str(live.paths.admin_sock)) as admin:
-        (mid,) = (await admin.expect(m.OperatorSend(to="alice", body="ship it"), m.Sent)).message_ids
+        (mid,) = (
+            await admin.expect(m.OperatorSend(to="alice", body="ship it"), m.Sent)
+        ).message_ids
         relayed = await wait_for(admin, lambda r: r.from_ == "alice" and r.to == "bob")
         assert relayed.body == "alice relays: ship it"
         await wait_for(admin, lambda r: r.id == mid and r.state == "acked")
@@ -110,7 +127,9 @@ async def test_kill_9_of_a_harness_mid_turn_delivers_the_message_again(live):
     async with HiveClient.connect(str(live.paths.admin_sock)) as admin:
         async with admin.stream(m.Subscribe(kinds=["message_leased"])) as events:
             await anext(events)
-            (mid,) = (await admin.expect(m.OperatorSend(to="alice", body="slow job"), m.Sent)).message_ids
+            (mid,) = (
+                await admin.expect(m.OperatorSend(to="alice", body="slow job"), m.Sent)
+            ).message_ids
             with trio.fail_after(20):
                 leased = await anext(events)
             assert leased.event.message_id == mid  # type: ignore[attr-defined]
@@ -127,7 +146,9 @@ async def test_kill_9_of_a_harness_mid_turn_delivers_the_message_again(live):
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
         assert killed >= 1
-        done = await wait_for(admin, lambda r: r.from_ == "alice" and r.body == "alice finished: slow job", 40)
+        done = await wait_for(
+            admin, lambda r: r.from_ == "alice" and r.body == "alice finished: slow job", 40
+        )
         assert done.to == "bob"
         row = await wait_for(admin, lambda r: r.id == mid and r.state == "acked", 20)
         assert row.attempts >= 2
@@ -139,10 +160,14 @@ async def test_rebuild_while_a_message_is_queued_still_drives_a_turn(live):
     await wait_connected(live, "alice")
     async with HiveClient.connect(str(live.paths.admin_sock)) as admin:
         await admin.expect(m.SetPaused(name="alice", paused=True), m.AgentInfo)
-        (mid,) = (await admin.expect(m.OperatorSend(to="alice", body="while you were out"), m.Sent)).message_ids
+        (mid,) = (
+            await admin.expect(m.OperatorSend(to="alice", body="while you were out"), m.Sent)
+        ).message_ids
         await admin.expect(m.SetPaused(name="alice", paused=False), m.AgentInfo)
         await admin.expect(m.Rebuild(name="alice"), m.AgentInfo)
-        await wait_for(admin, lambda r: r.from_ == "alice" and r.body == "alice relays: while you were out")
+        await wait_for(
+            admin, lambda r: r.from_ == "alice" and r.body == "alice relays: while you were out"
+        )
         await wait_for(admin, lambda r: r.id == mid and r.state == "acked")
         woke = await wait_for(admin, lambda r: r.from_ == "alice" and r.to == "operator")
         assert woke.body == "alice woke for: container rebuilt"
@@ -168,7 +193,9 @@ async def test_rebuild_all_brings_the_manager_up_before_anyone_else_and_reports_
         boss_up = order.index(("boss", "connected"))
         for other in ("alice", "bob"):
             assert order.index((other, "starting")) > boss_up, order
-        report = await wait_for(admin, lambda r: r.to == "boss" and r.body.startswith("rebuild_all finished"))
+        report = await wait_for(
+            admin, lambda r: r.to == "boss" and r.body.startswith("rebuild_all finished")
+        )
         assert "alice" in report.body and "bob" in report.body and "failed" not in report.body
 
 
@@ -176,7 +203,9 @@ async def test_a_container_that_keeps_crashing_is_marked_failed_and_the_manager_
     async with HiveClient.connect(str(live.paths.admin_sock)) as admin:
         await admin.expect(m.AddAgent(name="crashy", runtime="no-such-runtime"), m.AgentInfo)
         await admin.expect(m.Start(name="crashy"), m.AgentInfo)
-        crash = await wait_for(admin, lambda r: r.to == "boss" and r.body.startswith("container_crash: crashy"), 40)
+        crash = await wait_for(
+            admin, lambda r: r.to == "boss" and r.body.startswith("container_crash: crashy"), 40
+        )
         assert "unknown runtime" in crash.body
         row = (await admin.expect(m.AgentStatus(name="crashy"), m.AgentInfo)).agent
         assert row.failed and row.container == "failed"
@@ -196,7 +225,9 @@ async def test_operator_controls_reach_the_harness_and_come_back_as_notes(live):
                 note = (await anext(notes)).event  # type: ignore[attr-defined]
             assert note.text == "cancel failed: no turn is running"
         with trio.fail_after(10):
-            while (await admin.expect(m.AgentStatus(name="alice"), m.AgentInfo)).agent.active_model != "opus-test":
+            while (
+                await admin.expect(m.AgentStatus(name="alice"), m.AgentInfo)
+            ).agent.active_model != "opus-test":
                 await trio.sleep(0.05)
         await admin.expect(m.Stop(name="alice"), m.AgentInfo)
         with pytest.raises(HiveError) as err:
@@ -207,13 +238,19 @@ async def test_operator_controls_reach_the_harness_and_come_back_as_notes(live):
 async def test_a_turn_longer_than_the_lease_keeps_its_message_by_renewing_it(nursery, short_tmp):
     # the "slow" rule thinks for 2.5 s; leases last 1 s: only renewals keep the message
     config = make_config(autostart=True, lease_seconds=1.0, agents=write_rules(short_tmp))
-    hive: Hive = await nursery.start(partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False))
+    hive: Hive = await nursery.start(
+        partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False)
+    )
     await wait_connected(hive, "alice")
     async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
-        (mid,) = (await admin.expect(m.OperatorSend(to="alice", body="slow and steady"), m.Sent)).message_ids
+        (mid,) = (
+            await admin.expect(m.OperatorSend(to="alice", body="slow and steady"), m.Sent)
+        ).message_ids
         await wait_for(admin, lambda r: r.id == mid and r.state == "acked")
         rows = (await admin.expect(m.ListMessages(limit=200), m.Messages)).messages
         (original,) = [r for r in rows if r.id == mid]
         assert original.attempts == 1
-        done = [r for r in rows if r.from_ == "alice" and r.body == "alice finished: slow and steady"]
+        done = [
+            r for r in rows if r.from_ == "alice" and r.body == "alice finished: slow and steady"
+        ]
         assert len(done) == 1
