@@ -257,6 +257,8 @@ def _toml_value(value: object) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
@@ -281,6 +283,8 @@ def agent_config_text(hive: Hive, agent: str) -> m.AgentConfigText:
     record = hive.registry.get(agent)
     configured = hive.config.agents.get(agent)
     section = msgspec.structs.asdict(configured or AgentConfig())
+    # env values are often credentials: the dashboard learns which variables are set, not what
+    section["env"] = {key: "(set)" for key in section["env"]}
     lines = [
         "# The registry record (changed with `hive ctl agent …`).",
         *_toml_table(

@@ -47,6 +47,7 @@ ROUTES = [
     Route("/agent/{name}/file", views.file_view, methods=["GET"]),
     Route("/agent/{name}/journal", views.journal, methods=["GET"]),
     Route("/agent/{name}/api/{action}", views.agent_action, methods=["POST"]),
+    Route("/agent/{name}/login/{step}", views.agent_login, methods=["POST"]),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 

@@ -331,6 +331,32 @@ PAST = {
 }
 
 
+async def agent_login(request: Request) -> Response:
+    """Give (`/login/token`) or forget (`/login/clear`) a claude agent's login token.
+
+    The token goes straight to the daemon (`SetAgentLogin`), which keeps it root-only; this
+    process never stores it and no page ever shows it back.
+    """
+    name = agent_name(request)
+    step = str(request.path_params["step"])
+    if step == "token":
+        form = await request.form()
+        token: str | None = str(form.get("token", "")).strip()
+    elif step == "clear":
+        token = None
+    else:
+        raise HTTPException(404, f"no login step {step!r}")
+    got = await call(request, convert({"name": name, "token": token}, m.SetAgentLogin), m.AgentInfo)
+    threads = await call(request, m.GetAgentOpenThreads(agent=name), m.OpenThreads)
+    html = web(request).render.part("agent_head", got.agent, len(threads.threads))
+    note = (
+        f"{name} has a login token now and restarts with it"
+        if token
+        else f"{name}'s login token is forgotten"
+    )
+    return fragment(request, html, note)
+
+
 async def agent_action(request: Request) -> Response:
     """Lifecycle buttons and harness controls of one agent, from its row or its page."""
     name = agent_name(request)

@@ -179,3 +179,21 @@ async def test_the_dashboard_reads_are_admin_verbs_too_but_not_agent_verbs(hive,
         with pytest.raises(HiveError) as err:
             await alice.call(m.ReadAgentStateFile(agent="alice", rel_path="notes/plan.md"))
     assert err.value.code == "forbidden"
+
+
+async def test_the_config_names_env_variables_but_never_shows_their_values(nursery, short_tmp):
+    from functools import partial
+
+    from c0re_priv.hive import run_hive
+    from tests.conftest import make_config, paths_in
+
+    config = make_config(
+        agents={"eve": {"runtime": "claude", "env": {"CLAUDE_CODE_OAUTH_TOKEN": "sk-secret-value"}}}
+    )
+    hive = await nursery.start(
+        partial(run_hive, config, paths_in(short_tmp, config), handle_signals=False)
+    )
+    async with HiveClient.connect(str(hive.paths.web_sock)) as web:
+        got = await web.expect(m.ReadAgentConfig(agent="eve"), m.AgentConfigText)
+    assert 'env = { CLAUDE_CODE_OAUTH_TOKEN = "(set)" }' in got.text
+    assert "sk-secret-value" not in got.text

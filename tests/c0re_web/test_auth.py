@@ -19,7 +19,7 @@ from c0re_web.serve import hosts_for, parse_bind
 
 HOST = "testserver"
 ORIGIN = f"http://{HOST}"
-SAMPLE = {"name": "alice", "action": "stop", "qid": "1", "rid": "1"}
+SAMPLE = {"name": "alice", "action": "stop", "qid": "1", "rid": "1", "step": "token"}
 
 
 class Clock:

@@ -77,7 +77,7 @@ def hive_web() -> Iterator[WebHive]:
     config.write_text(
         f'[hive]\nautostart = false\nbackend = "process"\nmax_restarts = 1000\n'
         f'web_group = "{web_group}"\n\n[agents.boss]\nrole = "manager"\n\n'
-        "[agents.alice]\n\n[agents.bob]\n\n[agents.carol]\n"
+        '[agents.alice]\n\n[agents.bob]\n\n[agents.carol]\n\n[agents.dave]\nruntime = "claude"\n'
     )
     daemon = DaemonProcess(root, config)
     daemon.start()
@@ -407,3 +407,23 @@ def test_a_stream_resumes_from_last_event_id_or_asks_for_a_reload(hive_web, oper
     event, resumed = read_sse(hive_web, session, {"Last-Event-ID": str(seq)})
     assert event == "update" and int(resumed) > seq
     assert read_sse(hive_web, session, {"Last-Event-ID": "1"}) == ("resync", "")
+
+
+def test_a_claude_agent_is_given_a_login_token_from_its_page(hive_web, page):
+    open_live(page, f"{hive_web.base}/agent/dave/")
+    head = page.locator("#agent-head-dave")
+    expect(head.locator(".login-form")).to_be_visible()
+    head.locator("input[name=token]").fill("sk-ant-oat01-from-the-browser")
+    head.get_by_role("button", name="Log in").click()
+    expect(page.locator("#agent-head-dave")).to_contain_text("token given")
+    with hive_web.admin() as admin:
+        row = admin.expect(m.AgentStatus(name="dave"), m.AgentInfo).agent
+    assert row.has_login_token
+    assert "sk-ant-oat01-from-the-browser" not in page.content()
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#agent-head-dave").get_by_role("button", name="Forget token").click()
+    expect(page.locator("#agent-head-dave")).not_to_contain_text("token given")
+    assert not_reloaded(page)
+    # a scripted agent has no login form
+    open_live(page, f"{hive_web.base}/agent/alice/")
+    expect(page.locator("#agent-head-alice .login-form")).to_have_count(0)
