@@ -59,11 +59,18 @@ class DaemonAlreadyRunning(Exception):
     pass
 
 
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+"""What a body that is framed but not a valid call raises while decoding (a str that is not
+UTF-8 surfaces as `UnicodeDecodeError`)."""
+PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+"""A peer that reset or closed its end: the same as end of input, not a daemon error."""
+
+
 def classify_bad_call(role: Role, body: bytes, exc: Exception) -> Error:
     """Name what is wrong with a call that did not decode, echoing its id when readable."""
     try:
         raw = msgspec.msgpack.decode(body)
-    except msgspec.DecodeError:
+    except (*DECODE_ERRORS, RecursionError):
         return Error(id=0, code="bad_frame", message="frame body is not valid MessagePack")
     call_id = 0
     if isinstance(raw, dict):
@@ -123,9 +130,12 @@ class Connection:
                         break
                     for body in decoder.feed(data):
                         await self._start_call(calls, body)
+            except PEER_GONE:
+                pass  # a reset is how some peers hang up
             except FrameError as exc:
                 log.warning("%s: closing connection: %s", self.label, exc)
-                await self.send(Error(id=0, code=exc.code, message=str(exc)))  # type: ignore[arg-type]
+                with contextlib.suppress(*PEER_GONE):
+                    await self.send(Error(id=0, code=exc.code, message=str(exc)))  # type: ignore[arg-type]
             finally:
                 calls.cancel_scope.cancel()
 
@@ -139,15 +149,18 @@ class Connection:
                     if not data:
                         return None
                     bodies = decoder.feed(data)
+                except PEER_GONE:
+                    return None
                 except FrameError as exc:
-                    await self.send(Error(id=0, code=exc.code, message=str(exc)))  # type: ignore[arg-type]
+                    with contextlib.suppress(*PEER_GONE):
+                        await self.send(Error(id=0, code=exc.code, message=str(exc)))  # type: ignore[arg-type]
                     return None
         if not bodies:
             log.warning("%s: no Hello within %.0fs", self.label, HELLO_TIMEOUT)
             return None
         try:
             hello = hello_decoder.decode(bodies[0])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (*DECODE_ERRORS, RecursionError) as exc:
             log.warning("%s: bad Hello: %s", self.label, exc)
             await self.send(Error(id=0, code="invalid", message=f"expected Hello: {exc}"))
             return None
@@ -182,7 +195,7 @@ class Connection:
         try:
             try:
                 call = _CALL_DECODERS[self.role].decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (*DECODE_ERRORS, RecursionError) as exc:
                 err = classify_bad_call(self.role, body, exc)
                 log.warning("%s: %s: %s", self.label, err.code, err.message)
                 await self.send(err)

@@ -47,8 +47,13 @@ ErrorCode = Literal[
     "internal",
 ]
 
-MessageId = Annotated[int, Meta(ge=1)]
-ReminderId = Annotated[int, Meta(ge=1)]
+RowId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+"""A row id: what a sqlite INTEGER PRIMARY KEY can hold (larger is `invalid`, not `internal`)."""
+MessageId = RowId
+ReminderId = RowId
+QuestionId = RowId
+Count = Annotated[int, Meta(ge=0, le=2**40)]
+"""A reported count (tokens, milliseconds): bounded so sums over many turns stay in 64 bits."""
 Body = Annotated[str, Meta(max_length=262_144)]
 """Message text; the frame limit bounds it, the daemon's body cap moves the excess to a file."""
 
@@ -206,11 +211,11 @@ class TurnStats(Struct, kw_only=True):
     ok: bool
     result: Annotated[str, Meta(max_length=4000)] = ""
     tool_calls: list[Annotated[str, Meta(max_length=128)]] = []
-    input_tokens: Annotated[int, Meta(ge=0)] = 0
-    output_tokens: Annotated[int, Meta(ge=0)] = 0
-    cost_usd: Annotated[float, Meta(ge=0)] = 0.0
-    duration_ms: Annotated[int, Meta(ge=0)] = 0
-    message_id: int | None = None
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cost_usd: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    duration_ms: Count = 0
+    message_id: MessageId | None = None
 
 
 class StatsRow(Struct, kw_only=True):
@@ -341,7 +346,7 @@ class Ask(Request, tag="ask"):
 class Answer(Request, tag="answer"):
     """Answer a question addressed to you."""
 
-    question_id: Annotated[int, Meta(ge=1)]
+    question_id: QuestionId
     answer: Body
 
 
@@ -352,7 +357,7 @@ class ListMyAsks(Request, tag="list_my_asks"):
 class CancelAsk(Request, tag="cancel_ask"):
     """Withdraw one of your own open questions."""
 
-    id: Annotated[int, Meta(ge=1)]
+    id: RowId
 
 
 class Remind(Request, tag="remind"):
@@ -399,7 +404,7 @@ class ListQuestions(Request, tag="list_questions"):
 class AnswerQuestion(Request, tag="answer_question"):
     """The operator answers a question addressed to `"operator"`."""
 
-    question_id: Annotated[int, Meta(ge=1)]
+    question_id: QuestionId
     answer: Body
 
 
