@@ -200,10 +200,13 @@ class Tools:
 
     async def get_open_threads(self) -> str:
         """What is still open against you: questions you asked or were asked, approvals."""
-        threads = (await self.call(m.GetOpenThreads, m.OpenThreads)).threads
-        if not threads:
+        got = await self.call(m.GetOpenThreads, m.OpenThreads)
+        if not got.threads:
             return "(nothing open)"
-        return "\n".join(format_thread(t) for t in threads)
+        text = "\n".join(format_thread(t) for t in got.threads)
+        if got.total > len(got.threads):
+            text += f"\n(the {len(got.threads)} oldest of {got.total} open threads)"
+        return text
 
     # ------------------------------------------------------------------ reminders
 

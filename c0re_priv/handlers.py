@@ -167,8 +167,10 @@ async def list_messages(c: Caller, req: m.ListMessages) -> m.Reply:
 async def agent_open_threads(c: Caller, req: m.GetAgentOpenThreads) -> m.Reply:
     c.hive.registry.get(req.agent)
     now = time.time()
-    threads = await c.hive.store.read(lambda conn: open_threads.for_agent(conn, req.agent, now))
-    return m.OpenThreads(id=0, threads=threads)
+    threads, total = await c.hive.store.read(
+        lambda conn: open_threads.for_agent(conn, req.agent, now, req.limit)
+    )
+    return m.OpenThreads(id=0, threads=threads, total=total)
 
 
 @unary(m.ListReminders)
@@ -327,10 +329,14 @@ async def get_open_threads(c: Caller, req: m.GetOpenThreads) -> m.Reply:
     now = time.time()
     name = c.name
     if c.role == "manager":
-        threads = await c.hive.store.read(lambda conn: open_threads.hive_wide(conn, now))
+        threads, total = await c.hive.store.read(
+            lambda conn: open_threads.hive_wide(conn, now, req.limit)
+        )
     else:
-        threads = await c.hive.store.read(lambda conn: open_threads.for_agent(conn, name, now))
-    return m.OpenThreads(id=0, threads=threads)
+        threads, total = await c.hive.store.read(
+            lambda conn: open_threads.for_agent(conn, name, now, req.limit)
+        )
+    return m.OpenThreads(id=0, threads=threads, total=total)
 
 
 @unary(m.SetStatus)

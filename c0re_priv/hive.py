@@ -189,12 +189,13 @@ async def run_hive(
                     log.info("requeued %d message(s) leased before the last shutdown", orphans)
                 hub = SocketHub(hive, services)
                 hive.sockets = hub
-                await hub.open_fixed()
                 added = await sync_config_agents(hive)
                 for name in hive.registry.names():
                     if name not in added:
                         hive.ensure_agent_dirs(name)
                         await hub.open_agent(name)
+                # the fixed sockets last: once admin.sock answers, every agent's socket exists
+                await hub.open_fixed()
                 lifecycle = Lifecycle(hive, services, backend)
                 hive.lifecycle = lifecycle
                 hive.registry.row_extras = lifecycle.row_extras

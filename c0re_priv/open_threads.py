@@ -15,45 +15,72 @@ from protocol.messages import ApprovalThread, OpenThread, QuestionThread
 from .attachments import excerpt
 
 SUMMARY_CHARS = 120
+DEFAULT_LIMIT = 200
 
 
-def for_agent(conn: sqlite3.Connection, agent: str, now: float) -> list[OpenThread]:
-    threads: list[OpenThread] = []
-    for r in conn.execute(
-        "SELECT id, kind, agent, description, requested_at FROM approvals"
-        " WHERE requested_by = ? AND status = 'pending' ORDER BY id",
-        (agent,),
-    ):
-        threads.append(_approval(r, now))
+def for_agent(
+    conn: sqlite3.Connection, agent: str, now: float, limit: int = DEFAULT_LIMIT
+) -> tuple[list[OpenThread], int]:
+    """The agent's open threads, oldest first (approvals, then questions), at most `limit`,
+    and how many there are in all."""
+    threads: list[OpenThread] = [
+        _approval(r, now)
+        for r in conn.execute(
+            "SELECT id, kind, agent, description, requested_at FROM approvals"
+            " WHERE requested_by = ? AND status = 'pending' ORDER BY id LIMIT ?",
+            (agent, limit),
+        )
+    ]
     for r in conn.execute(
         "SELECT id, asker, target, question, asked_at FROM questions"
-        " WHERE state = 'open' AND (asker = ? OR target = ?) ORDER BY id",
-        (agent, agent),
+        " WHERE state = 'open' AND (asker = ? OR target = ?) ORDER BY id LIMIT ?",
+        (agent, agent, limit),
     ):
         if r["asker"] == agent:
             threads.append(_question(r, "asker", now))
         if r["target"] == agent:
             threads.append(_question(r, "target", now))
-    return threads
+    return threads[:limit], count_for_agent(conn, agent)
 
 
-def hive_wide(conn: sqlite3.Connection, now: float) -> list[OpenThread]:
-    """Every open thread in the hive, each question once, from its asker's side."""
+def count_for_agent(conn: sqlite3.Connection, agent: str) -> int:
+    approvals = conn.execute(
+        "SELECT count(*) FROM approvals WHERE requested_by = ? AND status = 'pending'", (agent,)
+    ).fetchone()[0]
+    questions = conn.execute(
+        "SELECT coalesce(sum((asker = ?) + (target = ?)), 0) FROM questions"
+        " WHERE state = 'open' AND (asker = ? OR target = ?)",
+        (agent, agent, agent, agent),
+    ).fetchone()[0]
+    return int(approvals) + int(questions)
+
+
+def hive_wide(
+    conn: sqlite3.Connection, now: float, limit: int = DEFAULT_LIMIT
+) -> tuple[list[OpenThread], int]:
+    """Every open thread in the hive, each question once from its asker's side, oldest first;
+    at most `limit`, and how many there are in all."""
     threads: list[OpenThread] = [
         _approval(r, now)
         for r in conn.execute(
             "SELECT id, kind, agent, description, requested_at FROM approvals"
-            " WHERE status = 'pending' ORDER BY id"
+            " WHERE status = 'pending' ORDER BY id LIMIT ?",
+            (limit,),
         )
     ]
     threads += [
         _question(r, "asker", now)
         for r in conn.execute(
             "SELECT id, asker, target, question, asked_at FROM questions"
-            " WHERE state = 'open' ORDER BY id"
+            " WHERE state = 'open' ORDER BY id LIMIT ?",
+            (max(0, limit - len(threads)),),
         )
     ]
-    return threads
+    total = conn.execute(
+        "SELECT (SELECT count(*) FROM approvals WHERE status = 'pending')"
+        " + (SELECT count(*) FROM questions WHERE state = 'open')"
+    ).fetchone()[0]
+    return threads, int(total)
 
 
 def _approval(r: sqlite3.Row, now: float) -> ApprovalThread:

@@ -30,7 +30,7 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     names = hive.registry.names()
 
     def thread_counts(conn: sqlite3.Connection) -> dict[str, int]:
-        return {name: len(open_threads.for_agent(conn, name, now)) for name in names}
+        return {name: open_threads.count_for_agent(conn, name) for name in names}
 
     agents = await hive.registry.rows()
     counts = await hive.store.read(thread_counts)
@@ -40,7 +40,7 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     threads: list[m.OpenThread] = []
     if agent is not None:
         focus = agent
-        threads = await hive.store.read(lambda conn: open_threads.for_agent(conn, focus, now))
+        threads, _ = await hive.store.read(lambda conn: open_threads.for_agent(conn, focus, now))
     return m.HiveState(
         id=0,
         seq=seq,

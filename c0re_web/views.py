@@ -348,7 +348,7 @@ async def agent_login(request: Request) -> Response:
         raise HTTPException(404, f"no login step {step!r}")
     got = await call(request, convert({"name": name, "token": token}, m.SetAgentLogin), m.AgentInfo)
     threads = await call(request, m.GetAgentOpenThreads(agent=name), m.OpenThreads)
-    html = web(request).render.part("agent_head", got.agent, len(threads.threads))
+    html = web(request).render.part("agent_head", got.agent, threads.total)
     note = (
         f"{name} has a login token now and restarts with it"
         if token
@@ -368,7 +368,7 @@ async def agent_action(request: Request) -> Response:
         got = await call(request, convert(spec, typ), m.AgentInfo)
         threads = await call(request, m.GetAgentOpenThreads(agent=name), m.OpenThreads)
         macro = "agent_head" if target == f"agent-head-{name}" else "agent_row"
-        html = web(request).render.part(macro, got.agent, len(threads.threads))
+        html = web(request).render.part(macro, got.agent, threads.total)
         return fragment(request, html, f"{name} {PAST[action]}")
     if action == "destroy":
         await call(request, convert({"name": name}, m.Destroy), m.Ok)

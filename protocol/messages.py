@@ -385,7 +385,12 @@ class CancelReminder(Request, tag="cancel_reminder"):
 
 
 class GetOpenThreads(Request, tag="get_open_threads"):
-    """What is still open against you (a manager gets the hive-wide list)."""
+    """What is still open against you (a manager gets the hive-wide list), oldest first.
+
+    At most `limit` threads; `OpenThreads.total` says how many there are in all.
+    """
+
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 200
 
 
 class SetStatus(Request, tag="set_status"):
@@ -443,6 +448,7 @@ class GetAgentOpenThreads(Request, tag="get_open_threads"):
     """Operator flavour of `GetOpenThreads`: one agent's open threads (same op on the wire)."""
 
     agent: AgentName
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 200
 
 
 class Start(Request, tag="start"):
@@ -729,6 +735,9 @@ class Asks(Reply, tag="asks"):
 
 class OpenThreads(Reply, tag="open_threads"):
     threads: list[OpenThread]
+    """Oldest first: approvals, then questions; at most the request's `limit`."""
+    total: int = 0
+    """How many threads are open in all (more than `len(threads)` when the limit cut them)."""
 
 
 class Questions(Reply, tag="questions"):

@@ -407,6 +407,24 @@ async def test_open_threads_show_both_directions_and_the_manager_sees_the_hive(h
         ]
 
 
+async def test_open_threads_are_capped_oldest_first_and_say_how_many_exist(hive, admin):
+    async with agent(hive, "alice") as alice, agent(hive, "boss") as boss:
+        asked = [
+            (await alice.expect(m.Ask(target="bob", question=f"q{i}"), m.Asked)).question_id
+            for i in range(5)
+        ]
+        got = await alice.expect(m.GetOpenThreads(limit=3), m.OpenThreads)
+        assert [t.id for t in got.threads] == asked[:3] and got.total == 5
+        every = await alice.expect(m.GetOpenThreads(), m.OpenThreads)
+        assert len(every.threads) == every.total == 5
+        hive_wide = await boss.expect(m.GetOpenThreads(limit=2), m.OpenThreads)
+        assert len(hive_wide.threads) == 2 and hive_wide.total == 5
+        bob = await admin.expect(m.GetAgentOpenThreads(agent="bob", limit=1), m.OpenThreads)
+        assert [t.id for t in bob.threads] == asked[:1] and bob.total == 5
+        state = await admin.expect(m.Snapshot(), m.HiveState)
+        assert state.open_threads["alice"] == 5 and state.open_threads["bob"] == 5
+
+
 async def test_set_status_shows_in_the_agent_rows(hive, admin):
     async with agent(hive, "alice") as alice:
         await alice.expect(m.SetStatus(text="refactoring the broker"), m.Ok)
