@@ -39,6 +39,8 @@ from .store import Store
 BROADCAST_HINT = "this was a broadcast and may not need any action from you"
 OPERATOR = "operator"
 SYSTEM = "system"
+MORE_CAP = 10_000
+"""`more` (messages still queued after a lease) counts up to this and no further."""
 COLUMNS = (
     "id, sender, recipient, body, in_reply_to, thread, kind, state, attempts, broadcast,"
     " question_id, created_at, acked_at, reminder_id"
@@ -156,6 +158,10 @@ class Broker:
         self._inbox_signal: dict[str, trio.Event] = {}
         self._holders: dict[str, LeaseHolder] = {}  # lease -> holder
         self._reaper_poke = trio.Event()
+        self._reaper_deadline = math.inf
+        """The wall-clock time the reaper sleeps until: a lease expiring later needs no poke."""
+        self._reaper_scanning = False
+        """The reaper's scan may not see a lease made meanwhile: every lease pokes it then."""
 
     # ---------------------------------------------------------------- signals
 
@@ -265,7 +271,9 @@ class Broker:
                 ).fetchone()
                 leased.append((token, message_row(row)))
             more = conn.execute(
-                "SELECT count(*) FROM messages WHERE recipient = ? AND state = 'queued'", (agent,)
+                "SELECT count(*) FROM (SELECT 1 FROM messages"
+                " WHERE recipient = ? AND state = 'queued' LIMIT ?)",
+                (agent, MORE_CAP),
             ).fetchone()[0]
             return leased, more
 
@@ -277,7 +285,8 @@ class Broker:
             self._holders[token] = holder
             self._bus.publish(MessageLeased(message_id=msg.id, agent=agent, attempts=msg.attempts))
             deliveries.append(Delivery(lease=token, message=msg, expires_at=expires))
-        if leased:
+        if leased and (self._reaper_scanning or expires < self._reaper_deadline):
+            self._reaper_deadline = min(self._reaper_deadline, expires)
             self._reaper_poke.set()
         return deliveries, more
 
@@ -406,6 +415,7 @@ class Broker:
         task_status.started()
         while True:
             self._reaper_poke = trio.Event()
+            self._reaper_scanning = True
             now = self._now()
 
             def expire(
@@ -430,6 +440,9 @@ class Broker:
                     if holder.leased_ids.get(token) in ids:
                         self._forget(token)
                 self._requeued(expired, "lease expired")
+            self._reaper_scanning = False
+            if not self._reaper_poke.is_set():  # else it scans again at once
+                self._reaper_deadline = next_expiry if next_expiry is not None else math.inf
             delay = next_expiry - self._now() if next_expiry is not None else math.inf
             with trio.move_on_after(max(0.0, delay)):
                 await self._reaper_poke.wait()

@@ -698,7 +698,7 @@ class Sent(Reply, tag="sent"):
 class Deliveries(Reply, tag="deliveries"):
     items: list[Delivery]
     more: int
-    """Messages still queued for you after these."""
+    """Messages still queued for you after these (counted up to 10,000)."""
 
 
 class Work(Reply, tag="work"):
