@@ -68,6 +68,7 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     restart_window_seconds: Annotated[float, Meta(gt=0)] = 300.0
     stop_grace_seconds: Annotated[float, Meta(ge=0)] = 30.0
     shared_dir: str = ""
+    nixos_declarative: bool = False
     claude_pass_env: list[EnvName] = msgspec.field(
         default_factory=lambda: [
             "ANTHROPIC_API_KEY",

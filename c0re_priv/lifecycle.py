@@ -32,6 +32,7 @@ from .config import AgentConfig
 from .containers import BACKENDS, Backend, ContainerSpec, Limits
 from .containers.bwrap import BwrapBackend
 from .containers.cgroups import Applied, Cgroups
+from .containers.nixos import NixosBackend
 from .errors import Fail
 
 if TYPE_CHECKING:
@@ -105,7 +106,12 @@ class Lifecycle:
         settings = hive.settings
         if backend is None:
             cls = BACKENDS[settings.backend]
-            backend = BwrapBackend(ro_extra=_interpreter_paths()) if cls is BwrapBackend else cls()
+            if cls is BwrapBackend:
+                backend = BwrapBackend(ro_extra=_interpreter_paths())
+            elif cls is NixosBackend:
+                backend = NixosBackend(declarative=settings.nixos_declarative)
+            else:
+                backend = cls()
         self.backend: Backend = backend
         self.cgroups = Cgroups()
         self.agents: dict[str, Supervised] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from ..errors import Fail
 from .base import ContainerSpec
 
 POLL_SECONDS = 2.0
@@ -64,9 +65,14 @@ class NixosBackend:
     name = "nixos"
     isolation = "nixos-container: a full NixOS container per agent"
 
-    def __init__(self, binary: str | None = None, config_dir: Path | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, config_dir: Path | None = None, declarative: bool = False
+    ) -> None:
         self.binary = binary or os.environ.get("HIVE_NIXOS_CONTAINER") or "nixos-container"
         self.config_dir = config_dir
+        self.declarative = declarative
+        """Containers are declared by the NixOS module (`containers.h-<name>`): the daemon only
+        starts and stops them; creating, updating and destroying is `nixos-rebuild`'s job."""
 
     def unavailable(self) -> str | None:
         if shutil.which(self.binary) is None:
@@ -90,8 +96,16 @@ class NixosBackend:
         return container_name(spec.name) in listed.stdout.decode().split()
 
     async def create(self, spec: ContainerSpec) -> None:
-        config = self._config_file(spec)
         name = container_name(spec.name)
+        if self.declarative:
+            if not await self.exists(spec):
+                raise Fail(
+                    "unavailable",
+                    f"container {name} is not declared on this host: add "
+                    f"services.hyperhive.agents.{spec.name} and run nixos-rebuild switch",
+                )
+            return
+        config = self._config_file(spec)
         if await self.exists(spec):
             await self._cmd("update", name, "--config-file", str(config))
         else:
@@ -109,6 +123,10 @@ class NixosBackend:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> int:
         name = container_name(spec.name)
+        if await self.status(spec) == "up":
+            # left running by an earlier daemon: restart it so its bind mount of the agent's
+            # socket points at the socket this daemon serves
+            await self._cmd("stop", name, check=False)
         await self._cmd("start", name)
         task_status.started(0)
         try:
@@ -122,5 +140,7 @@ class NixosBackend:
                     await self._cmd("stop", name, check=False)
 
     async def destroy(self, spec: ContainerSpec) -> None:
+        if self.declarative:
+            return  # declared containers are removed from the NixOS config, not by the daemon
         if await self.exists(spec):
             await self._cmd("destroy", container_name(spec.name))

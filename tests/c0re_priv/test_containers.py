@@ -387,3 +387,34 @@ def partial_run(run_hive, config, paths):
     from functools import partial
 
     return partial(run_hive, config, paths, handle_signals=False)
+
+
+async def test_declared_nixos_containers_are_only_started_and_stopped(short_tmp, monkeypatch):
+    import json
+
+    from c0re_priv.errors import Fail
+
+    binary = short_tmp / "nixos-container"
+    binary.write_text(STAND_IN_NIXOS)
+    binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+    log = short_tmp / "argv.jsonl"
+    state = short_tmp / "containers.json"
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    monkeypatch.setenv("STANDIN_STATE", str(state))
+    backend = NixosBackend(binary=str(binary), declarative=True)
+    undeclared = make_spec(short_tmp, "bob", ["hive", "agent", "serve"])
+    with pytest.raises(Fail, match="services.hyperhive.agents.bob"):
+        await backend.create(undeclared)
+    state.write_text(json.dumps({"h-alice": "up"}))  # declared, and left running by a daemon before
+    spec = make_spec(short_tmp, "alice", ["hive", "agent", "serve"])
+    await backend.create(spec)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.run, spec, None)
+            nursery.cancel_scope.cancel()
+    await backend.destroy(spec)
+    calls = [json.loads(line)[:2] for line in log.read_text().splitlines()]
+    changes = [c for c in calls if c[0] not in ("list", "status")]
+    # restarted so its socket bind is fresh; never created, updated or destroyed
+    assert changes == [["stop", "h-alice"], ["start", "h-alice"], ["stop", "h-alice"]]
+    assert not (spec.state_dir.parent / "agent.nix").exists()
