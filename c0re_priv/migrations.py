@@ -167,11 +167,25 @@ def m004_reminder_delivery_errors(db: sqlite_utils.Database) -> None:
     )
 
 
+def m005_approvals_and_deploys(db: sqlite_utils.Database) -> None:
+    # m001's approvals table grows what carrying one out needs: the pinned commit (`sha`)
+    # beside the ref the manager named, the diff shown to the operator, and what happened
+    add_column(db, "agents", "deployed_sha", "TEXT")
+    add_column(db, "approvals", "outcome", "TEXT NOT NULL DEFAULT ''")
+    add_column(db, "approvals", "ref", "TEXT")
+    add_column(db, "approvals", "sha", "TEXT")
+    add_column(db, "approvals", "base_sha", "TEXT")
+    add_column(db, "approvals", "diff", "TEXT NOT NULL DEFAULT ''")
+    add_column(db, "approvals", "payload", "TEXT")
+    execute_all(db, "CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, id)")
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "containers_and_turns", m002_containers_and_turns),
     (3, "reminders", m003_reminders),
     (4, "reminder_delivery_errors", m004_reminder_delivery_errors),
+    (5, "approvals_and_deploys", m005_approvals_and_deploys),
 ]
 
 

@@ -85,12 +85,17 @@ class Store:
         """Run `fn` inside the next group commit; return its result once durable.
 
         An exception raised by `fn` rolls back `fn`'s own changes only and is re-raised here.
+        Once queued, a write is waited for even if the caller is cancelled meanwhile (the
+        cancellation arrives right after): it commits regardless, and a caller that never
+        learned of its own write (a lease granted, an id assigned) would leave state nobody
+        owns — a message leased by no one until the lease expired.
         """
         if self._closed:
             raise StoreClosed("the store writer has stopped")
         job: _Job[T] = _Job(fn)
         await self._send.send(job)
-        await job.done.wait()
+        with trio.CancelScope(shield=True):  # bounded: the writer finishes every queued job
+            await job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]

@@ -403,7 +403,7 @@ async def test_declared_nixos_containers_are_only_started_and_stopped(short_tmp,
     monkeypatch.setenv("STANDIN_STATE", str(state))
     backend = NixosBackend(binary=str(binary), declarative=True)
     undeclared = make_spec(short_tmp, "bob", ["hive", "agent", "serve"])
-    with pytest.raises(Fail, match="services.hyperhive.agents.bob"):
+    with pytest.raises(Fail, match=r"services\.hyperhive\.agents\.bob"):
         await backend.create(undeclared)
     state.write_text(json.dumps({"h-alice": "up"}))  # declared, and left running by a daemon before
     spec = make_spec(short_tmp, "alice", ["hive", "agent", "serve"])

@@ -446,3 +446,30 @@ async def test_operator_send_and_list_messages_filters(hive, admin):
     assert [r.id for r in thread] == [m3, m1]
     older = (await admin.expect(m.ListMessages(before=m3, limit=1), m.Messages)).messages
     assert len(older) == 1 and older[0].id < m3
+
+
+async def test_a_lease_whose_caller_is_cancelled_mid_write_is_still_owned_and_released(hive):
+    """A cancelled `lease` once left its message leased by nobody until the lease expired
+    (a rebuild right after an unpause lost a queued message for 15 minutes). Cancel the
+    caller after every number of scheduler steps: each time, the message is either still
+    queued or leased by a holder that knows it and can hand it back."""
+    from c0re_priv.broker import LeaseHolder
+
+    await hive.broker.send("alice", "bob", "do not strand me")
+    owned = 0
+    for steps in range(12):
+        holder = LeaseHolder("bob")
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hive.broker.lease, holder, 1)
+                for _ in range(steps):
+                    await trio.lowlevel.checkpoint()
+                scope.cancel()
+        (row,) = await hive.broker.list_messages("bob", None, 10, None)
+        if holder.leases:
+            owned += 1
+            assert row.state == "leased"
+            assert await hive.broker.release(list(holder.leases), "connection closed") == 1
+        else:
+            assert row.state == "queued", f"leased by nobody after {steps} steps"
+    assert owned > 0, "no cancellation landed while the lease was being written"
