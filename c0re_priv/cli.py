@@ -755,17 +755,24 @@ def ctl_status(
 ) -> None:
     """One agent's full status row."""
     req = _agent_request(m.AgentStatus, name=name)
+    _show_fields(run_dir, as_json, lambda c: c.expect(req, m.AgentInfo).agent)
+
+
+def _show_fields(
+    run_dir: Path | None, as_json: bool, fetch: Callable[[SyncClient], msgspec.Struct]
+) -> None:
+    """Fetch one Struct from the daemon and print it as `key value` lines (or JSON)."""
     with _admin(run_dir) as c:
         try:
-            row = c.expect(req, m.AgentInfo).agent
+            value = fetch(c)
         except HiveError as exc:
             _die(exc.message)
 
     def human() -> None:
-        for key, value in msgspec.structs.asdict(row).items():
-            typer.echo(f"{key:22} {value}")
+        for key, field_value in msgspec.structs.asdict(value).items():
+            typer.echo(f"{key:22} {field_value}")
 
-    _emit(row, as_json, human)
+    _emit(value, as_json, human)
 
 
 @ctl.command("cancel-turn")
@@ -810,17 +817,7 @@ def ctl_stats(
 ) -> None:
     """Turns, tool calls, tokens, cost and time the agent's runtime reported."""
     req = _agent_request(m.GetAgentStats, name=name)
-    with _admin(run_dir) as c:
-        try:
-            stats = c.expect(req, m.Stats).stats
-        except HiveError as exc:
-            _die(exc.message)
-
-    def human() -> None:
-        for key, value in msgspec.structs.asdict(stats).items():
-            typer.echo(f"{key:14} {value}")
-
-    _emit(stats, as_json, human)
+    _show_fields(run_dir, as_json, lambda c: c.expect(req, m.Stats).stats)
 
 
 @ctl.command("login")
