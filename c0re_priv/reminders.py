@@ -377,7 +377,8 @@ class Reminders:
                 limit=s.reminder_batch,
                 max_attempts=s.reminder_max_attempts,
                 retry_seconds=s.reminder_retry_seconds,
-            )
+            ),
+            background=True,  # behind any message traffic that is waiting
         )
         self._broker.published(msg for _, msg in tick.delivered)
         for reminder, msg in tick.delivered:

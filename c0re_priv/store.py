@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -36,10 +37,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class _Job(Generic[T]):
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("background", "done", "error", "fn", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], background: bool = False) -> None:
         self.fn = fn
+        self.background = background
         self.done = trio.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -81,8 +83,12 @@ class Store:
         for conn in self._readers:
             conn.close()
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], background: bool = False) -> T:
         """Run `fn` inside the next group commit; return its result once durable.
+
+        A `background` write (bulk work such as a burst of due reminders) runs in a
+        transaction of its own, and only when no other write is waiting: interactive writes
+        queued behind it wait for at most the one background job already running.
 
         An exception raised by `fn` rolls back `fn`'s own changes only and is re-raised here.
         Once queued, a write is waited for even if the caller is cancelled meanwhile (the
@@ -92,7 +98,7 @@ class Store:
         """
         if self._closed:
             raise StoreClosed("the store writer has stopped")
-        job: _Job[T] = _Job(fn)
+        job: _Job[T] = _Job(fn, background)
         await self._send.send(job)
         with trio.CancelScope(shield=True):  # bounded: the writer finishes every queued job
             await job.done.wait()
@@ -114,28 +120,44 @@ class Store:
     ) -> None:
         """The single writer. Commits what is queued when cancelled, then returns."""
         task_status.started()
+        waiting: list[_Job[Any]] = []
+        background: deque[_Job[Any]] = deque()
+        background_turn = False  # under steady traffic, batches and background jobs take turns
         try:
             while True:
-                first = await self._recv.receive()
-                await self._commit(self._drain(first))
+                if not waiting and not background:
+                    self._sort(await self._recv.receive(), waiting, background)
+                self._take_queued(waiting, background)
+                if waiting and not (background and background_turn):
+                    batch, waiting[:] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                    background_turn = bool(background)  # it was passed over: it goes next
+                    await self._commit(batch)
+                else:
+                    await self._commit([background.popleft()])
+                    background_turn = False
         finally:
             with trio.CancelScope(shield=True):
                 self._closed = True
-                while True:
-                    try:
-                        first = self._recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    await self._commit(self._drain(first))
+                self._take_queued(waiting, background)
+                while waiting:
+                    batch, waiting[:] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                    await self._commit(batch)
+                    self._take_queued(waiting, background)
+                while background:
+                    await self._commit([background.popleft()])
 
-    def _drain(self, first: _Job[Any]) -> list[_Job[Any]]:
-        jobs = [first]
-        while len(jobs) < MAX_BATCH:
+    @staticmethod
+    def _sort(job: _Job[Any], waiting: list[_Job[Any]], background: deque[_Job[Any]]) -> None:
+        (background if job.background else waiting).append(job)
+
+    def _take_queued(self, waiting: list[_Job[Any]], background: deque[_Job[Any]]) -> None:
+        """Move every job already queued on the channel into its lane, without waiting."""
+        while True:
             try:
-                jobs.append(self._recv.receive_nowait())
-            except trio.WouldBlock:
-                break
-        return jobs
+                job = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            self._sort(job, waiting, background)
 
     async def _commit(self, jobs: list[_Job[Any]]) -> None:
         # to_thread.run_sync is not abandoned on cancel: a begun batch always finishes.

@@ -1,0 +1,87 @@
+"""The store's writer: group commit, and the background lane bulk work (reminder bursts) uses
+so it never holds up interactive writes for more than the one job already running."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from c0re_priv.store import Store
+
+
+def table(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS t (lane TEXT, txn INTEGER)")
+
+
+async def test_waiting_writes_share_one_commit_and_background_jobs_go_alone(
+    short_tmp: Path,
+) -> None:
+    store = Store.open(short_tmp / "s.sqlite")
+    gate = threading.Event()
+    order: list[str] = []
+
+    def blocker(conn: sqlite3.Connection) -> None:
+        table(conn)
+        gate.wait(10)  # holds the writer while the other jobs queue up behind it
+        order.append("blocker")
+
+    def job(lane: str):  # type: ignore[no-untyped-def]
+        def fn(conn: sqlite3.Connection) -> None:
+            order.append(lane)
+
+        return fn
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        nursery.start_soon(store.write, blocker)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(2):
+            nursery.start_soon(lambda i=i: store.write(job(f"bg{i}"), background=True))
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(3):
+            nursery.start_soon(store.write, job(f"fg{i}"))
+        await trio.testing.wait_all_tasks_blocked()
+        batches_before = store.batches
+        gate.set()
+        with trio.fail_after(10):
+            while store.committed_jobs < 6:
+                await trio.sleep(0.01)
+        # the interactive writes, queued last, commit first and together; the background
+        # jobs follow, one transaction each
+        assert order[0] == "blocker"
+        assert sorted(order[1:4]) == ["fg0", "fg1", "fg2"] and sorted(order[4:]) == ["bg0", "bg1"]
+        assert store.batches - batches_before == 1 + 1 + 2
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_background_work_still_progresses_under_steady_traffic(short_tmp: Path) -> None:
+    store = Store.open(short_tmp / "s.sqlite")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        await store.write(table)
+        stop = trio.Event()
+
+        async def traffic() -> None:
+            while not stop.is_set():
+                await store.write(lambda c: c.execute("INSERT INTO t VALUES ('fg', 0)"))
+
+        for _ in range(8):
+            nursery.start_soon(traffic)
+        with trio.fail_after(10):
+            for _ in range(20):
+                await store.write(
+                    lambda c: c.execute("INSERT INTO t VALUES ('bg', 0)"), background=True
+                )
+        stop.set()
+    count = (
+        sqlite3.connect(short_tmp / "s.sqlite")
+        .execute("SELECT count(*) FROM t WHERE lane = 'bg'")
+        .fetchone()[0]
+    )
+    assert count == 20
+    store.close()
