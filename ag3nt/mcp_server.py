@@ -43,6 +43,12 @@ operator goes through these tools: `send` to talk, `recv`/`recv_batch` to read w
 waiting, `ask`/`answer` for questions, `remind` to come back to something later, and
 `get_open_threads` to see what is still open against you. The operator is "operator";
 "*" broadcasts to every other agent."""
+MANAGER_INSTRUCTIONS = """
+
+As the manager you change the swarm only through the operator: read an agent's config with
+`read_agent_config`, commit a change with `propose_config`, then `request_apply_commit`; new
+agents come from `request_spawn`. Each request waits for the operator's approval, and the
+outcome (approved, denied with a note, or failed with the log) comes back as a message."""
 
 
 def _when(ts: float | None) -> str:
@@ -82,6 +88,13 @@ def format_thread(t: m.OpenThread) -> str:
             return f"question #{t.id}: you asked {t.counterparty} ({age} ago): {t.summary}"
         return f"question #{t.id}: {t.counterparty} asks you ({age} ago): {t.summary}"
     return f"approval #{t.id} for {t.agent} ({age} ago): {t.summary}"
+
+
+def format_approval(a: m.ApprovalRow) -> str:
+    text = f"approval #{a.id} ({a.kind} {a.agent}) is {a.status}: {a.description}"
+    if a.status == "pending":
+        text += "\nThe operator decides; the outcome arrives as a message."
+    return text
 
 
 def format_reminder(r: m.ReminderRow) -> str:
@@ -258,6 +271,78 @@ class Tools:
         got = await self.call(m.GetLogs, m.Logs, lines=lines)
         return "\n".join(got.lines) if got.lines else f"(log {got.path} is empty)"
 
+    # ------------------------------------------------------------------ manager only
+
+    async def read_agent_config(self, agent: str) -> str:
+        """An agent's `agent.toml` as the meta repo's main branch holds it (what you edit)."""
+        got = await self.call(m.ReadAgentConfig, m.AgentConfigText, agent=agent)
+        return f"# {got.source}\n{got.text}"
+
+    async def propose_config(self, agent: str, agent_toml: str, message: str = "") -> str:
+        """Commit a new `agent.toml` for `agent` on the branch `proposals/<agent>`.
+
+        `agent_toml` is the whole file (start from `read_agent_config`). Nothing changes for
+        the agent until you `request_apply_commit` and the operator approves; proposing again
+        replaces the branch.
+        """
+        got = await self.call(
+            m.ProposeConfig, m.Proposed, agent=agent, agent_toml=agent_toml, message=message
+        )
+        return (
+            f"committed {got.sha[:12]} on {got.branch} ({got.summary}); "
+            f"ask for it with request_apply_commit(agent={agent!r}, sha={got.sha[:12]!r})"
+        )
+
+    async def request_apply_commit(self, agent: str, sha: str) -> str:
+        """Ask the operator to deploy the meta repo's `agents/<agent>/` as of commit `sha`.
+
+        `sha` is a commit or a branch (`proposals/<agent>`); it is pinned now, so changing
+        the branch later does not change what is approved. On approval the agent is rebuilt
+        with that config; the outcome comes back to you as a message.
+        """
+        got = await self.call(m.RequestApplyCommit, m.ApprovalInfo, agent=agent, sha=sha)
+        return format_approval(got.approval)
+
+    async def request_spawn(
+        self,
+        name: str,
+        role_description: str = "",
+        instructions: str = "",
+        model: str = "",
+        runtime: str = "",
+    ) -> str:
+        """Ask the operator to create a new agent `name`.
+
+        On approval it gets a config in the meta repo, a `CLAUDE.md` with `role_description`
+        and `instructions` in its state dir, and a running container. An empty `runtime` is
+        yours; an empty `model` is the runtime's default. The outcome comes back as a message.
+        """
+        got = await self.call(
+            m.RequestSpawn,
+            m.ApprovalInfo,
+            name=name,
+            role_description=role_description,
+            instructions=instructions,
+            model=model,
+            runtime=runtime,
+        )
+        return format_approval(got.approval)
+
+    async def request_init_config(self, name: str) -> str:
+        """Ask for a config template `agents/<name>/agent.toml` to edit before `request_spawn`."""
+        got = await self.call(m.RequestInitConfig, m.ApprovalInfo, name=name)
+        return format_approval(got.approval)
+
+    async def request_update_meta_inputs(self, names: list[str] | None = None) -> str:
+        """Ask to update the meta repo's pinned inputs (all, or only `names`); nixos hives only."""
+        got = await self.call(m.RequestUpdateMetaInputs, m.ApprovalInfo, names=names)
+        return format_approval(got.approval)
+
+    async def cancel_approval(self, id: int) -> str:
+        """Withdraw one of your own pending approvals."""
+        await self.call(m.CancelApproval, m.ApprovalInfo, id=id)
+        return f"approval #{id} cancelled"
+
 
 AGENT_TOOLS = (
     "send",
@@ -275,14 +360,23 @@ AGENT_TOOLS = (
     "set_status",
     "get_logs",
 )
-MANAGER_TOOLS: tuple[str, ...] = ()
+MANAGER_TOOLS: tuple[str, ...] = (
+    "read_agent_config",
+    "propose_config",
+    "request_apply_commit",
+    "request_spawn",
+    "request_init_config",
+    "request_update_meta_inputs",
+    "cancel_approval",
+)
 """Tools that exist only on a manager's socket (its verbs are in `MANAGER_REQUESTS`)."""
 
 
 def build_server(socket_path: str, role: str) -> MCPServer:
     """An `MCPServer` with the tools this socket's role may use."""
     tools = Tools(socket_path)
-    server = MCPServer("hyperhive", instructions=INSTRUCTIONS)
+    instructions = INSTRUCTIONS + (MANAGER_INSTRUCTIONS if role == "manager" else "")
+    server = MCPServer("hyperhive", instructions=instructions)
     names = AGENT_TOOLS + (MANAGER_TOOLS if role == "manager" else ())
     for name in names:
         server.add_tool(getattr(tools, name), name=name, structured_output=False)

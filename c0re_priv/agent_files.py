@@ -279,9 +279,10 @@ def _stamp(ts: float | None) -> str | None:
 
 
 def agent_config_text(hive: Hive, agent: str) -> m.AgentConfigText:
-    """The registry record and the `hive.toml` section of one agent, as TOML."""
+    """The registry record and the config one agent runs (its deployed agent.toml), as TOML."""
     record = hive.registry.get(agent)
     configured = hive.config.agents.get(agent)
+    deployed = hive.configs.deployed.get(agent)
     section = msgspec.structs.asdict(configured or AgentConfig())
     # env values are often credentials: the dashboard learns which variables are set, not what
     section["env"] = {key: "(set)" for key in section["env"]}
@@ -302,10 +303,18 @@ def agent_config_text(hive: Hive, agent: str) -> m.AgentConfigText:
             },
         ),
         "",
-        "# hive.toml"
-        + ("" if configured is not None else " (not listed there: these are the defaults)"),
+        (
+            f"# The deployed config: meta repo agents/{agent}/agent.toml at {deployed.sha[:12]},"
+            " with hive.toml's env (values hidden)."
+            if deployed is not None
+            else "# hive.toml"
+            + ("" if configured is not None else " (not listed there: these are the defaults)")
+        ),
         *_toml_table(f"agents.{agent}", section),
     ]
     return m.AgentConfigText(
-        id=0, agent=agent, source="registry and hive.toml", text="\n".join(lines) + "\n"
+        id=0,
+        agent=agent,
+        source="the registry and the meta repo" if deployed else "the registry and hive.toml",
+        text="\n".join(lines) + "\n",
     )

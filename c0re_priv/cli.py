@@ -841,6 +841,175 @@ def ctl_login(
     )
 
 
+# ------------------------------------------------------------------ approvals, tombstones, meta inputs
+
+
+def _call(run_dir: Path | None, req: m.Request, reply: type[Any]) -> Any:
+    with _admin(run_dir, timeout=None) as c:
+        try:
+            return c.expect(req, reply)
+        except HiveError as exc:
+            _die(exc.message)
+
+
+@ctl.command("approvals")
+def ctl_approvals(
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only this status: pending, approved, denied, failed, cancelled."),
+    ] = None,
+    limit: int = 100,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """The manager's requests, newest first: what each would do and what came of it."""
+    req = _agent_request(m.ListApprovals, status=status, limit=limit)
+    rows = _call(run_dir, req, m.Approvals).approvals
+    _emit(
+        rows,
+        as_json,
+        lambda: _table(
+            [
+                [
+                    str(a.id),
+                    a.kind,
+                    a.agent,
+                    a.requested_by,
+                    a.status,
+                    _ago(a.requested_at),
+                    a.description.replace("\n", " ")[:70],
+                ]
+                for a in rows
+            ],
+            ["ID", "KIND", "AGENT", "BY", "STATUS", "ASKED", "DESCRIPTION"],
+        ),
+    )
+
+
+def _show_approval(a: m.ApprovalRow, diff: str = "") -> None:
+    typer.echo(f"approval #{a.id}: {a.kind} {a.agent} ({a.status})")
+    typer.echo(f"requested by {a.requested_by}, {_ago(a.requested_at)}")
+    if a.sha:
+        typer.echo(f"commit {a.sha} (asked for as {a.ref}, pinned as tag approval-{a.id})")
+    typer.echo(a.description)
+    if a.note:
+        typer.echo(f"note: {a.note}")
+    if a.outcome:
+        typer.echo(f"outcome: {a.outcome}")
+    if diff:
+        typer.echo("")
+        typer.echo(diff.rstrip("\n"))
+
+
+@ctl.command("approval")
+def ctl_approval(
+    approval_id: int, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """One approval in full, with the diff approving it would deploy."""
+    got = _call(run_dir, _agent_request(m.GetApproval, id=approval_id), m.ApprovalInfo)
+    _emit(got, as_json, lambda: _show_approval(got.approval, got.diff))
+
+
+def _decide(
+    verb: type[m.Request], approval_id: int, note: str | None, run_dir: Path | None, as_json: bool
+) -> None:
+    got = _call(run_dir, _agent_request(verb, id=approval_id, note=note), m.ApprovalInfo)
+    _emit(got.approval, as_json, lambda: _show_approval(got.approval))
+    if got.approval.status == "failed":
+        raise typer.Exit(1)
+
+
+@ctl.command("approve")
+def ctl_approve(
+    approval_id: int,
+    note: Annotated[str | None, typer.Option(help="Told to the manager.")] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Carry out a pending approval (returns when it is done; exit 1 when it failed)."""
+    _decide(m.Approve, approval_id, note, run_dir, as_json)
+
+
+@ctl.command("deny")
+def ctl_deny(
+    approval_id: int,
+    note: Annotated[str | None, typer.Option(help="Why; told to the manager.")] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Refuse a pending approval; nothing changes and the manager is told why."""
+    _decide(m.Deny, approval_id, note, run_dir, as_json)
+
+
+@ctl.command("tombstones")
+def ctl_tombstones(
+    run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Destroyed agents whose directories are still kept."""
+    rows = _call(run_dir, m.ListTombstones(), m.Tombstones).tombstones
+    _emit(
+        rows,
+        as_json,
+        lambda: _table(
+            [[t.name, _ago(t.destroyed_at), t.path] for t in rows], ["NAME", "DESTROYED", "PATH"]
+        ),
+    )
+
+
+@ctl.command("purge")
+def ctl_purge(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Delete a destroyed agent's kept directory for good."""
+    req = _agent_request(m.PurgeTombstone, name=name)
+    if not yes and not typer.confirm(f"delete {name}'s tombstone for good?"):
+        _die("not purged")
+    _call(run_dir, req, m.Ok)
+    _emit({"purged": name}, as_json, lambda: typer.echo(f"{name}: tombstone purged"))
+
+
+def _show_inputs(got: m.MetaInputs, as_json: bool) -> None:
+    def human() -> None:
+        if got.inputs:
+            _table(
+                [[i.name, i.url, i.rev[:12], _ago(i.last_modified)] for i in got.inputs],
+                ["INPUT", "URL", "REV", "MODIFIED"],
+            )
+        if got.note:
+            typer.echo(got.note)
+
+    _emit(got, as_json, human)
+
+
+@ctl.command("meta-inputs")
+def ctl_meta_inputs(
+    run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """The meta repo's pinned inputs (nixos backend only; elsewhere it says why there are none)."""
+    _show_inputs(_call(run_dir, m.ListMetaInputs(), m.MetaInputs), as_json)
+
+
+@ctl.command("update-meta-inputs")
+def ctl_update_meta_inputs(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Inputs to update (default all).")
+    ] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Update the pinned inputs with `nix flake update` and commit the lock file."""
+    req = _agent_request(m.UpdateMetaInputs, names=names or None)
+    _show_inputs(_call(run_dir, req, m.MetaInputs), as_json)
+
+
 # ------------------------------------------------------------------ in-container harness
 
 

@@ -17,7 +17,7 @@ import trio
 
 from protocol import messages as m
 
-from . import agent_files, open_threads, snapshot
+from . import agent_files, meta_inputs, open_threads, snapshot, tombstones
 from .errors import Fail
 from .lifecycle import read_tail
 
@@ -213,6 +213,9 @@ async def read_journal(c: Caller, req: m.ReadJournal) -> m.Reply:
 
 @unary(m.ReadAgentConfig)
 async def read_agent_config(c: Caller, req: m.ReadAgentConfig) -> m.Reply:
+    if c.role == "manager":
+        # the manager edits the meta repo's text, not the operator's view of the registry
+        return await c.hive.configs.read_text(req.agent)
     return agent_files.agent_config_text(c.hive, req.agent)
 
 
@@ -222,6 +225,7 @@ async def read_agent_config(c: Caller, req: m.ReadAgentConfig) -> m.Reply:
 @unary(m.AddAgent)
 async def add_agent(c: Caller, req: m.AddAgent) -> m.Reply:
     await c.hive.add_agent(req.name, req.role, req.model, req.runtime, req.allowed_recipients)
+    await c.hive.configs.adopt(req.name)
     (row,) = [r for r in await c.hive.registry.rows() if r.name == req.name]
     return m.AgentInfo(id=0, agent=row)
 
@@ -229,6 +233,7 @@ async def add_agent(c: Caller, req: m.AddAgent) -> m.Reply:
 @unary(m.RemoveAgent)
 async def remove_agent(c: Caller, req: m.RemoveAgent) -> m.Reply:
     await c.hive.remove_agent(req.name)
+    await c.hive.configs.forget(req.name, f"remove {req.name} (operator)")
     return m.Ok(id=0)
 
 
@@ -345,6 +350,89 @@ async def set_status(c: Caller, req: m.SetStatus) -> m.Reply:
     return m.Ok(id=0)
 
 
+# ------------------------------------------------------------------ manager only
+
+
+@unary(m.RequestSpawn)
+async def request_spawn(c: Caller, req: m.RequestSpawn) -> m.Reply:
+    return m.ApprovalInfo(id=0, approval=await c.hive.approvals.request_spawn(c.name, req))
+
+
+@unary(m.RequestInitConfig)
+async def request_init_config(c: Caller, req: m.RequestInitConfig) -> m.Reply:
+    row = await c.hive.approvals.request_init_config(c.name, req.name)
+    return m.ApprovalInfo(id=0, approval=row)
+
+
+@unary(m.ProposeConfig)
+async def propose_config(c: Caller, req: m.ProposeConfig) -> m.Reply:
+    return await c.hive.configs.propose(c.name, req.agent, req.agent_toml, req.message)
+
+
+@unary(m.RequestApplyCommit)
+async def request_apply_commit(c: Caller, req: m.RequestApplyCommit) -> m.Reply:
+    row = await c.hive.approvals.request_apply_commit(c.name, req.agent, req.sha)
+    return m.ApprovalInfo(id=0, approval=row)
+
+
+@unary(m.RequestUpdateMetaInputs)
+async def request_update_meta_inputs(c: Caller, req: m.RequestUpdateMetaInputs) -> m.Reply:
+    row = await c.hive.approvals.request_update_meta_inputs(c.name, req.names)
+    return m.ApprovalInfo(id=0, approval=row)
+
+
+@unary(m.CancelApproval)
+async def cancel_approval(c: Caller, req: m.CancelApproval) -> m.Reply:
+    return m.ApprovalInfo(id=0, approval=await c.hive.approvals.cancel(c.name, req.id))
+
+
+# ------------------------------------------------------------------ approvals, tombstones, meta inputs (web, admin)
+
+
+@unary(m.ListApprovals)
+async def list_approvals(c: Caller, req: m.ListApprovals) -> m.Reply:
+    return m.Approvals(id=0, approvals=await c.hive.approvals.recent(req.status, req.limit))
+
+
+@unary(m.GetApproval)
+async def get_approval(c: Caller, req: m.GetApproval) -> m.Reply:
+    row, diff = await c.hive.approvals.get(req.id)
+    return m.ApprovalInfo(id=0, approval=row, diff=diff)
+
+
+@unary(m.Approve)
+async def approve(c: Caller, req: m.Approve) -> m.Reply:
+    return m.ApprovalInfo(id=0, approval=await c.hive.approvals.approve(req.id, req.note))
+
+
+@unary(m.Deny)
+async def deny(c: Caller, req: m.Deny) -> m.Reply:
+    return m.ApprovalInfo(id=0, approval=await c.hive.approvals.deny(req.id, req.note))
+
+
+@unary(m.ListTombstones)
+async def list_tombstones(c: Caller, req: m.ListTombstones) -> m.Reply:
+    rows = await trio.to_thread.run_sync(tombstones.list_all, c.hive)
+    return m.Tombstones(id=0, tombstones=rows)
+
+
+@unary(m.PurgeTombstone)
+async def purge_tombstone(c: Caller, req: m.PurgeTombstone) -> m.Reply:
+    await tombstones.purge(c.hive, req.name)
+    return m.Ok(id=0)
+
+
+@unary(m.ListMetaInputs)
+async def list_meta_inputs(c: Caller, req: m.ListMetaInputs) -> m.Reply:
+    rows, note = await meta_inputs.list_inputs(c.hive)
+    return m.MetaInputs(id=0, inputs=rows, note=note)
+
+
+@unary(m.UpdateMetaInputs)
+async def update_meta_inputs(c: Caller, req: m.UpdateMetaInputs) -> m.Reply:
+    return await meta_inputs.update(c.hive, req.names)
+
+
 # ------------------------------------------------------------------ lifecycle (web, admin)
 
 
@@ -378,7 +466,9 @@ async def restart(c: Caller, req: m.Restart) -> m.Reply:
 
 @unary(m.Rebuild)
 async def rebuild(c: Caller, req: m.Rebuild) -> m.Reply:
-    await _lifecycle(c).rebuild(req.name)
+    lifecycle = _lifecycle(c)
+    await c.hive.configs.sync_from_main(req.name)  # an approved config not yet deployed
+    await lifecycle.rebuild(req.name)
     return await _row(c, req.name)
 
 
@@ -397,6 +487,8 @@ async def set_paused(c: Caller, req: m.SetPaused) -> m.Reply:
 @unary(m.Destroy)
 async def destroy(c: Caller, req: m.Destroy) -> m.Reply:
     await _lifecycle(c).destroy(req.name)
+    tombstones.added(c.hive, req.name)
+    await c.hive.configs.forget(req.name, f"destroy {req.name} (operator)")
     return m.Ok(id=0)
 
 

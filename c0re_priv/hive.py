@@ -2,7 +2,7 @@
 
 `run_hive` is the whole daemon's lifetime in one function. Two nurseries, visibly nested:
 the outer one owns the store writer; the inner one owns the sockets, the lease reaper, the
-question expiry and the reminder scheduler. Shutdown (SIGTERM/SIGINT, or cancelling the
+question expiry, the reminder scheduler and the approvals deployer. Shutdown (SIGTERM/SIGINT, or cancelling the
 caller) cancels the inner nursery first, so every connection can hand its leases back while
 the writer is still alive; then the writer commits whatever is still queued and the sockets
 are unlinked.
@@ -24,6 +24,8 @@ import trio
 
 from protocol.messages import PROTOCOL_VERSION
 
+from .agent_configs import AgentConfigs
+from .approvals import Approvals
 from .broker import Broker
 from .config import HiveConfig, Paths
 from .containers import Backend
@@ -93,6 +95,8 @@ class Hive:
         self.questions = Questions(self.store, self.bus, self.registry, self.broker, now)
         self.reminders = Reminders(self.store, self.bus, self.broker, config, now)
         self.registry.row_counts = reminder_counts
+        self.configs = AgentConfigs(self)
+        self.approvals = Approvals(self)
         self.sockets: SocketHubLike | None = None
         self.lifecycle: Lifecycle | None = None
 
@@ -184,6 +188,7 @@ async def run_hive(
                 if handle_signals:
                     await services.start(_cancel_on_signal, services.cancel_scope)
                 await hive.registry.load()
+                await hive.configs.open()
                 orphans = await hive.broker.requeue_orphans()
                 if orphans:
                     log.info("requeued %d message(s) leased before the last shutdown", orphans)
@@ -194,16 +199,22 @@ async def run_hive(
                     if name not in added:
                         hive.ensure_agent_dirs(name)
                         await hub.open_agent(name)
+                await hive.configs.seed_missing()
                 # the fixed sockets last: once admin.sock answers, every agent's socket exists
                 await hub.open_fixed()
                 lifecycle = Lifecycle(hive, services, backend)
                 hive.lifecycle = lifecycle
-                hive.registry.row_extras = lifecycle.row_extras
+                hive.registry.row_extras = lambda name: {
+                    **lifecycle.row_extras(name),
+                    **hive.configs.row_extras(name),
+                }
                 for name in hive.registry.names():
                     await lifecycle.ensure_uid(name)
+                await hive.configs.render_nix(hive.registry.names())
                 await services.start(hive.broker.run_lease_reaper)
                 await services.start(hive.questions.run_expiry)
                 await services.start(hive.reminders.run_scheduler)
+                await services.start(hive.approvals.run_deployer)
                 log.info(
                     "hyperhive %s serving on %s (%d agents)",
                     hive.rev,

@@ -157,6 +157,26 @@ class Registry:
         self._bus.publish(AgentRemoved(name=name))
         return record
 
+    async def set_config(
+        self, name: str, model: str, runtime: str, allowed_recipients: list[str] | None
+    ) -> None:
+        """The fields of a deployed config that the registry record carries (see `agent_configs`)."""
+        record = self.get(name)
+        if (record.model, record.runtime, record.allowed_recipients) == (
+            model,
+            runtime,
+            allowed_recipients,
+        ):
+            return
+        allowed = json.dumps(allowed_recipients) if allowed_recipients is not None else None
+        await self._store.write(
+            lambda c: c.execute(
+                "UPDATE agents SET model = ?, runtime = ?, allowed_recipients = ? WHERE name = ?",
+                (model, runtime, allowed, name),
+            )
+        )
+        record.model, record.runtime, record.allowed_recipients = model, runtime, allowed_recipients
+
     async def set_status(self, name: str, text: str) -> None:
         record = self.get(name)
         now = time.time()

@@ -12,9 +12,11 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
+import trio
+
 from protocol import messages as m
 
-from . import open_threads
+from . import meta_inputs, open_threads, tombstones
 
 if TYPE_CHECKING:
     from .hive import Hive
@@ -41,6 +43,9 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     if agent is not None:
         focus = agent
         threads, _ = await hive.store.read(lambda conn: open_threads.for_agent(conn, focus, now))
+    approvals = await hive.approvals.for_dashboard()
+    graves = await trio.to_thread.run_sync(tombstones.list_all, hive)
+    inputs, inputs_note = await meta_inputs.list_inputs(hive)
     return m.HiveState(
         id=0,
         seq=seq,
@@ -52,4 +57,9 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         messages=recent,
         failed_reminders=failed,
         threads=threads,
+        approvals=approvals,
+        tombstones=graves,
+        meta_inputs=inputs,
+        meta_inputs_note=inputs_note,
+        meta_inputs_updatable=meta_inputs.unavailable(hive) is None,
     )

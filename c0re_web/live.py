@@ -64,6 +64,9 @@ class Changes:
     questions: bool = False
     threads: set[str] = field(default_factory=set)
     reminders: bool = False
+    approvals: bool = False
+    tombstones: bool = False
+    meta_inputs: bool = False
     toasts: list[tuple[str | None, str, str]] = field(default_factory=list)
     """(agent or None, text, tone)."""
 
@@ -123,6 +126,17 @@ class Changes:
                 | m.ReminderCancelled(owner=owner)
             ):
                 self._reminder(owner)
+            case m.ApprovalAdded(approval=a):
+                self._approval(a)
+                self.toasts.append((None, f"{a.requested_by} asks: {a.description}", "warn"))
+            case m.ApprovalResolved(approval=a):
+                self._approval(a)
+                if a.status == "failed":
+                    self.toasts.append((None, f"approval #{a.id} failed: {a.outcome}", "bad"))
+            case m.TombstoneAdded() | m.TombstoneRemoved():
+                self.tombstones = True
+            case m.MetaInputsChanged():
+                self.meta_inputs = True
             case m.Note(agent=agent, text=text):
                 if agent is not None:
                     self.agents.add(agent)
@@ -134,6 +148,12 @@ class Changes:
         self.questions = True
         self.threads |= {asker, target}
         self.agents |= {asker, target}
+
+    def _approval(self, a: m.ApprovalRow) -> None:
+        # the requester's open threads change; the row of the agent it is about may too
+        self.approvals = True
+        self.threads.add(a.requested_by)
+        self.agents |= {a.requested_by, a.agent}
 
     def _reminder(self, owner: str) -> None:
         self.reminders = True
@@ -302,6 +322,18 @@ class Hub:
             out.append(
                 r.oob("innerHTML:#reminders", r.part("reminder_list", state.failed_reminders))
             )
+        if changes.approvals:
+            out.append(r.oob("innerHTML:#approvals", r.part("approval_list", state.approvals)))
+        if changes.tombstones:
+            out.append(r.oob("innerHTML:#tombstones", r.part("tombstone_list", state.tombstones)))
+        if changes.meta_inputs:
+            inputs = r.part(
+                "meta_inputs",
+                state.meta_inputs,
+                state.meta_inputs_note,
+                state.meta_inputs_updatable,
+            )
+            out.append(r.oob("innerHTML:#meta-inputs", inputs))
         if changes.flow:
             convs = conversations(state.messages, FLOW_CONVERSATIONS)
             out.append(r.oob("innerHTML:#flow", r.part("flow", convs)))

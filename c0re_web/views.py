@@ -385,3 +385,41 @@ async def agent_action(request: Request) -> Response:
         await call(request, convert({"name": name, "model": model}, m.SetModel), m.Ok)
         return fragment(request, "", f"{name} switches to {model} from its next turn")
     raise HTTPException(404, f"no action {action!r}")
+
+
+# ------------------------------------------------------------------ the operator's gate
+
+
+async def approval_diff(request: Request) -> Response:
+    req = convert({"id": request.path_params["aid"]}, m.GetApproval)
+    got = await panel(request, req, m.ApprovalInfo)
+    return HTMLResponse(web(request).render.part("diff", got))
+
+
+async def decide(request: Request) -> Response:
+    """Approve or deny one approval; answers its card, resolved, once it is carried out."""
+    decision = str(request.path_params["decision"])
+    verbs: dict[str, type[m.Request]] = {"approve": m.Approve, "deny": m.Deny}
+    if decision not in verbs:
+        raise HTTPException(404, f"no decision {decision!r}")
+    form = await request.form()
+    note = str(form.get("note", "")).strip() or None
+    req = convert({"id": request.path_params["aid"], "note": note}, verbs[decision])
+    row = (await call(request, req, m.ApprovalInfo)).approval
+    text = f"approval #{row.id} {row.status}" + (f": {row.outcome}" if row.outcome else "")
+    tone = {"approved": "ok", "denied": "warn"}.get(row.status, "bad")
+    return fragment(request, web(request).render.part("approval_card", row), text, tone)
+
+
+async def purge_tombstone(request: Request) -> Response:
+    name = agent_name(request)
+    await call(request, convert({"name": name}, m.PurgeTombstone), m.Ok)
+    return fragment(request, "", f"{name}'s tombstone was purged", "warn")
+
+
+async def update_meta_inputs(request: Request) -> Response:
+    form = await request.form()
+    names = [str(v) for v in form.getlist("name")] or None
+    got = await call(request, convert({"names": names}, m.UpdateMetaInputs), m.MetaInputs)
+    html = web(request).render.part("meta_inputs", got.inputs, "", True)
+    return fragment(request, html, got.note)

@@ -676,7 +676,11 @@ class ReadJournal(Request, tag="read_journal"):
 
 
 class ReadAgentConfig(Request, tag="read_agent_config"):
-    """An agent's registry record and `hive.toml` section as TOML text; answered by `AgentConfigText`."""
+    """An agent's config as TOML text; answered by `AgentConfigText`.
+
+    Operator: its registry record and the config it runs (env values hidden). Manager: the
+    meta repo's `agents/<agent>/agent.toml` on `main`, the text `ProposeConfig` replaces.
+    """
 
     agent: AgentName
 
@@ -945,6 +949,8 @@ class HiveState(Reply, tag="hive_state"):
     meta_inputs: list[MetaInputRow] = []
     meta_inputs_note: str = ""
     """Why `meta_inputs` is empty, when it is."""
+    meta_inputs_updatable: bool = False
+    """This hive has meta inputs (nixos backend), so `UpdateMetaInputs` can run."""
 
 
 class AgentFile(Reply, tag="agent_file"):
@@ -975,7 +981,7 @@ class Journal(Reply, tag="journal"):
 class AgentConfigText(Reply, tag="agent_config"):
     agent: str
     source: str
-    """Where the text comes from (the registry and `hive.toml` for now)."""
+    """Where the text comes from (and, for the meta repo, at which commit)."""
     text: str
 
 

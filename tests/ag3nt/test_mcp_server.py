@@ -251,3 +251,70 @@ def test_agent_mcp_fails_clearly_without_a_daemon(name: str, daemon_process: Dae
             assert "unavailable" in await agent.error("whoami")
 
     run(main)
+
+
+# ------------------------------------------------------------------ the manager's tools
+
+
+def test_manager_tools_exist_on_the_manager_socket_only_with_the_verbs_field_names(
+    daemon_process: DaemonProcess,
+) -> None:
+    verbs = {
+        "read_agent_config": m.ReadAgentConfig,
+        "propose_config": m.ProposeConfig,
+        "request_apply_commit": m.RequestApplyCommit,
+        "request_spawn": m.RequestSpawn,
+        "request_init_config": m.RequestInitConfig,
+        "request_update_meta_inputs": m.RequestUpdateMetaInputs,
+        "cancel_approval": m.CancelApproval,
+    }
+    assert set(verbs) == set(MANAGER_TOOLS)
+
+    async def main() -> None:
+        async with mcp_agent(daemon_process, "boss") as boss:
+            listed = {t.name: t for t in (await boss.session.list_tools()).tools}
+            for tool, verb in verbs.items():
+                assert set(listed[tool].input_schema["properties"]) == set(verb.__struct_fields__)
+        async with mcp_agent(daemon_process, "alice") as alice:
+            listed_names = {t.name for t in (await alice.session.list_tools()).tools}
+            assert listed_names.isdisjoint(MANAGER_TOOLS)
+            for tool in MANAGER_TOOLS:
+                result = await alice.session.call_tool(tool, {"agent": "bob", "name": "x"})
+                assert result.is_error
+
+    run(main)
+    with SyncClient.connect(str(daemon_process.paths.admin_sock)) as c:
+        assert c.expect(m.ListApprovals(), m.Approvals).approvals == []
+
+
+def test_the_manager_proposes_asks_and_hears_the_outcome_through_its_tools(
+    daemon_process: DaemonProcess,
+) -> None:
+    async def main() -> None:
+        async with mcp_agent(daemon_process, "boss") as boss:
+            text = await boss.ok("read_agent_config", agent="bob")
+            assert 'runtime = "scripted"' in text and "agents/bob/agent.toml" in text
+            edited = text.replace('model = ""', 'model = "model-q"')
+            proposed = await boss.ok("propose_config", agent="bob", agent_toml=edited)
+            assert 'model: "" → "model-q"' in proposed and "proposals/bob" in proposed
+            asked = await boss.ok("request_apply_commit", agent="bob", sha="proposals/bob")
+            assert asked.startswith("approval #") and "is pending" in asked
+            approval_id = int(asked.split()[1].lstrip("#"))
+            with SyncClient.connect(str(daemon_process.paths.admin_sock), timeout=60) as c:
+                done = c.expect(m.Approve(id=approval_id, note="ok"), m.ApprovalInfo)
+            assert done.approval.status == "approved", done.approval.outcome
+            outcome = await boss.ok("recv", wait_seconds=5)
+            assert f"approval #{approval_id}" in outcome and "approved" in outcome
+            spawn = await boss.ok("request_spawn", name="erin", role_description="tests")
+            spawn_id = int(spawn.split()[1].lstrip("#"))
+            assert (
+                await boss.ok("cancel_approval", id=spawn_id) == f"approval #{spawn_id} cancelled"
+            )
+            assert "conflict" in await boss.error("cancel_approval", id=spawn_id)
+            assert "invalid" in await boss.error("request_apply_commit", agent="bob", sha="-x")
+            assert "nothing is pinned" in await boss.error("request_update_meta_inputs")
+
+    run(main)
+    with SyncClient.connect(str(daemon_process.paths.admin_sock)) as c:
+        bob = c.expect(m.AgentStatus(name="bob"), m.AgentInfo).agent
+    assert bob.model == "model-q"

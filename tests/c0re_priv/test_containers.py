@@ -238,7 +238,9 @@ elif cmd == "destroy":
     state.pop(rest[0], None)
 else:
     sys.exit(f"unknown command {cmd}")
-json.dump(state, open(state_file, "w"))
+if cmd not in ("list", "status"):  # readers run concurrently: write only on change, atomically
+    json.dump(state, open(state_file + ".tmp", "w"))
+    os.replace(state_file + ".tmp", state_file)
 """
 
 

@@ -78,6 +78,7 @@ async def test_background_work_still_progresses_under_steady_traffic(short_tmp: 
                     lambda c: c.execute("INSERT INTO t VALUES ('bg', 0)"), background=True
                 )
         stop.set()
+        nursery.cancel_scope.cancel()
     count = (
         sqlite3.connect(short_tmp / "s.sqlite")
         .execute("SELECT count(*) FROM t WHERE lane = 'bg'")

@@ -19,7 +19,15 @@ from c0re_web.serve import hosts_for, parse_bind
 
 HOST = "testserver"
 ORIGIN = f"http://{HOST}"
-SAMPLE = {"name": "alice", "action": "stop", "qid": "1", "rid": "1", "step": "token"}
+SAMPLE = {
+    "name": "alice",
+    "action": "stop",
+    "qid": "1",
+    "rid": "1",
+    "step": "token",
+    "aid": "1",
+    "decision": "approve",
+}
 
 
 class Clock:

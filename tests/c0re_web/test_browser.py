@@ -427,3 +427,80 @@ def test_a_claude_agent_is_given_a_login_token_from_its_page(hive_web, page):
     # a scripted agent has no login form
     open_live(page, f"{hive_web.base}/agent/alice/")
     expect(page.locator("#agent-head-alice .login-form")).to_have_count(0)
+
+
+# ------------------------------------------------------------------ the operator's gate
+
+
+def test_an_approval_appears_live_shows_its_diff_and_is_decided_in_place(hive_web, page):
+    open_live(page, f"{hive_web.base}/")
+    with hive_web.agent("boss") as boss:
+        text = boss.expect(m.ReadAgentConfig(agent="bob"), m.AgentConfigText).text
+        edited = text.replace('model = ""', 'model = "model-web"')
+        proposed = boss.expect(m.ProposeConfig(agent="bob", agent_toml=edited), m.Proposed)
+        change = boss.expect(
+            m.RequestApplyCommit(agent="bob", sha=proposed.branch), m.ApprovalInfo
+        ).approval
+        spawn = boss.expect(
+            m.RequestSpawn(name="frank", role_description="writes docs"), m.ApprovalInfo
+        ).approval
+    card = page.locator(f"#approval-{change.id}")
+    expect(card).to_contain_text('model: "" → "model-web"')
+    expect(card).to_contain_text(f"approval-{change.id}")
+    expect(page.locator("#agent-boss .open-threads")).to_have_text("2 open")
+    card.locator("summary").click()
+    expect(card.locator("pre.diff")).to_contain_text('+model = "model-web"')
+    card.locator("input[name=note]").fill("looks right")
+    asked: list[str] = []
+
+    def accept(dialog) -> None:  # type: ignore[no-untyped-def]
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator(".chip.ok")).to_have_text("approved")
+    expect(card).to_contain_text("note: looks right")
+    expect(page.locator("#toasts")).to_contain_text(f"approval #{change.id} approved")
+    expect(page.locator("#agent-bob div.model")).to_contain_text("model-web")
+    expect(page.locator("#agent-bob div.model code")).to_have_text(proposed.sha[:10])
+    assert len(asked) == 1 and "carries it out" in asked[0]
+    other = page.locator(f"#approval-{spawn.id}")
+    other.locator("input[name=note]").fill("not now")
+    other.get_by_role("button", name="Deny").click()
+    expect(other.locator(".chip.muted")).to_have_text("denied")
+    expect(page.locator("#agent-boss .open-threads")).to_have_text("0 open")
+    assert not_reloaded(page)
+    with hive_web.admin() as admin:
+        rows = {a.name: a for a in admin.expect(m.ListAgents(), m.Agents).agents}
+        decided = admin.expect(m.ListApprovals(), m.Approvals).approvals
+    assert rows["bob"].model == "model-web" and "frank" not in rows
+    assert {a.id: (a.status, a.note) for a in decided} == {
+        change.id: ("approved", "looks right"),
+        spawn.id: ("denied", "not now"),
+    }
+
+
+def test_a_tombstone_appears_live_and_is_purged_after_one_confirm(hive_web, page):
+    with hive_web.admin() as admin:
+        admin.expect(m.AddAgent(name="erin"), m.AgentInfo)
+    open_live(page, f"{hive_web.base}/")
+    expect(page.locator("#meta-inputs")).to_contain_text("nothing is pinned")
+    expect(page.locator("#meta-inputs button")).to_have_count(0)
+    with hive_web.admin() as admin:
+        admin.expect(m.Destroy(name="erin"), m.Ok)
+    tomb = page.locator("#tombstone-erin")
+    expect(tomb).to_contain_text("erin")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    tomb.get_by_role("button", name="Purge").click()
+    page.wait_for_timeout(300)
+    expect(tomb).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    tomb.get_by_role("button", name="Purge").click()
+    expect(tomb).to_have_count(0)
+    expect(page.locator("#toasts")).to_contain_text("erin's tombstone was purged")
+    assert not_reloaded(page)
+    with hive_web.admin() as admin:
+        names = [t.name for t in admin.expect(m.ListTombstones(), m.Tombstones).tombstones]
+    assert "erin" not in names
+    assert not (hive_web.daemon.paths.state_dir / "tombstones" / "erin").exists()
