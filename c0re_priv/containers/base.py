@@ -139,13 +139,84 @@ async def run_supervised_process(
                 await terminate_group(proc, spec.grace_seconds)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields after the command name (so index 0 is field 3, the state)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22: with the pid, it names one process, not a reused pid."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _sandboxed_command(pid: int) -> bool:
+    """The command a bubblewrap runs (the harness): not bwrap itself, and bwrap's child."""
+    fields = _stat(pid)
+    return fields is not None and _comm(pid) != "bwrap" and _comm(int(fields[1])) == "bwrap"
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid` (by /proc children links), with its start time."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                started = _start_time(child)
+                if started is not None and child not in found:
+                    found[child] = started
+                    todo.append(child)
+    return found
+
+
+def _signal_all(pids: dict[int, str], sig: int) -> None:
+    for pid, started in pids.items():
+        if _start_time(pid) == started:  # still the same process
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
 async def terminate_group(proc: trio.Process, grace: float) -> None:
-    """SIGTERM the process group, wait up to `grace` seconds, then SIGKILL it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    """SIGTERM the harness (in a sandbox, the command bwrap runs; else the process group),
+    wait up to `grace` seconds, then SIGKILL everything left below it.
+
+    A sandbox puts its inside in a session and a pid namespace of its own, whose init
+    ignores SIGTERM: a process group signal stops at bubblewrap, and an inside whose outer
+    bwrap died could live on, orphaned. Only the harness gets the SIGTERM, so it can let
+    its running turn (and that turn's own children) finish.
+    """
+    inside = descendants(proc.pid)
+    harness = {pid: started for pid, started in inside.items() if _sandboxed_command(pid)}
+    if harness:  # bwrap exits once its command has: signalling bwrap would cut the grace short
+        _signal_all(harness, signal.SIGTERM)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
     with trio.move_on_after(grace):
         await proc.wait()
+    inside |= descendants(proc.pid)
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+    _signal_all(inside, signal.SIGKILL)

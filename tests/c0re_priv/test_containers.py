@@ -420,3 +420,30 @@ async def test_declared_nixos_containers_are_only_started_and_stopped(short_tmp,
     # restarted so its socket bind is fresh; never created, updated or destroyed
     assert changes == [["stop", "h-alice"], ["start", "h-alice"], ["stop", "h-alice"]]
     assert not (spec.state_dir.parent / "agent.nix").exists()
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+async def test_stopping_a_sandbox_signals_its_harness_and_leaves_nothing_behind(short_tmp):
+    from c0re_priv.containers.base import _start_time, _stat, descendants
+
+    def alive(pid: int, started: str) -> bool:  # a zombie waiting for its reaper is gone
+        fields = _stat(pid)
+        return _start_time(pid) == started and fields is not None and fields[0] != "Z"
+
+    script = 'trap "echo got-term > $HOME/stopped; exit 0" TERM; sleep 300 & sleep 300 & wait'
+    spec = make_spec(short_tmp, "alice", ["sh", "-c", script], grace_seconds=10)
+    backend = BwrapBackend()
+    await backend.create(spec)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            pid = await nursery.start(backend.run, spec, None)
+            while len(inside := descendants(pid)) < 4:  # bwrap's init, sh, two sleeps
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    # the harness was asked, not shot: its trap ran
+    assert (spec.state_dir / "stopped").read_text().strip() == "got-term"
+    # and nothing of the sandbox outlived it (its sleeps ignore the shell's exit)
+    with trio.fail_after(5):
+        while survivors := [p for p, started in inside.items() if alive(p, started)]:
+            await trio.sleep(0.05)
+    assert survivors == []
