@@ -8,6 +8,7 @@ per-object rules of their verb (e.g. only a question's target may answer it).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .hive import Hive
     from .lifecycle import Lifecycle
     from .server import Connection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -474,7 +477,13 @@ async def rebuild(c: Caller, req: m.Rebuild) -> m.Reply:
 
 @unary(m.RebuildAll)
 async def rebuild_all(c: Caller, req: m.RebuildAll) -> m.Reply:
-    await _lifecycle(c).rebuild_all()
+    lifecycle = _lifecycle(c)
+    for name in c.hive.registry.names():  # as `Rebuild` does, one agent at a time
+        try:
+            await c.hive.configs.sync_from_main(name)
+        except Fail as exc:  # that agent is rebuilt on the config it already runs
+            log.warning("rebuild-all: %s keeps its deployed config: %s", name, exc.message)
+    await lifecycle.rebuild_all()
     return m.Agents(id=0, agents=await c.hive.registry.rows())
 
 
