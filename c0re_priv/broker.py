@@ -4,6 +4,12 @@ A recipient leases messages (`lease`, `recv`, `wait_for_work`) and acks each onc
 acted on. A lease is held by one connection: when that connection drops, when the lease
 expires, or when the daemon restarts, the message goes back to `queued` (its `attempts`
 count keeps the raised value) and is offered again. Nothing is "delivered" until acked.
+
+A failed turn (a `Nack`, a connection lost mid-turn, an expired lease) counts against the
+message: it waits out an exponential backoff (`not_before`) while the messages behind it
+flow on, and after `max_attempts` failures it is `dead`, set aside for the operator, who
+may retry or drop it. A lease handed back because the daemon or the agent was being
+stopped is not a failure.
 The broker never blocks the trio thread on sqlite and never publishes an event for a write
 that did not commit.
 """
@@ -22,6 +28,8 @@ import trio
 from protocol.messages import (
     Delivery,
     MessageAcked,
+    MessageDead,
+    MessageDropped,
     MessageKind,
     MessageLeased,
     MessageRequeued,
@@ -43,8 +51,10 @@ MORE_CAP = 10_000
 """`more` (messages still queued after a lease) counts up to this and no further."""
 COLUMNS = (
     "id, sender, recipient, body, in_reply_to, thread, kind, state, attempts, broadcast,"
-    " question_id, created_at, acked_at, reminder_id"
+    " question_id, created_at, acked_at, reminder_id, failures, not_before, last_error"
 )
+REQUEUED = "id, sender, recipient, attempts, failures, state, not_before, last_error"
+"""What a requeue returns of each message it touched."""
 
 
 def message_row(r: sqlite3.Row) -> MessageRow:
@@ -64,6 +74,9 @@ def message_row(r: sqlite3.Row) -> MessageRow:
         created_at=r["created_at"],
         acked_at=r["acked_at"],
         reminder_id=r["reminder_id"],
+        failures=r["failures"],
+        not_before=r["not_before"],
+        last_error=r["last_error"],
     )
 
 
@@ -248,17 +261,26 @@ class Broker:
 
     async def lease(self, holder: LeaseHolder, limit: int) -> tuple[list[Delivery], int]:
         """Lease up to `limit` queued messages for `holder.agent`; also return how many remain."""
+        deliveries, more, _ = await self._lease(holder, limit)
+        return deliveries, more
+
+    async def _lease(
+        self, holder: LeaseHolder, limit: int
+    ) -> tuple[list[Delivery], int, float | None]:
+        """`lease`, and when nothing was ready: the time the first backed-off one is."""
         agent = holder.agent
         now = self._now()
         expires = now + self._settings.lease_seconds
 
-        def write(conn: sqlite3.Connection) -> tuple[list[tuple[str, MessageRow]], int]:
+        def write(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[tuple[str, MessageRow]], int, float | None]:
             ids = [
                 r[0]
                 for r in conn.execute(
                     "SELECT id FROM messages WHERE recipient = ? AND state = 'queued'"
-                    " ORDER BY id LIMIT ?",
-                    (agent, limit),
+                    " AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?",
+                    (agent, now, limit),
                 )
             ]
             leased = []
@@ -275,9 +297,16 @@ class Broker:
                 " WHERE recipient = ? AND state = 'queued' LIMIT ?)",
                 (agent, MORE_CAP),
             ).fetchone()[0]
-            return leased, more
+            ready_at = None
+            if not leased and more:
+                ready_at = conn.execute(
+                    "SELECT min(not_before) FROM messages"
+                    " WHERE recipient = ? AND state = 'queued' AND not_before > ?",
+                    (agent, now),
+                ).fetchone()[0]
+            return leased, more, ready_at
 
-        leased, more = await self._store.write(write)
+        leased, more, ready_at = await self._store.write(write)
         deliveries = []
         for token, msg in leased:
             holder.leases[token] = trio.Event()
@@ -288,7 +317,12 @@ class Broker:
         if leased and (self._reaper_scanning or expires < self._reaper_deadline):
             self._reaper_deadline = min(self._reaper_deadline, expires)
             self._reaper_poke.set()
-        return deliveries, more
+        return deliveries, more, ready_at
+
+    async def _wait_for_inbox(self, changed: trio.Event, ready_at: float | None) -> None:
+        """Until the inbox changes, or a backed-off message's time has come."""
+        with trio.move_on_after(math.inf if ready_at is None else ready_at - self._now()):
+            await changed.wait()
 
     async def recv(
         self, holder: LeaseHolder, limit: int, wait_seconds: float
@@ -297,19 +331,19 @@ class Broker:
         deadline = trio.current_time() + min(wait_seconds, self._settings.recv_max_wait_seconds)
         while True:
             changed = self._inbox_changed(holder.agent)
-            deliveries, more = await self.lease(holder, limit)
+            deliveries, more, ready_at = await self._lease(holder, limit)
             if deliveries or trio.current_time() >= deadline:
                 return deliveries, more
             with trio.move_on_at(deadline):
-                await changed.wait()
+                await self._wait_for_inbox(changed, ready_at)
 
     async def wait_for_work(self, holder: LeaseHolder) -> AsyncIterator[tuple[Delivery, int]]:
         """Yield one leased message at a time, forever; the next only after this one resolves."""
         while True:
             changed = self._inbox_changed(holder.agent)
-            deliveries, more = await self.lease(holder, 1)
+            deliveries, more, ready_at = await self._lease(holder, 1)
             if not deliveries:
-                await changed.wait()
+                await self._wait_for_inbox(changed, ready_at)
                 continue
             delivery = deliveries[0]
             resolved = holder.leases[delivery.lease]
@@ -356,19 +390,50 @@ class Broker:
             if resolved is not None:
                 resolved.set()
 
-    async def release(self, leases: Iterable[str], reason: str) -> int:
-        """Put still-leased messages back in the queue; return how many went back."""
+    def _requeue_sql(self, failed: bool, reason: str, now: float) -> tuple[str, tuple[object, ...]]:
+        """The SET clause that puts a leased message back, and its parameters.
+
+        A failure counts: the message waits `retry_backoff_seconds · 2^(failures-1)` (capped)
+        before it is offered again, and at `max_attempts` failures it is `dead`. SQLite
+        evaluates every SET expression on the row as it was, so `failures` below is the old
+        count.
+        """
+        if not failed:
+            return "state = 'queued', lease = NULL, lease_expires = NULL", ()
+        settings = self._settings
+        return (
+            "lease = NULL, lease_expires = NULL, failures = failures + 1, last_error = ?,"
+            " state = CASE WHEN failures + 1 >= ? THEN 'dead' ELSE 'queued' END,"
+            " not_before = CASE WHEN failures + 1 >= ? THEN NULL"
+            " ELSE ? + min(? * (1 << min(failures, 30)), ?) END",
+            (
+                reason[:500],
+                settings.max_attempts,
+                settings.max_attempts,
+                now,
+                settings.retry_backoff_seconds,
+                settings.retry_backoff_max_seconds,
+            ),
+        )
+
+    async def release(self, leases: Iterable[str], reason: str, failed: bool = True) -> int:
+        """Put still-leased messages back in the queue; return how many went back.
+
+        `failed`: their turns failed (see the module docstring), rather than being handed
+        back because the daemon or the agent is stopping.
+        """
         tokens = list(leases)
         if not tokens:
             return 0
+        sets, params = self._requeue_sql(failed, reason, self._now())
 
         def write(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             out = []
             for token in tokens:
                 row = conn.execute(
-                    "UPDATE messages SET state = 'queued', lease = NULL, lease_expires = NULL"
-                    " WHERE lease = ? AND state = 'leased' RETURNING id, recipient, attempts",
-                    (token,),
+                    f"UPDATE messages SET {sets} WHERE lease = ? AND state = 'leased'"
+                    f" RETURNING {REQUEUED}",
+                    (*params, token),
                 ).fetchone()
                 if row is not None:
                     out.append(row)
@@ -377,25 +442,80 @@ class Broker:
         rows = await self._store.write(write)
         for token in tokens:
             self._forget(token)
-        self._requeued(rows, reason)
+        await self._requeued(rows, reason)
         return len(rows)
 
-    def _requeued(self, rows: list[sqlite3.Row], reason: str) -> None:
+    async def _requeued(self, rows: list[sqlite3.Row], reason: str) -> None:
+        dead = []
         for row in rows:
+            if row["state"] == "dead":
+                dead.append(row)
+                self._bus.publish(
+                    MessageDead(
+                        message_id=row["id"],
+                        agent=row["recipient"],
+                        attempts=row["failures"],
+                        reason=row["last_error"] or reason,
+                    )
+                )
+                continue
             self._bus.publish(
                 MessageRequeued(
                     message_id=row["id"],
                     agent=row["recipient"],
                     attempts=row["attempts"],
                     reason=reason,
+                    not_before=row["not_before"],
                 )
             )
             self.notify(row["recipient"])
+        for row in dead:
+            await self.send(
+                SYSTEM,
+                OPERATOR,
+                f"message #{row['id']} from {row['sender']} to {row['recipient']} is dead:"
+                f" its turn failed {row['failures']} times (last: {row['last_error'] or reason})."
+                f" The messages behind it flow on. `hive ctl retry-message {row['id']}` queues it"
+                f" again; `hive ctl drop-message {row['id']}` gives up on it.",
+            )
 
-    async def drop_holder(self, holder: LeaseHolder) -> None:
+    async def drop_holder(self, holder: LeaseHolder, failed: bool = True) -> None:
         """A connection ended: every lease it still holds goes back to the queue."""
         if holder.leases:
-            await self.release(list(holder.leases), "connection closed")
+            await self.release(list(holder.leases), "connection closed", failed)
+
+    async def retry_dead(self, message_id: int) -> MessageRow:
+        """Queue a dead message again with a fresh count of failures."""
+        row = await self._store.write(
+            lambda c: c.execute(
+                "UPDATE messages SET state = 'queued', failures = 0, not_before = NULL"
+                f" WHERE id = ? AND state = 'dead' RETURNING {COLUMNS}",
+                (message_id,),
+            ).fetchone()
+        )
+        if row is None:
+            raise Fail("not_found", f"no dead message #{message_id}")
+        msg = message_row(row)
+        self._bus.publish(
+            MessageRequeued(
+                message_id=msg.id, agent=msg.to, attempts=msg.attempts, reason="operator retry"
+            )
+        )
+        self.notify(msg.to)
+        return msg
+
+    async def drop_dead(self, message_id: int) -> None:
+        """Give up on a dead message; it stays listed, as `dropped`."""
+        row = await self._store.write(
+            lambda c: c.execute(
+                "UPDATE messages SET state = 'dropped' WHERE id = ? AND state = 'dead'"
+                " RETURNING recipient",
+                (message_id,),
+            ).fetchone()
+        )
+        if row is None:
+            raise Fail("not_found", f"no dead message #{message_id}")
+        self._bus.publish(MessageDropped(message_id=message_id, agent=row[0]))
 
     async def requeue_orphans(self) -> int:
         """At start-up no connection holds a lease: every leased message goes back."""
@@ -418,14 +538,18 @@ class Broker:
             self._reaper_scanning = True
             now = self._now()
 
+            sets, params = self._requeue_sql(True, "lease expired", now)
+
             def expire(
-                conn: sqlite3.Connection, now: float = now
+                conn: sqlite3.Connection,
+                now: float = now,
+                sets: str = sets,
+                params: tuple[object, ...] = params,
             ) -> tuple[list[sqlite3.Row], float | None]:
                 rows = conn.execute(
-                    "UPDATE messages SET state = 'queued', lease = NULL, lease_expires = NULL"
-                    " WHERE state = 'leased' AND lease_expires <= ?"
-                    " RETURNING id, recipient, attempts",
-                    (now,),
+                    f"UPDATE messages SET {sets} WHERE state = 'leased' AND lease_expires <= ?"
+                    f" RETURNING {REQUEUED}",
+                    (*params, now),
                 ).fetchall()
                 nxt = conn.execute(
                     "SELECT min(lease_expires) FROM messages WHERE state = 'leased'"
@@ -439,7 +563,7 @@ class Broker:
                 for token, holder in list(self._holders.items()):
                     if holder.leased_ids.get(token) in ids:
                         self._forget(token)
-                self._requeued(expired, "lease expired")
+                await self._requeued(expired, "lease expired")
             self._reaper_scanning = False
             if not self._reaper_poke.is_set():  # else it scans again at once
                 self._reaper_deadline = next_expiry if next_expiry is not None else math.inf
@@ -450,10 +574,18 @@ class Broker:
     # ---------------------------------------------------------------- reading
 
     async def list_messages(
-        self, agent: str | None, thread: int | None, limit: int, before: int | None
+        self,
+        agent: str | None,
+        thread: int | None,
+        limit: int,
+        before: int | None,
+        state: str | None = None,
     ) -> list[MessageRow]:
         clauses: list[str] = []
         params: list[object] = []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
         if agent is not None:
             clauses.append("(sender = ? OR recipient = ?)")
             params += [agent, agent]

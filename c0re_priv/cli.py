@@ -442,20 +442,26 @@ def ctl_send(
 def ctl_messages(
     agent: Annotated[str | None, typer.Option(help="Only messages from or to this agent.")] = None,
     thread: Annotated[int | None, typer.Option(help="Only this conversation.")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="Only messages in this state: queued, leased, acked, dead, dropped."),
+    ] = None,
     limit: int = 50,
     before: Annotated[int | None, typer.Option(help="Only messages with a smaller id.")] = None,
     run_dir: RunDir = None,
     state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Recent messages, newest first."""
+    """Recent messages, newest first; `--state dead` lists those set aside after failing."""
+    req = _agent_request(
+        m.ListMessages, agent=agent, thread=thread, limit=limit, before=before, state=state
+    )
     with _admin(run_dir) as c:
         try:
-            rows = c.expect(
-                m.ListMessages(agent=agent, thread=thread, limit=limit, before=before), m.Messages
-            ).messages
+            rows = c.expect(req, m.Messages).messages
         except HiveError as exc:
             _die(exc.message)
+    failures = any(r.failures for r in rows)
     _emit(
         rows,
         as_json,
@@ -468,13 +474,42 @@ def ctl_messages(
                     r.state,
                     str(r.in_reply_to or ""),
                     _ago(r.created_at),
+                    *([f"{r.failures} ({r.last_error or ''})"[:40]] if failures else []),
                     r.body.replace("\n", " ")[:70],
                 ]
                 for r in rows
             ],
-            ["ID", "FROM", "TO", "STATE", "RE", "SENT", "BODY"],
+            ["ID", "FROM", "TO", "STATE", "RE", "SENT", *(["FAILED"] if failures else []), "BODY"],
         ),
     )
+
+
+@ctl.command("retry-message")
+def ctl_retry_message(
+    message_id: int, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Queue a dead message again, with a fresh count of failures."""
+    req = _agent_request(m.RetryMessage, id=message_id)
+    with _admin(run_dir) as c:
+        try:
+            row = c.expect(req, m.Messages).messages[0]
+        except HiveError as exc:
+            _die(exc.message)
+    _emit(row, as_json, lambda: typer.echo(f"message #{row.id} to {row.to} is queued again"))
+
+
+@ctl.command("drop-message")
+def ctl_drop_message(
+    message_id: int, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+) -> None:
+    """Give up on a dead message (it stays listed as dropped)."""
+    req = _agent_request(m.DropMessage, id=message_id)
+    with _admin(run_dir) as c:
+        try:
+            c.expect(req, m.Ok)
+        except HiveError as exc:
+            _die(exc.message)
+    _emit({"dropped": message_id}, as_json, lambda: typer.echo(f"message #{message_id} dropped"))
 
 
 @ctl.command("questions")

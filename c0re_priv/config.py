@@ -21,6 +21,9 @@ from protocol.messages import AgentRole, Recipient
 
 ROOT_STATE_DIR = Path("/var/lib/hyperhive")
 ROOT_RUN_DIR = Path("/run/hyperhive")
+DEFAULT_UID_FIRST = 65536
+DEFAULT_UID_LAST = 99999
+"""systemd calls 65536–524287 unused by it; Debian's subordinate ids start at 100000."""
 
 
 class ConfigError(Exception):
@@ -67,6 +70,14 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     max_restarts: Annotated[int, Meta(ge=0)] = 3
     restart_window_seconds: Annotated[float, Meta(gt=0)] = 300.0
     stop_grace_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    uid_first: Annotated[int, Meta(ge=1000, le=2**31 - 1)] = DEFAULT_UID_FIRST
+    uid_last: Annotated[int, Meta(ge=1000, le=2**31 - 1)] = DEFAULT_UID_LAST
+    uid_claims_dir: str = "/var/lib/hyperhive-uids"
+    """Shared by every hive on the host: which hive holds which agent uid."""
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
+    """Turns a message may fail (or leases it may lose) before it is set aside as dead."""
+    retry_backoff_seconds: Annotated[float, Meta(gt=0)] = 2.0
+    retry_backoff_max_seconds: Annotated[float, Meta(gt=0)] = 300.0
     shared_dir: str = ""
     nixos_declarative: bool = False
     claude_pass_env: list[EnvName] = msgspec.field(

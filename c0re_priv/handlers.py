@@ -162,8 +162,21 @@ async def operator_send(c: Caller, req: m.OperatorSend) -> m.Reply:
 
 @unary(m.ListMessages)
 async def list_messages(c: Caller, req: m.ListMessages) -> m.Reply:
-    rows = await c.hive.broker.list_messages(req.agent, req.thread, req.limit, req.before)
+    rows = await c.hive.broker.list_messages(
+        req.agent, req.thread, req.limit, req.before, req.state
+    )
     return m.Messages(id=0, messages=rows)
+
+
+@unary(m.RetryMessage)
+async def retry_message(c: Caller, req: m.RetryMessage) -> m.Reply:
+    return m.Messages(id=0, messages=[await c.hive.broker.retry_dead(req.id)])
+
+
+@unary(m.DropMessage)
+async def drop_message(c: Caller, req: m.DropMessage) -> m.Reply:
+    await c.hive.broker.drop_dead(req.id)
+    return m.Ok(id=0)
 
 
 @unary(m.GetAgentOpenThreads)

@@ -29,6 +29,7 @@ from .approvals import Approvals
 from .broker import Broker
 from .config import HiveConfig, Paths
 from .containers import Backend
+from .containers.host import hive_id
 from .errors import Fail
 from .events import EventBus
 from .lifecycle import Lifecycle
@@ -88,6 +89,8 @@ class Hive:
         ):
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, mode)
+        self.id = hive_id(paths.state_dir)
+        """Names this hive's cgroups, uid claims and processes on a host shared with others."""
         self.store = Store.open(paths.db)
         self.bus = EventBus(self.settings.event_replay)
         self.registry = Registry(self.store, self.bus)
@@ -204,12 +207,16 @@ async def run_hive(
                 await hub.open_fixed()
                 lifecycle = Lifecycle(hive, services, backend)
                 hive.lifecycle = lifecycle
+                lifecycle.end_leftovers()
                 hive.registry.row_extras = lambda name: {
                     **lifecycle.row_extras(name),
                     **hive.configs.row_extras(name),
                 }
                 for name in hive.registry.names():
-                    await lifecycle.ensure_uid(name)
+                    try:
+                        await lifecycle.ensure_uid(name)
+                    except Fail as exc:  # that agent will not start; the others do
+                        log.error("%s: %s", name, exc.message)
                 await hive.configs.render_nix(hive.registry.names())
                 await services.start(hive.broker.run_lease_reaper)
                 await services.start(hive.questions.run_expiry)

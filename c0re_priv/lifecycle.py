@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import sys
 import time
@@ -27,22 +28,26 @@ import trio
 
 from protocol import messages as m
 
-from .broker import SYSTEM
+from .broker import OPERATOR, SYSTEM
 from .config import AgentConfig
 from .containers import BACKENDS, Backend, ContainerSpec, Limits
 from .containers.bwrap import BwrapBackend
 from .containers.cgroups import Applied, Cgroups
+from .containers.host import MARK, end_leftovers
 from .containers.nixos import NixosBackend
+from .containers.process import ProcessBackend
+from .containers.uids import UidAllocator, UidUnavailable
 from .errors import Fail
 
 if TYPE_CHECKING:
     from .hive import Hive
 
 log = logging.getLogger(__name__)
-UID_BASE = 61000
 CONNECT_TIMEOUT = 60.0
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0)
 LOG_TAIL = 40
+LOG_TAIL_SHOWN = 10
+"""Of those, how many the daemon's own log repeats (the notice carries all of them)."""
 
 
 @dataclass
@@ -86,6 +91,23 @@ def harness_command(runtime: str, socket: Path, rules: Path | None) -> list[str]
     return argv
 
 
+def exit_cause(status: int) -> str:
+    """An exit status in the operator's words: `killed by SIGKILL`, `exited with code 1`."""
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    if status > 128 and status - 128 in signal.valid_signals():
+        # a shell or bwrap reports its child's death by signal N as 128 + N
+        return f"exited with code {status} ({signal.Signals(status - 128).name} inside)"
+    return f"exited with code {status}"
+
+
+def _indented(lines: list[str]) -> str:
+    return "\n".join(f"    {line}" for line in lines) or "    (the log is empty)"
+
+
 def read_tail(path: Path, lines: int) -> list[str]:
     """The last `lines` lines of a log file (empty when it does not exist yet)."""
     try:
@@ -108,16 +130,29 @@ class Lifecycle:
             cls = BACKENDS[settings.backend]
             if cls is BwrapBackend:
                 backend = BwrapBackend(ro_extra=_interpreter_paths())
+            elif cls is ProcessBackend:
+                backend = ProcessBackend(code=(Path(sys.executable), *_interpreter_paths()))
             elif cls is NixosBackend:
                 backend = NixosBackend(declarative=settings.nixos_declarative)
             else:
                 backend = cls()
         self.backend: Backend = backend
-        self.cgroups = Cgroups()
+        self.cgroups = Cgroups(group=f"hyperhive-{hive.id}")
+        self.uids = UidAllocator(
+            settings.uid_first,
+            settings.uid_last,
+            Path(settings.uid_claims_dir),
+            hive.id,
+            hive.paths.state_dir,
+        )
         self.agents: dict[str, Supervised] = {}
         self.shared_dir = (
             Path(settings.shared_dir) if settings.shared_dir else hive.paths.state_dir / "shared"
         )
+
+    def end_leftovers(self) -> list[int]:
+        """Before the first start: end whatever a previous run of this hive left running."""
+        return end_leftovers(self.hive.id)
 
     # ---------------------------------------------------------------- state
 
@@ -162,6 +197,8 @@ class Lifecycle:
                 **(self.claude_env(name) if record.runtime == "claude" else {}),
                 **cfg.env,
                 **({"HIVE_AGENT_MODEL": record.model} if record.model else {}),
+                # every process of the container carries the hive's mark (see host.py)
+                MARK: self.hive.id,
             },
             uid=uid,
             gid=uid,
@@ -268,13 +305,18 @@ class Lifecycle:
             self.hive.paths.agent_state(name).mkdir(parents=True, exist_ok=True)
             self.hand_over_claude_login(name, None)
             return
-        if record.uid is None:
-            used = {r.uid for r in self.hive.registry.agents.values() if r.uid is not None}
-            uid = next(u for u in range(UID_BASE, UID_BASE + 100_000) if u not in used)
-            await self.hive.store.write(
-                lambda c: c.execute("UPDATE agents SET uid = ? WHERE name = ?", (uid, name))
-            )
-            record.uid = uid
+        try:
+            if record.uid is None:
+                taken = {r.uid for r in self.hive.registry.agents.values() if r.uid is not None}
+                uid = self.uids.allocate(name, taken)
+                await self.hive.store.write(
+                    lambda c: c.execute("UPDATE agents SET uid = ? WHERE name = ?", (uid, name))
+                )
+                record.uid = uid
+            else:
+                self.uids.claim(record.uid, name)
+        except UidUnavailable as exc:
+            raise Fail("unavailable", str(exc)) from None
         uid = record.uid
         state = self.hive.paths.agent_state(name)
         state.mkdir(parents=True, exist_ok=True)
@@ -386,7 +428,10 @@ class Lifecycle:
             raise Fail("conflict", f"a tombstone for {name!r} exists; purge it first")
         await self.stop(name, graceful=False)
         await self.backend.destroy(self.spec(name))
+        uid = self.hive.registry.get(name).uid
         await self.hive.remove_agent(name)
+        if uid is not None:
+            self.uids.release(uid)
         self.agents.pop(name, None)
         self.login_token_file(name).unlink(missing_ok=True)
         tomb_root.mkdir(parents=True, exist_ok=True)
@@ -422,7 +467,7 @@ class Lifecycle:
                     s.limits = applied.description
                     self._set_state(s, "starting")
                     started = time.monotonic()
-                    status = await self._run_once(s, spec, applied)
+                    cause = await self._run_once(s, spec, applied)
                     if s.stopping:
                         break
                     now = time.monotonic()
@@ -431,16 +476,31 @@ class Lifecycle:
                     while s.crashes and s.crashes[0] < now - window:
                         s.crashes.popleft()
                     tail = read_tail(self.log_file(s.name), LOG_TAIL)
+                    lasted = now - started
                     if len(s.crashes) > self.hive.settings.max_restarts:
                         s.failed = True
-                        self._set_state(s, "failed", f"exited with {status} {len(s.crashes)} times")
-                        await self._report_crash(s.name, status, tail)
+                        reason = f"{cause} after {lasted:.1f}s, {len(s.crashes)} times"
+                        log.error(
+                            "%s: FAILED, not restarting: %s; last log lines:\n%s",
+                            s.name,
+                            reason,
+                            _indented(tail[-LOG_TAIL_SHOWN:]),
+                        )
+                        self._set_state(s, "failed", reason)
+                        await self._report_crash(s.name, cause, tail)
                         break
-                    self._set_state(
-                        s, "crashed", f"exited with {status} after {now - started:.1f}s"
+                    delay = RESTART_BACKOFF[min(len(s.crashes), len(RESTART_BACKOFF)) - 1]
+                    log.warning(
+                        "%s: crashed: %s after %.1fs; restarting in %gs; last log lines:\n%s",
+                        s.name,
+                        cause,
+                        lasted,
+                        delay,
+                        _indented(tail[-LOG_TAIL_SHOWN:]),
                     )
+                    self._set_state(s, "crashed", f"{cause} after {lasted:.1f}s")
                     s.restarts += 1
-                    await trio.sleep(RESTART_BACKOFF[min(len(s.crashes), len(RESTART_BACKOFF)) - 1])
+                    await trio.sleep(delay)
         finally:
             s.scope = None
             if applied is not None:
@@ -450,7 +510,8 @@ class Lifecycle:
                 self.hive.bus.publish(m.AgentStateChanged(name=s.name, state="stopped", reason=""))
             s.done.set()
 
-    async def _run_once(self, s: Supervised, spec: ContainerSpec, applied: Applied) -> int:
+    async def _run_once(self, s: Supervised, spec: ContainerSpec, applied: Applied) -> str:
+        """Run the container once; say how it ended, in the operator's words."""
         result: list[int] = []
 
         async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -470,19 +531,26 @@ class Lifecycle:
             with open(self.log_file(s.name), "a") as fh:  # noqa: ASYNC230 - one short local append
                 fh.write(f"hyperhive: could not run the container: {exc}\n")
         if failures:
-            return -1
-        return result[0] if result else -1
+            return f"could not be run ({failures[0]})"
+        return exit_cause(result[0]) if result else "ended without a status"
 
-    async def _report_crash(self, name: str, status: int, tail: list[str]) -> None:
+    async def _report_crash(self, name: str, cause: str, tail: list[str]) -> None:
+        """Tell the running managers; when none runs (it may be the one that failed), the
+        operator, whose inbox is the dashboard and `hive ctl messages`."""
         managers = [
-            n for n, r in self.hive.registry.agents.items() if r.role == "manager" and n != name
+            n
+            for n, r in self.hive.registry.agents.items()
+            if r.role == "manager"
+            and n != name
+            and n in self.agents
+            and self.agents[n].state == "running"
         ]
         body = (
-            f"container_crash: {name} exited with {status} and will not be restarted.\nLast log lines:\n"
-            + "\n".join(tail)
+            f"container_crash: {name} {cause} and will not be restarted"
+            f" (hive ctl start {name} to try again).\nLast log lines:\n" + "\n".join(tail)
         )
-        for manager in managers:
-            await self.hive.broker.send(SYSTEM, manager, body)
+        for recipient in managers or [OPERATOR]:
+            await self.hive.broker.send(SYSTEM, recipient, body)
 
     # ---------------------------------------------------------------- harness reports and controls
 

@@ -180,12 +180,25 @@ def m005_approvals_and_deploys(db: sqlite_utils.Database) -> None:
     execute_all(db, "CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, id)")
 
 
+def m006_message_retries(db: sqlite_utils.Database) -> None:
+    # a failed turn's message waits out a backoff (`not_before`) and, after `max_attempts`,
+    # is `dead`: set aside with the reason of its last failure
+    add_column(db, "messages", "failures", "INTEGER NOT NULL DEFAULT 0")
+    add_column(db, "messages", "not_before", "REAL")
+    add_column(db, "messages", "last_error", "TEXT")
+    execute_all(
+        db,
+        "CREATE INDEX IF NOT EXISTS messages_dead ON messages (state, id) WHERE state = 'dead'",
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "containers_and_turns", m002_containers_and_turns),
     (3, "reminders", m003_reminders),
     (4, "reminder_delivery_errors", m004_reminder_delivery_errors),
     (5, "approvals_and_deploys", m005_approvals_and_deploys),
+    (6, "message_retries", m006_message_retries),
 ]
 
 

@@ -327,18 +327,25 @@ class SocketHub:
                 self.hive.bus.publish(AgentStateChanged(name=agent, state="connected", reason=""))
         assert role is not None
         conn = Connection(self.hive, stream, role, agent)
+        stopping = False
         try:
             await conn.serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except trio.Cancelled:
+            stopping = True  # the daemon is shutting down
+            raise
         except Exception:  # one broken connection must never take the daemon down
             log.exception("%s: connection failed", conn.label)
         finally:
             if conn.holder is not None and conn.holder.leases:
+                # a turn cut short by a shutdown or by the operator's stop is not the
+                # message's failure; a harness that died under it is
+                failed = not (stopping or self._agent_stopping(agent))
                 # the writer outlives the connections, so leases go back even at shutdown
                 with trio.move_on_after(5) as cleanup:
                     cleanup.shield = True
-                    await self.hive.broker.drop_holder(conn.holder)
+                    await self.hive.broker.drop_holder(conn.holder, failed)
             if record is not None:
                 record.connections -= 1
                 if record.connections == 0:
@@ -347,6 +354,15 @@ class SocketHub:
                     )
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    def _agent_stopping(self, agent: str | None) -> bool:
+        lifecycle = self.hive.lifecycle
+        return (
+            agent is not None
+            and lifecycle is not None
+            and agent in lifecycle.agents
+            and lifecycle.agents[agent].stopping
+        )
 
 
 async def bind_unix(path: Path, mode: int, group: str) -> trio.socket.SocketType:

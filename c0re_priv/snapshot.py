@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .hive import Hive
 
 FAILED_REMINDERS = 100
+DEAD_MESSAGES = 100
 
 
 async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
@@ -39,6 +40,7 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     questions = await hive.questions.list("operator", include_closed=False)
     recent = await hive.broker.list_messages(agent, None, messages, None) if messages > 0 else []
     failed = await hive.reminders.list(None, "failed", FAILED_REMINDERS)
+    dead = await hive.broker.list_messages(agent, None, DEAD_MESSAGES, None, "dead")
     threads: list[m.OpenThread] = []
     if agent is not None:
         focus = agent
@@ -62,4 +64,5 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         meta_inputs=inputs,
         meta_inputs_note=inputs_note,
         meta_inputs_updatable=meta_inputs.unavailable(hive) is None,
+        dead_messages=dead,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from functools import partial
 import trio
 
 from .config import HiveConfig, Paths
+from .containers.spawn import spawn
 from .hive import Hive, run_hive
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,15 @@ async def run_web(
         "--bind",
         f"127.0.0.1:{port}",
     ]
-    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=None)
+    # it must end with the daemon, even a SIGKILLed one (see containers/spawn.py)
+    proc = spawn(
+        argv,
+        env=os.environ,
+        death_signal=signal.SIGTERM,
+        stdin=None,
+        stdout=subprocess.PIPE,
+        start_new_session=False,
+    )
     assert proc.stdout is not None
     task_status.started()
     try:
@@ -55,12 +66,13 @@ async def run_web(
     finally:
         with trio.CancelScope(shield=True):
             if proc.returncode is None:
-                proc.terminate()
+                proc.send_signal(signal.SIGTERM)
                 with trio.move_on_after(5):
                     await proc.wait()
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+            await proc.aclose()
 
 
 async def run_up(config: HiveConfig, paths: Paths, on_ready: Callable[[Hive], None]) -> None:

@@ -64,6 +64,7 @@ class Changes:
     questions: bool = False
     threads: set[str] = field(default_factory=set)
     reminders: bool = False
+    dead: bool = False
     approvals: bool = False
     tombstones: bool = False
     meta_inputs: bool = False
@@ -100,6 +101,18 @@ class Changes:
                 self.flow = True
                 self.inbox |= {msg.from_, msg.to}
                 self.agents |= {msg.from_, msg.to}
+            case m.MessageDead(message_id=mid, agent=agent, reason=reason):
+                self.dead = self.flow = True
+                self.inbox.add(agent)
+                self.agents.add(agent)
+                self.toasts.append((agent, f"message #{mid} to {agent} is dead: {reason}", "bad"))
+            case (
+                m.MessageDropped(agent=agent)
+                | m.MessageRequeued(agent=agent, reason="operator retry")
+            ):
+                self.dead = self.flow = True
+                self.inbox.add(agent)
+                self.agents.add(agent)
             case (
                 m.MessageLeased(agent=agent)
                 | m.MessageAcked(agent=agent)
@@ -322,6 +335,8 @@ class Hub:
             out.append(
                 r.oob("innerHTML:#reminders", r.part("reminder_list", state.failed_reminders))
             )
+        if changes.dead:
+            out.append(r.oob("innerHTML:#dead", r.part("dead_list", state.dead_messages)))
         if changes.approvals:
             out.append(r.oob("innerHTML:#approvals", r.part("approval_list", state.approvals)))
         if changes.tombstones:

@@ -303,6 +303,18 @@ async def retry_reminder(request: Request) -> Response:
     return fragment(request, "", f"reminder #{rid} of {got.reminder.owner} is pending again")
 
 
+async def retry_message(request: Request) -> Response:
+    mid = request.path_params["mid"]
+    got = await call(request, convert({"id": mid}, m.RetryMessage), m.Messages)
+    return fragment(request, "", f"message #{mid} to {got.messages[0].to} is queued again")
+
+
+async def drop_message(request: Request) -> Response:
+    mid = request.path_params["mid"]
+    await call(request, convert({"id": mid}, m.DropMessage), m.Ok)
+    return fragment(request, "", f"message #{mid} dropped")
+
+
 async def rebuild_all(request: Request) -> Response:
     await call(request, m.RebuildAll(), m.Agents)
     return fragment(request, "", "rebuilt every agent (the manager first)")

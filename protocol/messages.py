@@ -27,7 +27,7 @@ Recipient = Annotated[str, Meta(min_length=1, max_length=31)]
 
 Role = Literal["agent", "manager", "web", "admin"]
 AgentRole = Literal["agent", "manager"]
-MessageState = Literal["queued", "leased", "acked"]
+MessageState = Literal["queued", "leased", "acked", "dead", "dropped"]
 MessageKind = Literal["message", "question", "answer", "system", "reminder"]
 ContainerState = Literal["stopped", "starting", "running", "stopping", "crashed", "failed"]
 ControlAction = Literal["cancel", "compact", "set_model", "new_session"]
@@ -134,6 +134,13 @@ class MessageRow(Struct, kw_only=True):
     acked_at: float | None
     reminder_id: int | None = None
     """Set on a `reminder` message: the reminder it delivers."""
+    failures: int = 0
+    """How many of its turns failed (a `Nack`, a lost connection, an expired lease); at
+    `max_attempts` the message is `dead`."""
+    not_before: float | None = None
+    """A message whose turn failed is not offered again before this time (backoff)."""
+    last_error: str | None = None
+    """Why its last attempt failed (a `Nack` reason, a lost connection, an expired lease)."""
 
 
 class Delivery(Struct, kw_only=True):
@@ -479,6 +486,8 @@ class ListMessages(Request, tag="list_messages"):
     thread: MessageId | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     before: MessageId | None = None
+    state: MessageState | None = None
+    """Only messages in this state (`dead`: those set aside after `max_attempts`)."""
 
 
 class ListReminders(Request, tag="list_reminders"):
@@ -493,6 +502,18 @@ class RetryReminder(Request, tag="retry_reminder"):
     """Queue a `failed` reminder again: it is due at once, with a fresh set of attempts."""
 
     id: ReminderId
+
+
+class RetryMessage(Request, tag="retry_message"):
+    """Queue a `dead` message again, with a fresh set of attempts."""
+
+    id: MessageId
+
+
+class DropMessage(Request, tag="drop_message"):
+    """Give up on a `dead` message for good (it stays listed as `dropped`)."""
+
+    id: MessageId
 
 
 class GetAgentOpenThreads(Request, tag="get_open_threads"):
@@ -951,6 +972,8 @@ class HiveState(Reply, tag="hive_state"):
     """Why `meta_inputs` is empty, when it is."""
     meta_inputs_updatable: bool = False
     """This hive has meta inputs (nixos backend), so `UpdateMetaInputs` can run."""
+    dead_messages: list[MessageRow] = []
+    """Messages set aside after `max_attempts` failed turns, newest first."""
 
 
 class AgentFile(Reply, tag="agent_file"):
@@ -1061,6 +1084,22 @@ class MessageRequeued(Event, tag="message_requeued"):
     agent: str
     attempts: int
     reason: str
+    not_before: float | None = None
+    """Not offered again before this time (the retry backoff); None: at once."""
+
+
+class MessageDead(Event, tag="message_dead"):
+    """A message failed `max_attempts` times and is set aside for the operator."""
+
+    message_id: int
+    agent: str
+    attempts: int
+    reason: str
+
+
+class MessageDropped(Event, tag="message_dropped"):
+    message_id: int
+    agent: str
 
 
 class QuestionAsked(Event, tag="question_asked"):
@@ -1158,6 +1197,8 @@ AnyEvent: TypeAlias = (
     | MessageLeased
     | MessageAcked
     | MessageRequeued
+    | MessageDead
+    | MessageDropped
     | QuestionAsked
     | QuestionAnswered
     | QuestionCancelled
@@ -1271,6 +1312,8 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     GetAgentOpenThreads,
     ListReminders,
     RetryReminder,
+    RetryMessage,
+    DropMessage,
     Start,
     Stop,
     Restart,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import trio
+
+from .spawn import Child, spawn
 
 
 @dataclass(frozen=True)
@@ -121,22 +122,23 @@ async def run_supervised_process(
     """Run `argv` in its own session, logging to the spec's log file; stop it when cancelled."""
     spec.log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(spec.log_file, "ab") as log:  # noqa: ASYNC230 - opening a local log for append
-        proc = await trio.lowlevel.open_process(
+        # forked on the trio thread: a death signal tied to a worker thread fires when trio
+        # retires that thread (10 s idle), which killed every sandbox (see spawn.py)
+        proc = spawn(
             argv,
-            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            start_new_session=True,
             env={**os.environ, **spec.env},
-            preexec_fn=drop_privileges(spec.uid, spec.gid, enter_cgroup),
+            preexec=drop_privileges(spec.uid, spec.gid, enter_cgroup),
         )
     task_status.started(proc.pid)
     try:
         return await proc.wait()
     finally:
-        if proc.returncode is None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
                 await terminate_group(proc, spec.grace_seconds)
+            await proc.aclose()
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -196,7 +198,7 @@ def _signal_all(pids: dict[int, str], sig: int) -> None:
                 os.kill(pid, sig)
 
 
-async def terminate_group(proc: trio.Process, grace: float) -> None:
+async def terminate_group(proc: Child, grace: float) -> None:
     """SIGTERM the harness (in a sandbox, the command bwrap runs; else the process group),
     wait up to `grace` seconds, then SIGKILL everything left below it.
 

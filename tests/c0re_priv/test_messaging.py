@@ -193,10 +193,16 @@ async def test_a_dropped_connection_puts_its_leases_back(hive, admin):
             requeued = await anext(events)
     assert isinstance(requeued, m.EventFrame) and isinstance(requeued.event, m.MessageRequeued)
     assert (requeued.event.message_id, requeued.event.reason) == (mid, "connection closed")
+    # a harness that died mid-turn is a failed attempt: the message waits out a backoff
+    assert requeued.event.not_before is not None
     assert await state_of(admin, mid) == "queued"
     async with agent(hive, "bob") as bob:
-        (msg,) = await recv_all(bob)
-        assert (msg.id, msg.attempts) == (mid, 2)
+        assert await recv_all(bob) == []
+        with trio.fail_after(10):
+            got = await bob.expect(m.Recv(wait_seconds=10), m.Deliveries)
+        (msg,) = [d.message for d in got.items]
+        assert (msg.id, msg.attempts, msg.failures) == (mid, 2, 1)
+        assert msg.last_error == "connection closed"
 
 
 async def test_an_expired_lease_is_queued_again(short_tmp):
