@@ -29,7 +29,8 @@ log = logging.getLogger("ag3nt.harness")
 HEARTBEAT_SECONDS = 15.0
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 LOGIN_RETRY_SECONDS = 60.0
-FAILED_TURN_PAUSE = 2.0
+FAILED_TURN_PAUSE = 0.5
+"""A breather after a failed turn; the daemon backs the message itself off (retry_backoff_seconds)."""
 MIN_RENEW_SECONDS = 0.5
 
 RuntimeFactory = Callable[[AgentContext], Runtime]
@@ -130,6 +131,7 @@ class Harness:
                     tg.start_soon(self._heartbeat, client)
                     tg.start_soon(self._keep_lease, client)
                     tg.start_soon(self._controls, client, runtime)
+                    tg.start_soon(runtime.serve)
                     await self._work(client, runtime)
                     tg.cancel_scope.cancel()
             finally:

@@ -74,6 +74,11 @@ class Runtime(Protocol):
         """Use `model` from the next turn on. Return a one-line outcome."""
         ...
 
+    async def serve(self) -> None:
+        """What the runtime keeps running for its life (an MCP session), run by the harness
+        beside the turns and cancelled when the harness stops; may return at once."""
+        ...
+
     async def aclose(self) -> None:
         """Release whatever the runtime holds (MCP sessions, subprocesses)."""
         ...

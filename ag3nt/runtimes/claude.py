@@ -506,6 +506,9 @@ class ClaudeRuntime:
         old, self.model = self.model, model
         return f"claude: model {model} from the next turn on (was {old or 'the CLI default'})"
 
+    async def serve(self) -> None:
+        return None  # Claude Code starts its own MCP server for each session
+
     async def aclose(self) -> None:
         """Kill the running CLI, if any (its turn then fails or is being cancelled anyway)."""
         proc = self._proc

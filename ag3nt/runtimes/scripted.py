@@ -3,7 +3,8 @@
 A rules file (TOML) says: on a message matching X, call MCP tool Y with arguments built from
 the message. The tool is really called through the agent's own MCP server
 (`hive agent mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
-path a Claude agent does. The first rule that matches fires; a message no rule matches
+path a Claude agent does: one MCP server for the runtime's life (`serve`), as Claude Code
+keeps one per session, so a turn costs tool calls, not an interpreter start. The first rule that matches fires; a message no rule matches
 ends the turn with no action (it is still acked: it was seen).
 
     [[rule]]
@@ -90,6 +91,9 @@ class Rule:
         return {k: v for k, v in found.groupdict().items() if v is not None}
 
 
+SESSION_START_SECONDS = 60.0
+
+
 class RulesError(Exception):
     pass
 
@@ -150,6 +154,8 @@ class ScriptedRuntime:
     name = "scripted"
 
     def __init__(self, ctx: AgentContext) -> None:
+        self._session: ClientSession | None = None
+        self._ready = anyio.Event()
         self.ctx = ctx
         self.model = ctx.model or "scripted"
         path = ctx.rules_file
@@ -188,16 +194,35 @@ class ScriptedRuntime:
             ok=True, result="no rule matched", duration_ms=int((time.monotonic() - started) * 1000)
         )
 
-    async def call_tool(self, tool: str, args: dict[str, Any]) -> str:
-        """Call one hyperhive MCP tool through a fresh `hive agent mcp` on this agent's socket."""
-        params = StdioServerParameters(
+    def _server(self) -> StdioServerParameters:
+        return StdioServerParameters(
             command=self.ctx.hive_command[0],
             args=[*self.ctx.hive_command[1:], "agent", "mcp", "--socket", str(self.ctx.socket)],
             env=dict(self.ctx.extra_env) or None,
         )
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+
+    async def serve(self) -> None:
+        """Keep one MCP session open for the turns, until cancelled (the harness runs this
+        beside its work loop; if the server dies, this raises and the harness restarts)."""
+        async with (
+            stdio_client(self._server()) as (read, write),
+            ClientSession(read, write) as session,
+        ):
             await session.initialize()
-            result = await session.call_tool(tool, args)
+            self._session = session
+            self._ready.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._session = None
+                self._ready = anyio.Event()
+
+    async def call_tool(self, tool: str, args: dict[str, Any]) -> str:
+        """Call one hyperhive MCP tool through the agent's MCP server on its socket."""
+        with anyio.fail_after(SESSION_START_SECONDS):
+            await self._ready.wait()
+        assert self._session is not None
+        result = await self._session.call_tool(tool, args)
         text = "\n".join(getattr(block, "text", "") for block in result.content)
         if result.is_error:
             raise TurnFailed(f"tool {tool} failed: {text}")

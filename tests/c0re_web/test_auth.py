@@ -24,6 +24,7 @@ SAMPLE = {
     "action": "stop",
     "qid": "1",
     "rid": "1",
+    "mid": "1",
     "step": "token",
     "aid": "1",
     "decision": "approve",

@@ -1,0 +1,91 @@
+"""A hive that stays up: `hive up` on its default configuration, run as an operator runs it.
+
+One hive for the module: first left idle for 90 s (zero restarts, zero crash events, every
+agent still serving), then driven for 60 s by the operator and by the scripted agents
+messaging each other (every message acked in the end, nothing restarted). The long version
+is `bench/soak.py`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from protocol import messages as m
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from hive_up import HiveUp, remove, soak_dir  # bench/ is not a package
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+IDLE_SECONDS = 90.0
+TRAFFIC_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def hive() -> Iterator[HiveUp]:
+    root = soak_dir()
+    up = HiveUp(root)
+    try:
+        up.start()
+        up.wait(up.all_serving, 90)
+        yield up
+    finally:
+        up.stop()
+        remove(root)
+
+
+def assert_steady(up: HiveUp) -> None:
+    assert up.crashes() == [], up.log()[-4000:]
+    rows = up.agents()
+    assert [r.name for r in rows if r.restarts or r.failed or r.container != "running"] == []
+    assert all(r.running for r in rows), "an agent's harness is not connected"
+    assert up.proc is not None and up.proc.poll() is None
+    assert up.web_answers(), "the dashboard stopped answering"
+    assert up.follower_error == []
+
+
+@pytest.mark.timeout(300)
+def test_the_default_hive_stays_up_idle(hive: HiveUp) -> None:
+    names = {r.name for r in hive.agents()}
+    assert names == {"manager", "alice", "bob"}
+    time.sleep(IDLE_SECONDS)
+    assert_steady(hive)
+    assert "crashed" not in hive.log() and "FAILED" not in hive.log()
+
+
+@pytest.mark.timeout(600)
+def test_traffic_for_a_minute_is_all_acked_and_nothing_restarts(hive: HiveUp) -> None:
+    sent = 0
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < TRAFFIC_SECONDS:
+        n += 1
+        # alice relays to bob and bob answers her (and the reverse): agents talking to agents
+        to, body = [
+            ("alice", f"@bob ping {n}"),
+            ("bob", f"@alice ping {n}"),
+            ("manager", f"status {n}?"),
+            ("alice", f"direct {n}"),
+        ][n % 4]
+        if n % 20 == 0:
+            to, body = "*", f"broadcast {n}"
+        hive.call(m.OperatorSend(to=to, body=body), m.Sent)
+        sent += 1
+        time.sleep(0.5)
+
+    def drained() -> bool:
+        return all(r.state == "acked" for r in hive.messages())
+
+    hive.wait(drained, 240)
+    rows = hive.messages()
+    between_agents = [r for r in rows if r.from_ in ("alice", "bob") and r.to in ("alice", "bob")]
+    assert sent >= 100 and len(between_agents) >= sent // 4
+    assert {r.state for r in rows} == {"acked"}
+    assert not [e for e in hive.events if isinstance(e, m.MessageDead)]
+    assert_steady(hive)
