@@ -68,6 +68,8 @@ class Harness:
         self.ctx = ctx
         self.make_runtime = make_runtime
         self.state = TurnState()
+        self.stop_reason = ""
+        """Why `serve` returned (a signal), for the last line of the log."""
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT; restart the loop after any failure, with backoff."""
@@ -98,6 +100,7 @@ class Harness:
                     "%s: finishing the current turn, then stopping", signal.Signals(signum).name
                 )
                 self.state.stopping = True
+                self.stop_reason = f"{signal.Signals(signum).name} from the daemon"
                 if self.state.running is None:
                     main.cancel()
                     return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import anyio
 from .harness import Harness
 from .runtimes.base import AgentContext, Runtime
 
+log = logging.getLogger("ag3nt.serve")
 RUNTIMES = ("scripted", "claude")
 
 
@@ -43,5 +45,14 @@ def run_harness(
         rules_file=rules,
     )
     harness = Harness(ctx, factory)
-    # asyncio: the official mcp client the runtimes use is developed and tested on it
-    anyio.run(harness.serve, backend="asyncio")
+    # the log is what the operator reads after a crash: it must say why the harness stopped
+    try:
+        # asyncio: the official mcp client the runtimes use is developed and tested on it
+        anyio.run(harness.serve, backend="asyncio")
+    except KeyboardInterrupt:
+        log.info("harness stopped: interrupted")
+        raise
+    except BaseException as exc:
+        log.critical("harness stopped: %s: %s", type(exc).__name__, exc, exc_info=True)
+        raise
+    log.info("harness stopped: %s", harness.stop_reason or "its loop ended")

@@ -12,14 +12,12 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from protocol.client import HiveError
 
@@ -28,8 +26,8 @@ from .auth import Auth, Guard
 from .daemon import DaemonLink
 from .live import Hub
 from .render import Renderer
+from .static_files import StaticFiles
 
-STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 2 * 1024 * 1024
 
 ROUTES = [
@@ -54,7 +52,7 @@ ROUTES = [
     Route("/agent/{name}/journal", views.journal, methods=["GET"]),
     Route("/agent/{name}/api/{action}", views.agent_action, methods=["POST"]),
     Route("/agent/{name}/login/{step}", views.agent_login, methods=["POST"]),
-    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    Route("/static/{path:path}", StaticFiles().serve, methods=["GET", "HEAD"]),
 ]
 
 

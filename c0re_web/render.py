@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -182,7 +182,10 @@ class Renderer:
 
     def __init__(self) -> None:
         self.env = Environment(
-            loader=FileSystemLoader(TEMPLATES),
+            # read once, here: after the drop to the dashboard's user the checkout may be
+            # out of reach (a checkout under /root), so nothing is read from disk later
+            loader=DictLoader({p.name: p.read_text() for p in sorted(TEMPLATES.glob("*.html"))}),
+            auto_reload=False,
             autoescape=select_autoescape(["html"]),
             undefined=StrictUndefined,
             trim_blocks=True,
