@@ -489,6 +489,8 @@ class Federation:
             return [], terms
         self.received += effects.received
         self.duplicates += effects.duplicates
+        if effects.duplicates:
+            log.info("federation: %d envelope(s) received again, dropped by id", effects.duplicates)
         self._announce_effects(effects)
         return [item for item, _ in good], terms
 
