@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -666,3 +668,71 @@ async def test_a_forged_or_unreadable_envelope_is_terminated_and_counted(pair, n
     async with agent(alpha, "alice") as alice:
         got = await alice.expect(m.Recv(max=10), m.Deliveries)
     assert got.items == []
+
+
+# ------------------------------------------------------------------ the operator's commands
+
+
+def hive_cli(*args: str, run_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "c0re_priv", *args]
+    if run_dir is not None:
+        cmd += ["--run-dir", str(run_dir)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_hive_ctl_shows_the_link_the_remote_agents_and_sends_across(pair):
+    alpha, beta = pair
+    run = alpha.paths.run_dir
+    out = await trio.to_thread.run_sync(partial(hive_cli, "ctl", "federation", run_dir=run))
+    assert out.returncode == 0, out.stderr
+    assert "link:      connected" in out.stdout and "beta" in out.stdout
+    out = await trio.to_thread.run_sync(partial(hive_cli, "ctl", "agents", "--all", run_dir=run))
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines()[1:]]
+    assert names == ["alice", "ann", "bob@beta", "boss@beta"]
+    out = await trio.to_thread.run_sync(partial(hive_cli, "ctl", "agents", run_dir=run))
+    assert "bob@beta" not in out.stdout
+    out = await trio.to_thread.run_sync(
+        partial(hive_cli, "ctl", "send", "bob@beta", "from the terminal", run_dir=run)
+    )
+    assert out.returncode == 0, out.stderr
+    async with agent(beta, "bob") as bob:
+        (got,) = await recv(bob)
+    assert (got.from_, got.body) == ("operator@alpha", "from the terminal")
+    out = await trio.to_thread.run_sync(
+        partial(hive_cli, "ctl", "send", "bob@nowhere", "x", run_dir=run)
+    )
+    assert out.returncode == 1 and "no hive named 'nowhere'" in out.stderr
+
+
+def test_hive_federation_provision_creates_once_and_then_only_checks(nats: NatsServer):
+    args = [
+        "federation",
+        "provision",
+        "--url",
+        nats.url,
+        "--user",
+        "admin",
+        "--password-file",
+        str(nats.password_file("admin")),
+        "--namespace",
+        "other-fed",
+        "alpha",
+        "beta",
+    ]
+    first = hive_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "created stream OTHER_FED_MSGS" in first.stdout
+    assert "created consumer OTHER_FED_MSGS/beta" in first.stdout
+    assert "(6 created" in first.stdout
+    again = hive_cli(*args)
+    assert again.returncode == 0 and "(0 created" in again.stdout
+    wrong = hive_cli(*args[:-2], "Not-A-Hive")
+    assert wrong.returncode == 1 and "Not-A-Hive" in wrong.stderr
+    denied = hive_cli(
+        *[a if a != "admin" else "alpha" for a in args[:5]],
+        "--password-file",
+        str(nats.password_file("alpha")),
+        "alpha",
+    )
+    assert denied.returncode == 1
