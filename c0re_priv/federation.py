@@ -260,13 +260,14 @@ class Federation:
             return
         changed = link != self.link
         self.link, self.detail = link, detail
-        if changed:
-            log.info("federation link %s: %s", link, detail)
-            if link == "connected":
-                self._generation += 1
-                self._status_poke.set()
-            self._link_changed.set()
-            self._link_changed = trio.Event()
+        if not changed:  # a new detail (the latest error) is shown on request, not pushed
+            return
+        log.info("federation link %s: %s", link, detail)
+        if link == "connected":
+            self._generation += 1
+            self._status_poke.set()
+        self._link_changed.set()
+        self._link_changed = trio.Event()
         self._bus.publish(m.FederationChanged(link=link, detail=detail))
 
     async def _wait_for_link(self, delay: float) -> None:

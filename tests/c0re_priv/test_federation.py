@@ -736,3 +736,40 @@ def test_hive_federation_provision_creates_once_and_then_only_checks(nats: NatsS
         "alpha",
     )
     assert denied.returncode == 1
+
+
+# ------------------------------------------------------------------ the dashboard
+
+
+async def test_the_dashboard_draws_the_federation_panel_and_redraws_it_on_events(pair):
+    from c0re_web.live import Changes, Hub
+    from c0re_web.render import Renderer
+
+    alpha, beta = pair
+    async with agent(beta, "bob") as bob:
+        await bob.expect(m.SetStatus(text="<script>alert(1)</script>"), m.Ok)
+
+    async def escaped_status_arrived() -> bool:
+        async with admin_of(alpha) as a:
+            got = await a.expect(m.ListAgents(include_remote=True), m.Agents)
+        return any(r.status_text.startswith("<script>") for r in got.remote)
+
+    await until(escaped_status_arrived)
+    async with admin_of(alpha) as a:
+        state = await a.expect(m.Snapshot(), m.HiveState)
+    renderer = Renderer()
+    html = renderer.part("federation_panel", state.federation, state.remote_agents)
+    assert 'data-link="connected"' in html and "bob@beta" in html and "boss@beta" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html  # another hive's text is data
+    hub = Hub(renderer)
+    for event in (
+        m.RemoteAgentsChanged(hive="beta", agents=state.remote_agents),
+        m.FederationChanged(link="disconnected", detail="lost it"),
+        m.MessageForwarded(message_id=1, to="bob@beta"),
+    ):
+        out = hub._dashboard(state, Changes.of([event]))
+        assert 'hx-swap-oob="innerHTML:#federation"' in out
+    toast = hub._dashboard(
+        state, Changes.of([m.FederationChanged(link="disconnected", detail="x")])
+    )
+    assert "federation disconnected: x" in toast
