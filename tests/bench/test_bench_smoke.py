@@ -37,6 +37,12 @@ ROWS = {
         "GetAgentOpenThreads(alice), admin socket",
         "Ping, admin socket, while alice loops GetOpenThreads",
     ],
+    "federation.py": [
+        "local, alpha → alpha",
+        "cross-hive, alpha → beta over JetStream",
+        "local latency, s0 → r0",
+        "cross-hive latency, s0 → r0@beta",
+    ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
         "burst delivered in chunks (reminder_batch)",

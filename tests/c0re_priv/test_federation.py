@@ -773,3 +773,46 @@ async def test_the_dashboard_draws_the_federation_panel_and_redraws_it_on_events
         state, Changes.of([m.FederationChanged(link="disconnected", detail="x")])
     )
     assert "federation disconnected: x" in toast
+
+
+async def test_three_hives_hear_each_other_and_relay_a_question(nursery, short_tmp, nats):
+    await trio.to_thread.run_sync(provision, nats)
+    hives = {
+        name: await start_hive(nursery, short_tmp / name[0], hive_config(nats, name, {agent: {}}))
+        for name, agent in (("alpha", "alice"), ("beta", "bob"), ("gamma", "carol"))
+    }
+    for name, hive in hives.items():
+        for other, agent_name in (("alpha", "alice"), ("beta", "bob"), ("gamma", "carol")):
+            if other != name:
+                await until(partial(knows, hive, f"{agent_name}@{other}"))
+        async with admin_of(hive) as a:
+            fed = (await a.expect(m.FederationStatus(), m.Federation)).federation
+        assert sorted(h.hive for h in fed.hives) == sorted(set(hives) - {name})
+    alpha, beta, gamma = hives["alpha"], hives["beta"], hives["gamma"]
+    async with (
+        agent(alpha, "alice") as alice,
+        agent(beta, "bob") as bob,
+        agent(gamma, "carol") as carol,
+    ):
+        asked = await alice.expect(
+            m.Ask(target="bob@beta", question="what does carol think?"), m.Asked
+        )
+        (q1,) = await recv(bob)
+        relay = await bob.expect(
+            m.Ask(target="carol@gamma", question="alice asks: your view?"), m.Asked
+        )
+        (q2,) = await recv(carol)
+        assert q2.from_ == "bob@beta"
+        await carol.expect(m.Answer(question_id=q2.question_id or 0, answer="ship it"), m.Ok)
+        (a2,) = await recv(bob)
+        assert (a2.from_, a2.question_id, a2.body.endswith("ship it")) == (
+            "carol@gamma",
+            relay.question_id,
+            True,
+        )
+        await bob.expect(
+            m.Answer(question_id=q1.question_id or 0, answer="carol says ship it"), m.Ok
+        )
+        (a1,) = await recv(alice)
+        assert (a1.from_, a1.question_id) == ("bob@beta", asked.question_id)
+        assert a1.body.endswith("carol says ship it")
