@@ -220,7 +220,7 @@ async def latency_samples(
             arrived = trio.Event()
             took: list[float] = []
 
-            async def receive() -> None:
+            async def receive(took: list[float] = took, arrived: trio.Event = arrived) -> None:
                 got = await r0.expect(m.Recv(max=1, wait_seconds=10), m.Deliveries)
                 took.append(time.perf_counter())
                 for item in got.items:
