@@ -302,8 +302,9 @@ class _Puller:
 class NatsLink:
     """This hive's connection to NATS JetStream. Every method runs on the asyncio thread.
 
-    `on_state(link, detail)` is called (on the asyncio thread) whenever the connection
-    changes: `connected`, `disconnected`, with the error when there is one.
+    `on_state(link, detail)` is called (on the asyncio thread) when an established
+    connection is lost (`disconnected`) or comes back (`connected`), and with `link=""` and
+    the error when the client reports one.
     """
 
     def __init__(self, settings: FederationSettings, on_state: Callable[[str, str], None]) -> None:
@@ -341,7 +342,7 @@ class NatsLink:
             )
         except Exception as exc:  # nats-py raises many types here; all mean "not connected"
             raise LinkError(f"cannot connect to {self.settings.url}: {describe(exc)}") from None
-        self._on_state("connected", f"connected to {self._url()}")
+        # "connected" is the trio side's to say, once this hive's consumers are bound too
 
     def _url(self) -> str:
         nc = self._nc

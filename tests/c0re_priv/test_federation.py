@@ -463,6 +463,18 @@ def rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
 def test_kill_9_of_either_hive_and_of_nats_mid_traffic_loses_nothing_and_doubles_nothing(
     short_tmp: Path, nats: NatsServer
 ):
+    chaos(short_tmp, nats, cycles=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ten_rounds_of_kill_9_lose_nothing_and_double_nothing(short_tmp: Path, nats: NatsServer):
+    chaos(short_tmp, nats, cycles=10)
+
+
+def chaos(short_tmp: Path, nats: NatsServer, cycles: int) -> None:
+    """Traffic alice@alpha → bob@beta while alpha, beta and NATS are each SIGKILLed and
+    restarted `cycles` times; then every committed message is in beta exactly once."""
     provision(nats)
     alpha = make_daemon(short_tmp / "a", nats, "alpha", ["alice"])
     beta = make_daemon(short_tmp / "b", nats, "beta", ["bob"])
@@ -510,24 +522,25 @@ def test_kill_9_of_either_hive_and_of_nats_mid_traffic_loses_nothing_and_doubles
         for t in threads:
             t.start()
         try:
-            time.sleep(2)
-            alpha.kill()  # the sender's hive, between commits and publishes
-            time.sleep(0.5)
-            alpha.start()
-            time.sleep(2)
-            beta.kill()  # the receiver's hive, between its commits and its acks to NATS
-            time.sleep(0.5)
-            beta.start()
-            time.sleep(2)
-            nats.kill()  # JetStream itself, with envelopes in flight
-            time.sleep(1.5)
-            nats.start()
+            for _ in range(cycles):
+                time.sleep(2)
+                alpha.kill()  # the sender's hive, between commits and publishes
+                time.sleep(0.5)
+                alpha.start()
+                time.sleep(2)
+                beta.kill()  # the receiver's hive, between its commits and its acks to NATS
+                time.sleep(0.5)
+                beta.start()
+                time.sleep(2)
+                nats.kill()  # JetStream itself, with envelopes in flight
+                time.sleep(1.5)
+                nats.start()
             time.sleep(3)
         finally:
             stop.set()
             for t in threads:
                 t.join(30)
-        assert len(sent_ok) > 200, (len(sent_ok), errors[-5:])
+        assert len(sent_ok) > 200 * cycles, (len(sent_ok), errors[-5:])
 
         a_db, b_db = alpha.paths.db, beta.paths.db
         committed = {
