@@ -589,6 +589,9 @@ def chaos(short_tmp: Path, nats: NatsServer, cycles: int) -> None:
                 ):
                     break
         wait_for(all_acked_home, 60, "every receipt to come home")
+        # and a federated daemon still stops cleanly: NATS closed, its thread joined
+        assert alpha.stop() == 0 and beta.stop() == 0
+        assert "Traceback" not in alpha.log() + beta.log()
     finally:
         for d in (alpha, beta):
             if d.proc is not None and d.proc.poll() is None:
