@@ -1,4 +1,4 @@
-"""`hive agent mcp`: the hyperhive MCP tools, served on stdio to the agent's runtime.
+"""`python -m ag3nt mcp`: the hyperhive MCP tools, served on stdio to the agent's runtime.
 
 Every tool is one protocol verb on this agent's socket, with the verb's field names as its
 arguments: the socket decides who the caller is, so no tool takes a "from" or an "owner".

@@ -70,11 +70,11 @@ class Supervised:
 
 
 def harness_command(runtime: str, socket: Path, rules: Path | None) -> list[str]:
+    """The harness's command line: `python -m ag3nt serve`, which never imports this package."""
     argv = [
         sys.executable,
         "-m",
-        "c0re_priv",
-        "agent",
+        "ag3nt",
         "serve",
         "--socket",
         str(socket),

@@ -3,12 +3,12 @@
 It owns three things: the CLI process of the running turn (started in its own process group,
 so a cancelled turn takes the CLI and everything it started down with it), the agent's Claude
 session (its id kept in `<state_dir>/.hive/claude-session.json` and resumed on every turn, so
-it survives harness restarts), and the MCP config that points the CLI at `hive agent mcp` on
+it survives harness restarts), and the MCP config that points the CLI at `python -m ag3nt mcp` on
 this agent's socket (`<state_dir>/.hive/mcp.json`). It reads the CLI's stream-json output line
 by line into `TurnStats`, and turns the failures the harness treats differently into
 `LoginRequired` and `RateLimited`; a prompt that outgrew the context is compacted once and
 retried. It never talks to the daemon itself: whatever the agent says goes through the MCP
-tools. Written against anyio, so it runs under asyncio (as `hive agent serve` does) and trio.
+tools. Written against anyio, so it runs under asyncio (as `python -m ag3nt serve` does) and trio.
 """
 
 from __future__ import annotations
@@ -759,8 +759,8 @@ class ClaudeRuntime:
         c = self.ctx
         server = {
             "type": "stdio",
-            "command": c.hive_command[0],
-            "args": [*c.hive_command[1:], "agent", "mcp", "--socket", str(c.socket)],
+            "command": c.ag3nt_command[0],
+            "args": [*c.ag3nt_command[1:], "mcp", "--socket", str(c.socket)],
             # the server inherits the CLI's environment; the file holds no secret of extra_env
             "env": {"HIVE_AGENT_SOCKET": str(c.socket)},
         }

@@ -2,7 +2,7 @@
 
 A rules file (TOML) says: on a message matching X, call MCP tool Y with arguments built from
 the message. The tool is really called through the agent's own MCP server
-(`hive agent mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
+(`python -m ag3nt mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
 path a Claude agent does. The first rule that matches fires; a message no rule matches
 ends the turn with no action (it is still acked: it was seen).
 
@@ -189,10 +189,10 @@ class ScriptedRuntime:
         )
 
     async def call_tool(self, tool: str, args: dict[str, Any]) -> str:
-        """Call one hyperhive MCP tool through a fresh `hive agent mcp` on this agent's socket."""
+        """Call one hyperhive MCP tool through a fresh `python -m ag3nt mcp` on this agent's socket."""
         params = StdioServerParameters(
-            command=self.ctx.hive_command[0],
-            args=[*self.ctx.hive_command[1:], "agent", "mcp", "--socket", str(self.ctx.socket)],
+            command=self.ctx.ag3nt_command[0],
+            args=[*self.ctx.ag3nt_command[1:], "mcp", "--socket", str(self.ctx.socket)],
             env=dict(self.ctx.extra_env) or None,
         )
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:

@@ -10,7 +10,6 @@ which of its answers were taken from where.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -44,11 +43,7 @@ MODEL = "claude-sonnet-4-5"
 T = TypeVar("T")
 
 
-def hive_command() -> list[str]:
-    """How the stand-in's MCP config starts `hive agent mcp` (skips until the server exists)."""
-    if importlib.util.find_spec("ag3nt.mcp_server") is None:
-        pytest.skip("ag3nt.mcp_server (hive agent mcp) is not written yet")
-    return [sys.executable, "-m", "c0re_priv"]
+AG3NT = [sys.executable, "-m", "ag3nt"]
 
 
 def run(fn: Callable[[], Awaitable[T]], backend: str = "asyncio") -> T:
@@ -99,7 +94,7 @@ def context(daemon: DaemonProcess | None, name: str, state_root: Path) -> AgentC
         model=MODEL,
         socket=daemon.paths.agent_sock(name) if daemon else state_root / "no.sock",
         state_dir=state_root / name,
-        hive_command=hive_command() if daemon else [sys.executable, "-m", "c0re_priv"],
+        ag3nt_command=AG3NT,
     )
 
 
@@ -162,8 +157,7 @@ def test_a_turn_sends_the_reply_through_mcp_and_records_its_stats(
     assert flag(argv, "--mcp-config") == str(ctx.state_dir / ".hive" / "mcp.json")
     server = config["mcpServers"]["hyperhive"]
     assert [server["command"], *server["args"]] == [
-        *ctx.hive_command,
-        "agent",
+        *ctx.ag3nt_command,
         "mcp",
         "--socket",
         str(ctx.socket),

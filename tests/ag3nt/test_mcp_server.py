@@ -42,7 +42,7 @@ class Agent:
 async def mcp_agent(daemon: DaemonProcess, name: str) -> AsyncIterator[Agent]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "c0re_priv", "agent", "mcp", "--socket", str(daemon.paths.agent_sock(name))],
+        args=["-m", "ag3nt", "mcp", "--socket", str(daemon.paths.agent_sock(name))],
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
