@@ -106,9 +106,19 @@ class Failure:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def rate_limited(cls, retry_after: float = 1, reset_at: float | None = None) -> Failure:
+    def rate_limited(
+        cls, retry_after: float = 1, reset_at: float | None = None, *, subscription: bool = False
+    ) -> Failure:
+        """429. `subscription` adds the `anthropic-ratelimit-unified-*` headers a Claude
+        subscription (OAuth login) gets: the CLI then reports a `rate_limit_event` with
+        `resetsAt` and says "You've hit your 5-hour limit · resets …"."""
         reset = reset_at if reset_at is not None else time.time() + retry_after
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
+        unified = {
+            "anthropic-ratelimit-unified-status": "rejected",
+            "anthropic-ratelimit-unified-reset": str(int(reset)),
+            "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        }
         return cls(
             429,
             "rate_limit_error",
@@ -124,6 +134,7 @@ class Failure:
                 "anthropic-ratelimit-tokens-limit": "30000",
                 "anthropic-ratelimit-tokens-remaining": "0",
                 "anthropic-ratelimit-tokens-reset": stamp,
+                **(unified if subscription else {}),
             },
         )
 
