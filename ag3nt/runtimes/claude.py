@@ -354,9 +354,10 @@ def rate_limit_retry_after(run: RunRecord, default: float, now: float | None = N
     reset = run.rate_limit_resets_at
     if reset is None:
         reset = reset_time_from_text(run.evidence(), now)
-    if reset is None or reset <= now:
+    if reset is None:
         return default
-    return min(reset - now + RESET_MARGIN, MAX_RATE_LIMIT_WAIT)
+    # a reset that passed while the CLI was exiting needs only the margin, not the default
+    return min(max(reset - now, 0.0) + RESET_MARGIN, MAX_RATE_LIMIT_WAIT)
 
 
 def reset_time_from_text(text: str, now: float) -> float | None:
