@@ -11,6 +11,7 @@ made to produce — a crash with a stack trace — runs the stand-in CLI `tests/
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -481,7 +482,7 @@ def test_an_expired_or_missing_login_raises_login_required(
     oauth(monkeypatch, token)
     if not token:
         monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN")
-    with pytest.raises(LoginRequired, match="Please run /login|refused the login 2 times"):
+    with pytest.raises(LoginRequired, match=r"Please run /login|refused the login 2 times"):
         run(lambda: ClaudeRuntime(context(None, "alice", tmp_path)).turn(offline_turn()))
 
 
