@@ -286,3 +286,30 @@ def test_an_expired_login_needs_login_until_the_operator_gives_one(
         assert api.requests[-1].headers.get("authorization") == f"Bearer {FRESH}"
     finally:
         stop(d)
+
+
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        ('claude_base_url = "ftp://gateway"', "claude_base_url"),
+        ('claude_base_url = "https://gate way"', "claude_base_url"),
+        ('claude_bin = "claude"', "claude_bin"),  # must be absolute: PATH differs in a sandbox
+        ('claude_env = { HIVE_AGENT_NAME = "x" }', "claude_env"),  # HIVE_* are the daemon's
+    ],
+)
+def test_endpoint_settings_are_checked_when_the_config_is_read(
+    line: str, complaint: str, tmp_path: Path
+) -> None:
+    from c0re_priv.config import ConfigError, load_config
+
+    path = tmp_path / "hive.toml"
+    path.write_text(f"[hive]\n{line}\n")
+    with pytest.raises(ConfigError, match=complaint):
+        load_config(path)
+    path.write_text(
+        '[hive]\nclaude_base_url = "http://127.0.0.1:4000/anthropic"\n'
+        'claude_bin = "/opt/claude/bin/claude"\nclaude_env = { ANTHROPIC_CUSTOM_HEADERS = "x: y" }\n'
+    )
+    settings = load_config(path).hive
+    assert settings.claude_base_url == "http://127.0.0.1:4000/anthropic"
+    assert settings.claude_env == {"ANTHROPIC_CUSTOM_HEADERS": "x: y"}

@@ -424,8 +424,10 @@ class _Handler(BaseHTTPRequestHandler):
             404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}}
         )
 
-    def do_HEAD(self) -> None:
-        self._send_json(200, {})
+    def do_HEAD(self) -> None:  # a reachability probe: headers only
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
