@@ -560,6 +560,7 @@ class Federation:
             fx.duplicates += 1
             return
         fx.received += 1
+        made = len(fx.messages)
         origin = env.origin
         body = env.body
         conn.execute("SAVEPOINT envelope")
@@ -603,10 +604,11 @@ class Federation:
                 fx.enqueued = True
             log.info("federation: envelope %s from %s refused: %s", env.id, origin, exc.message)
         conn.execute("RELEASE envelope")
-        conn.execute(
-            "UPDATE federation_inbox SET message_id = ? WHERE envelope_id = ?",
-            (fx.messages[-1].id if fx.messages else None, env.id),
-        )
+        if len(fx.messages) > made:  # the message this envelope became, for the record
+            conn.execute(
+                "UPDATE federation_inbox SET message_id = ? WHERE envelope_id = ?",
+                (fx.messages[made].id, env.id),
+            )
 
     def _local_party(self, conn: sqlite3.Connection, name: str) -> None:
         if name == OPERATOR:

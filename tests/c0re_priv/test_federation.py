@@ -157,6 +157,9 @@ async def test_a_message_crosses_hives_is_acked_there_and_the_reply_keeps_the_th
             return (await message(alpha, mid)).state == "acked"
 
         await until(acked, what="the receipt")
+        # beta remembers the envelope's id, and which of its rows it became
+        inbox = rows(beta.paths.db, "SELECT origin, kind, message_id FROM federation_inbox")
+        assert inbox == [("alpha", "message", got[0].id)]
         reply = await bob.expect(
             m.Send(to="alice@alpha", body="hi alice", in_reply_to=got[0].id), m.Sent
         )
