@@ -47,16 +47,72 @@ def hive_permissions(hive: str, namespace: str = "hyperhive") -> str:
     return f'{{ publish: {{ allow: [{quoted}] }}, subscribe: {{ allow: ["_INBOX_{hive}.>"] }} }}'
 
 
+def make_certificates(root: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and one client certificate (openssl)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=root)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hive test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    (root / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, ext in (("server", ["-extfile", "san.ext"]), ("client", [])):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            *ext,
+        )
+    return {n: root / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
 @dataclass
 class NatsServer:
     root: Path
     hives: list[str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    certs: dict[str, Path] | None = None
+    """With certificates (`make_certificates`), the server speaks TLS only and verifies clients."""
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.certs else 'nats'}://127.0.0.1:{self.port}"
 
     def password(self, user: str) -> str:
         return f"pw-{user}-secret"
@@ -78,7 +134,13 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}\n"
             f"server_name: hive-test-{self.port}\n"
             f'jetstream {{ store_dir: "{self.root / "js"}", max_memory_store: 64MB, max_file_store: 1GB }}\n'
-            "accounts { HIVES: { jetstream: enabled, users: [\n  "
+            + (
+                f'tls {{ cert_file: "{self.certs["server.pem"]}", key_file: "{self.certs["server.key"]}",'
+                f' ca_file: "{self.certs["ca.pem"]}", verify: true, timeout: 2 }}\n'
+                if self.certs
+                else ""
+            )
+            + "accounts { HIVES: { jetstream: enabled, users: [\n  "
             + ",\n  ".join(users)
             + "\n] } }\n"
         )
@@ -98,7 +160,7 @@ class NatsServer:
                 raise RuntimeError(f"nats-server exited: {self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    if s.recv(7).startswith(b"INFO"):
+                    if s.recv(7).startswith(b"INFO"):  # sent in clear text even with TLS
                         return
             except OSError:
                 time.sleep(0.05)

@@ -30,7 +30,7 @@ from protocol import messages as m
 from protocol.client import HiveClient, HiveError, SyncClient
 from protocol.federation import Envelope, FedMessage, encode
 from tests.conftest import DaemonProcess, make_config, paths_in
-from tests.natsd import NatsServer
+from tests.natsd import NatsServer, make_certificates
 
 HIVES = ["alpha", "beta", "gamma"]
 T = TypeVar("T")
@@ -835,3 +835,49 @@ async def test_three_hives_hear_each_other_and_relay_a_question(nursery, short_t
         (a1,) = await recv(alice)
         assert (a1.from_, a1.question_id) == ("bob@beta", asked.question_id)
         assert a1.body.endswith("carol says ship it")
+
+
+async def test_hives_talk_over_tls_with_client_certificates_and_one_without_is_refused(
+    nursery, short_tmp: Path
+):
+    root = short_tmp / "tlsnats"
+    root.mkdir()
+    certs = await trio.to_thread.run_sync(make_certificates, root)
+    server = NatsServer(root, HIVES, certs=certs)
+    await trio.to_thread.run_sync(server.start)
+    try:
+        tls = {
+            "tls_ca": str(certs["ca.pem"]),
+            "tls_cert": str(certs["client.pem"]),
+            "tls_key": str(certs["client.key"]),
+        }
+        admin = FederationSettings(
+            hive="admin",
+            url=server.url,
+            user="admin",
+            password_file=str(server.password_file("admin")),
+            **tls,
+        )
+        await trio.to_thread.run_sync(asyncio.run, provision_federation(admin, HIVES, 1.0))
+        alpha = await start_hive(
+            nursery, short_tmp / "a", hive_config(server, "alpha", {"alice": {}}, **tls)
+        )
+        beta = await start_hive(
+            nursery, short_tmp / "b", hive_config(server, "beta", {"bob": {}}, **tls)
+        )
+        await until(lambda: knows(alpha, "bob@beta"), what="alpha to hear of bob over TLS")
+        async with agent(alpha, "alice") as alice, agent(beta, "bob") as bob:
+            await alice.expect(m.Send(to="bob@beta", body="sealed"), m.Sent)
+            assert [g.body for g in await recv(bob)] == ["sealed"]
+        # a hive without a client certificate does not get in
+        lone = await start_hive(
+            nursery,
+            short_tmp / "c",
+            hive_config(server, "gamma", {"carol": {}}, tls_ca=str(certs["ca.pem"])),
+        )
+        await trio.sleep(2)
+        assert lone.federation is not None and lone.federation.link == "connecting"
+        assert lone.federation.detail  # why, for `hive ctl federation`
+        assert not await knows(alpha, "carol@gamma")
+    finally:
+        await trio.to_thread.run_sync(server.kill)
