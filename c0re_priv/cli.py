@@ -106,9 +106,10 @@ def _ago(ts: float | None) -> str:
 @contextmanager
 def _startup_errors() -> Iterator[None]:
     """Turn a failure to bind or open state into one clear line instead of a traceback."""
+    from .private_state import UnsafeState
     from .server import DaemonAlreadyRunning
 
-    expected = (OSError, DaemonAlreadyRunning)
+    expected = (OSError, DaemonAlreadyRunning, UnsafeState)
     try:
         yield
     except expected as exc:

@@ -83,6 +83,31 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     reminder_max_attempts: Annotated[int, Meta(ge=1)] = 5
     reminder_retry_seconds: Annotated[float, Meta(gt=0)] = 30.0
     reminder_batch: Annotated[int, Meta(ge=1, le=100_000)] = 64
+    # what one peer (an agent, the web process, the operator's `hive ctl`s) may hold of the
+    # daemon: see docs/security.md
+    agent_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 32
+    web_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    admin_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    peer_max_calls: Annotated[int, Meta(ge=1, le=100_000)] = 256
+    peer_buffer_bytes: Annotated[int, Meta(ge=8192, le=1024 * 1024 * 1024)] = 4 * 1024 * 1024
+    total_buffer_bytes: Annotated[int, Meta(ge=8192, le=16 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    frame_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    idle_timeout_seconds: Annotated[float, Meta(gt=0)] = 600.0
+    write_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    fd_reserve: Annotated[int, Meta(ge=16, le=1_000_000)] = 256
+
+    def __post_init__(self) -> None:
+        # a frame is only ever buffered whole or not at all: the budgets must hold one
+        if self.peer_buffer_bytes < self.max_frame_bytes + 4:
+            raise ValueError(
+                f"peer_buffer_bytes ({self.peer_buffer_bytes}) must be at least "
+                f"max_frame_bytes + 4 ({self.max_frame_bytes + 4})"
+            )
+        if self.total_buffer_bytes < self.peer_buffer_bytes:
+            raise ValueError(
+                f"total_buffer_bytes ({self.total_buffer_bytes}) must be at least "
+                f"peer_buffer_bytes ({self.peer_buffer_bytes})"
+            )
 
 
 class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -265,7 +265,7 @@ class Lifecycle:
         """As root, give each agent its own uid and hand it its state dir and socket."""
         record = self.hive.registry.get(name)
         if os.geteuid() != 0:
-            self.hive.paths.agent_state(name).mkdir(parents=True, exist_ok=True)
+            self.hive.ensure_agent_dirs(name)
             self.hand_over_claude_login(name, None)
             return
         if record.uid is None:
@@ -277,7 +277,7 @@ class Lifecycle:
             record.uid = uid
         uid = record.uid
         state = self.hive.paths.agent_state(name)
-        state.mkdir(parents=True, exist_ok=True)
+        self.hive.ensure_agent_dirs(name, gid=uid)
         os.chown(state, uid, uid)
         sock = self.hive.paths.agent_sock(name)
         if sock.exists():
@@ -297,6 +297,8 @@ class Lifecycle:
         record = self.hive.registry.get(name)
         if record.paused:
             raise Fail("conflict", f"{name} is paused; unpause it first")
+        if (why := self.hive.configs.not_runnable(name)) is not None:
+            raise Fail("unavailable", f"cannot start {name}: {why}")
         await self.ensure_uid(name)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
         spec = self.spec(name)

@@ -44,6 +44,7 @@ ErrorCode = Literal[
     "rate_limited",
     "conflict",
     "unavailable",
+    "storage_full",
     "internal",
 ]
 
