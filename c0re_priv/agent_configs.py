@@ -22,7 +22,7 @@ import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import msgspec
 import trio
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .hive import Hive
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("scripted", "claude")
+RUNTIMES: tuple[str, ...] = get_args(m.Runtime)
 DEPLOY_WAIT = 60.0
 """How long a deploy waits for the rebuilt (or spawned) agent's harness to report in."""
 LOG_TAIL = 20
@@ -429,7 +429,30 @@ class AgentConfigs:
         blob = await self.repo.blob_id(rev, toml_path(name))
         if data is None or blob is None:
             raise Fail("not_found", f"commit {rev[:12]} has no {toml_path(name)}")
-        return parse(data, f"{toml_path(name)} at {rev[:12]}"), blob
+        where = f"{toml_path(name)} at {rev[:12]}"
+        cfg = parse(data, where)
+        self.check_paths(name, cfg, where)
+        return cfg, blob
+
+    def check_paths(self, name: str, cfg: AgentConfig, where: str) -> None:
+        """A path in a config from the meta repo (which the manager writes) stays under the
+        roots allowed for it: `rules` is a file in the agent's own state dir, or exactly the
+        path the operator's hive.toml gives that agent. Anything else would have the daemon
+        bind a host file of the manager's choosing into a sandbox."""
+        if not cfg.rules:
+            return
+        seed = self.seeds.get(name)
+        if seed is not None and cfg.rules == seed.rules:
+            return
+        rules = Path(cfg.rules)
+        own = self.hive.paths.agent_state(name)
+        if rules.is_absolute() and ".." not in rules.parts and rules.is_relative_to(own):
+            return
+        raise Fail(
+            "invalid",
+            f"{where}: rules = {cfg.rules!r} is outside {name}'s state dir {own} "
+            "(and is not the path hive.toml gives it)",
+        )
 
     async def _main(self) -> str:
         main = await self.repo.head()
@@ -475,6 +498,7 @@ class AgentConfigs:
         """Commit `text` as `name`'s agent.toml on `proposals/<name>`, on top of `main`."""
         self.require()
         cfg = parse(text, "agent_toml")
+        self.check_paths(name, cfg, "agent_toml")
         current, _ = await self._current(name)
         if cfg.role != current.role:
             raise Fail("invalid", "role cannot be changed by a config commit")
@@ -564,7 +588,11 @@ class AgentConfigs:
         main = await self._main()
         if await self.repo.read(main, toml_path(name)) is not None:
             raise Fail("conflict", f"{toml_path(name)} exists on main already")
-        template = render(AgentToml(runtime=self.hive.registry.get(by).runtime, parent=by), name)
+        runtime = self.hive.registry.get(by).runtime
+        template = render(
+            AgentToml(runtime=runtime if runtime in RUNTIMES else "scripted", parent=by),  # type: ignore[arg-type]
+            name,
+        )
         return template, _file_diff(toml_path(name), None, template.encode())
 
     # ---------------------------------------------------------------- carrying out (approved)

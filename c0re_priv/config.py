@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from protocol.framing import DEFAULT_MAX_FRAME
-from protocol.messages import AgentRole, Recipient
+from protocol.messages import AgentRole, ModelName, RecipientName, Runtime
 
 ROOT_STATE_DIR = Path("/var/lib/hyperhive")
 ROOT_RUN_DIR = Path("/run/hyperhive")
@@ -33,9 +33,9 @@ EnvName = Annotated[str, Meta(pattern=r"^(?!HIVE_)[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     role: AgentRole = "agent"
-    model: Annotated[str, Meta(max_length=128)] = ""
-    runtime: Annotated[str, Meta(max_length=32)] = "scripted"
-    allowed_recipients: list[Recipient] | None = None
+    model: ModelName = ""
+    runtime: Runtime = "scripted"
+    allowed_recipients: list[RecipientName] | None = None
     memory_mb: Annotated[int, Meta(ge=16)] | None = None
     cpus: Annotated[float, Meta(gt=0)] | None = None
     pids: Annotated[int, Meta(ge=8)] | None = None

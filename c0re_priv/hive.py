@@ -18,11 +18,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 
 import trio
 
-from protocol.messages import PROTOCOL_VERSION
+from protocol.messages import PROTOCOL_VERSION, Runtime
 
 from . import private_state
 from .agent_configs import AgentConfigs
@@ -128,8 +128,13 @@ class Hive:
         runtime: str,
         allowed_recipients: list[str] | None,
     ) -> None:
+        # the protocol's types already refuse these; checked again for every other way in
         if role not in ("agent", "manager"):
             raise Fail("invalid", f"unknown role {role!r}")
+        if runtime not in get_args(Runtime):
+            raise Fail(
+                "invalid", f"unknown runtime {runtime!r} (one of {', '.join(get_args(Runtime))})"
+            )
         await self.registry.add(name, role, model, runtime, allowed_recipients)  # type: ignore[arg-type]
         self.ensure_agent_dirs(name)
         if self.sockets is not None:

@@ -157,7 +157,7 @@ class Lifecycle:
             shared_dir=self.shared_dir,
             hide=(paths.state_dir, paths.run_dir),
             peers=peers,
-            ro_files=(rules,) if rules is not None and rules.is_file() else (),
+            ro_files=(rules,) if rules is not None and self._bindable(rules) else (),
             env={
                 **(self.claude_env(name) if record.runtime == "claude" else {}),
                 **cfg.env,
@@ -173,6 +173,13 @@ class Lifecycle:
             ),
             grace_seconds=self.hive.settings.stop_grace_seconds,
         )
+
+    def _bindable(self, path: Path) -> bool:
+        """A host file the operator named may be bound read-only into a sandbox; one inside
+        an agent-writable tree never is (its own state dir is visible there already, and a
+        symlink planted there would be resolved by root)."""
+        writable = (self.hive.paths.agents_root, self.shared_dir)
+        return not any(path.is_relative_to(root) for root in writable) and path.is_file()
 
     def claude_env(self, name: str) -> dict[str, str]:
         """What a `claude` agent gets to log in: the daemon's own credentials named in
