@@ -57,6 +57,7 @@ from .errors import Fail, storage_full
 from .handlers import STREAMING, UNARY, Caller
 from .hive import Hive
 from .log_once import RateLimitedLog
+from .store import StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ MAX_INFLIGHT = 64
 """Calls running at once on one connection (the peer's own cap, `peer_max_calls`, is shared)."""
 HELLO_TIMEOUT = 10.0
 RECV_CHUNK = 65536
+SMALL_CHUNK = 4096
 SUN_PATH_MAX = 107
 LISTEN_BACKLOG = 128
 ADMIN_FD_RESERVE = 16
@@ -128,8 +130,9 @@ class PeerGone(Exception):
 class ByteBudget:
     """Bytes of unfinished frames a group of connections may keep buffered in the daemon.
 
-    Accounting is after the fact (a receive of at most `RECV_CHUNK` is counted once it is
-    in), so usage can pass `limit` by one chunk per connection; a connection holding a
+    A connection reads a big chunk only when its budget has room for it, and counts it
+    before the read starts; otherwise it reads `SMALL_CHUNK`s, counted once they are in, so
+    usage passes `limit` by at most one small chunk per connection. A connection holding a
     partial frame stops reading while its budget (or the one it is part of) is over, until
     others finish or the frame deadline drops it. Every budget shares one wake-up event.
     """
@@ -147,6 +150,15 @@ class ByteBudget:
             budget = budget.parent
         if delta < 0:
             self._changed.fire()
+
+    def room(self) -> int:
+        """Bytes this budget (and every one above it) can still take."""
+        free = self.limit - self.used
+        budget = self.parent
+        while budget is not None:
+            free = min(free, budget.limit - budget.used)
+            budget = budget.parent
+        return free
 
     def over(self) -> bool:
         budget: ByteBudget | None = self
@@ -310,8 +322,16 @@ class Connection:
         idle_deadline = now + (HELLO_TIMEOUT if handshake else self.idle_timeout)
         while True:
             partial = decoder.pending > 0
+            # Between frames, and whenever the budget is tight, read in small bites: a read
+            # waiting on a quiet connection cannot be resized once data arrives, so hundreds
+            # of them waking at once may each overshoot the budget by only a bite.
+            # A big read is counted before it starts, so that the others see it.
+            big = partial and self.peer.budget.room() >= RECV_CHUNK
+            if big:
+                self._account(decoder.pending + RECV_CHUNK)
             with trio.move_on_at(frame_deadline if partial else idle_deadline) as waited:
-                data = await self.stream.receive_some(RECV_CHUNK)
+                data = await self.stream.receive_some(RECV_CHUNK if big else SMALL_CHUNK)
+            self._account(decoder.pending)
             if waited.cancelled_caught:
                 if handshake:
                     raise PeerGone("invalid", f"no Hello within {HELLO_TIMEOUT:g}s")
@@ -330,6 +350,7 @@ class Connection:
             if not partial:  # a new frame begins in this chunk
                 frame_deadline = trio.current_time() + self.frame_timeout
             bodies = decoder.feed(data)
+            del data  # buffered in the decoder now; this copy must not wait with us below
             self._account(decoder.pending)
             if bodies:
                 return bodies
@@ -642,7 +663,9 @@ class SocketHub:
             finally:
                 if conn.holder is not None and conn.holder.leases:
                     # the writer outlives the connections, so leases go back even at shutdown
-                    with trio.move_on_after(5) as cleanup:
+                    # (a caller cancelling the whole daemon may stop the writer first: the
+                    # next start requeues what is still leased)
+                    with trio.move_on_after(5) as cleanup, contextlib.suppress(StoreClosed):
                         cleanup.shield = True
                         await self.hive.broker.drop_holder(conn.holder)
                 if record is not None:
