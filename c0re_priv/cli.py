@@ -113,8 +113,9 @@ def _startup_errors() -> Iterator[None]:
     """Turn a failure to bind or open state into one clear line instead of a traceback."""
     from .private_state import UnsafeState
     from .server import DaemonAlreadyRunning
+    from .store import CannotOpenStore
 
-    expected = (OSError, DaemonAlreadyRunning, UnsafeState)
+    expected = (OSError, DaemonAlreadyRunning, UnsafeState, CannotOpenStore)
     try:
         yield
     except expected as exc:

@@ -50,6 +50,10 @@ class _Job(Generic[T]):
         self.error: BaseException | None = None
 
 
+class CannotOpenStore(Exception):
+    """The database cannot be opened; the message says why in one sentence."""
+
+
 class StoreClosed(Exception):
     """A write was queued after the writer stopped."""
 
@@ -70,15 +74,24 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (creating if needed) and migrate the database. Blocking; call before serving."""
+        """Open (creating if needed) and migrate the database. Blocking; call before serving.
+
+        Raises `CannotOpenStore` with one sentence (a full disk says so) when sqlite cannot.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _connect(path)
-        mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise RuntimeError(f"sqlite refused WAL mode for {path} (got {mode})")
-        writer.execute("PRAGMA synchronous=FULL")
-        migrate(writer)
-        readers = [_connect(path) for _ in range(READERS)]
+        try:
+            writer = _connect(path)
+            mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise CannotOpenStore(f"sqlite refused WAL mode for {path} (got {mode})")
+            writer.execute("PRAGMA synchronous=FULL")
+            migrate(writer)
+            readers = [_connect(path) for _ in range(READERS)]
+        except sqlite3.Error as exc:
+            full = storage_full(exc)
+            if full is not None:
+                raise CannotOpenStore(f"cannot open {path}: {full.message}") from exc
+            raise CannotOpenStore(f"cannot open {path}: {exc}") from exc
         return cls(path, writer, readers)
 
     def close(self) -> None:

@@ -124,6 +124,15 @@ def limited_daemon(root: Path, hive_settings: str) -> DaemonProcess:
     return daemon
 
 
+def owner_of(sock: Path) -> int:
+    """The uid the daemon gives an agent's socket (just after admin.sock first answers)."""
+    deadline = time.monotonic() + 10
+    while (uid := os.stat(sock).st_uid) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uid != 0, "the agent's socket belongs to its uid"
+    return uid
+
+
 def attacker(uid: int, script: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -190,8 +199,7 @@ def flood(daemon: DaemonProcess, processes: int, each: int) -> tuple[list[dict],
     the operator pings (and runs the real `hive ctl ping` every 20 pings). Returns what the
     attackers saw and every ping's milliseconds."""
     sock = daemon.paths.agent_sock("alice")
-    uid = os.stat(sock).st_uid
-    assert uid != 0, "alice's socket belongs to her uid"
+    uid = owner_of(sock)
     assert daemon.proc is not None
     floods = [
         attacker(uid, FLOOD, str(sock), str(each), HELLO.hex(), "4") for _ in range(processes)
@@ -274,9 +282,7 @@ def test_hundreds_of_almost_complete_frames_do_not_grow_the_daemon(open_tmp, dae
     assert daemon.proc is not None
     sock = daemon.paths.agent_sock("alice")
     before = rss_kib(daemon.proc.pid)
-    proc = attacker(
-        os.stat(sock).st_uid, PARTIAL, str(sock), "300", HELLO.hex(), str(DEFAULT_MAX_FRAME)
-    )
+    proc = attacker(owner_of(sock), PARTIAL, str(sock), "300", HELLO.hex(), str(DEFAULT_MAX_FRAME))
     assert proc.stdout is not None and proc.stdin is not None
     sent = json.loads(proc.stdout.readline())["sent"]
     grown = rss_kib(daemon.proc.pid) - before
