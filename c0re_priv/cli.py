@@ -92,7 +92,7 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
     cells = [[visible(str(cell)) for cell in row] for row in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for row in cells:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _ago(ts: float | None) -> str:

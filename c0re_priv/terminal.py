@@ -24,7 +24,12 @@ import msgspec
 _json = msgspec.json.Encoder()
 
 
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _escape(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
     point = ord(ch)
     if point < 0x100:
         return f"\\x{point:02x}"
