@@ -130,43 +130,47 @@ class PeerGone(Exception):
 class ByteBudget:
     """Bytes of unfinished frames a group of connections may keep buffered in the daemon.
 
-    A connection reads a big chunk only when its budget has room for it, and counts it
-    before the read starts; otherwise it reads `SMALL_CHUNK`s, counted once they are in, so
-    usage passes `limit` by at most one small chunk per connection. A connection holding a
-    partial frame stops reading while its budget (or the one it is part of) is over, until
-    others finish or the frame deadline drops it. Every budget shares one wake-up event.
+    `used` counts bytes really buffered; `reserved` counts big reads in progress. A
+    connection reads a big chunk only when its budget has room for it (neither used nor
+    reserved), reserving it before the read starts so that others see it; otherwise it
+    reads `SMALL_CHUNK`s, counted once they are in, so `used` passes `limit` by at most one
+    small chunk per connection. A connection holding a partial frame stops reading while
+    `used` is over the limit of its budget (or of the one it is part of), until others
+    finish or the frame deadline drops it. A reservation never stalls anyone. Every budget
+    shares one wake-up event.
     """
 
     def __init__(self, limit: int, parent: ByteBudget | None, changed: Changed) -> None:
         self.limit = limit
         self.parent = parent
         self.used = 0
+        self.reserved = 0
         self._changed = changed
 
-    def adjust(self, delta: int) -> None:
+    def _chain(self) -> list[ByteBudget]:
+        chain: list[ByteBudget] = []
         budget: ByteBudget | None = self
         while budget is not None:
-            budget.used += delta
+            chain.append(budget)
             budget = budget.parent
+        return chain
+
+    def adjust(self, delta: int) -> None:
+        for budget in self._chain():
+            budget.used += delta
         if delta < 0:
             self._changed.fire()
 
+    def reserve(self, delta: int) -> None:
+        for budget in self._chain():
+            budget.reserved += delta
+
     def room(self) -> int:
-        """Bytes this budget (and every one above it) can still take."""
-        free = self.limit - self.used
-        budget = self.parent
-        while budget is not None:
-            free = min(free, budget.limit - budget.used)
-            budget = budget.parent
-        return free
+        """Bytes this budget (and every one above it) can still take or reserve."""
+        return min(b.limit - b.used - b.reserved for b in self._chain())
 
     def over(self) -> bool:
-        budget: ByteBudget | None = self
-        while budget is not None:
-            if budget.used > budget.limit:
-                return True
-            budget = budget.parent
-        return False
+        return any(b.used > b.limit for b in self._chain())
 
     async def wait_until_under(self) -> None:
         while self.over():
@@ -325,13 +329,16 @@ class Connection:
             # Between frames, and whenever the budget is tight, read in small bites: a read
             # waiting on a quiet connection cannot be resized once data arrives, so hundreds
             # of them waking at once may each overshoot the budget by only a bite.
-            # A big read is counted before it starts, so that the others see it.
+            # A big read is reserved before it starts, so that the others see it.
             big = partial and self.peer.budget.room() >= RECV_CHUNK
             if big:
-                self._account(decoder.pending + RECV_CHUNK)
-            with trio.move_on_at(frame_deadline if partial else idle_deadline) as waited:
-                data = await self.stream.receive_some(RECV_CHUNK if big else SMALL_CHUNK)
-            self._account(decoder.pending)
+                self.peer.budget.reserve(RECV_CHUNK)
+            try:
+                with trio.move_on_at(frame_deadline if partial else idle_deadline) as waited:
+                    data = await self.stream.receive_some(RECV_CHUNK if big else SMALL_CHUNK)
+            finally:
+                if big:
+                    self.peer.budget.reserve(-RECV_CHUNK)
             if waited.cancelled_caught:
                 if handshake:
                     raise PeerGone("invalid", f"no Hello within {HELLO_TIMEOUT:g}s")
