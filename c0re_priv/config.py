@@ -89,24 +89,36 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     web_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
     admin_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
     peer_max_calls: Annotated[int, Meta(ge=1, le=100_000)] = 256
-    peer_buffer_bytes: Annotated[int, Meta(ge=8192, le=1024 * 1024 * 1024)] = 4 * 1024 * 1024
-    total_buffer_bytes: Annotated[int, Meta(ge=8192, le=16 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    peer_buffer_bytes: Annotated[int, Meta(ge=8192, le=1 << 34)] | None = None
+    """Unset: 4 × `max_frame_bytes` (4 MiB by default); see `peer_buffer`."""
+    total_buffer_bytes: Annotated[int, Meta(ge=8192, le=1 << 38)] | None = None
+    """Unset: 16 × the peer budget (64 MiB by default); see `total_buffer`."""
     frame_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     idle_timeout_seconds: Annotated[float, Meta(gt=0)] = 600.0
     write_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     fd_reserve: Annotated[int, Meta(ge=16, le=1_000_000)] = 256
 
+    @property
+    def peer_buffer(self) -> int:
+        """Bytes of unfinished frames one peer may have buffered in the daemon."""
+        return self.peer_buffer_bytes or 4 * self.max_frame_bytes
+
+    @property
+    def total_buffer(self) -> int:
+        """The same for every peer but the operator, together."""
+        return self.total_buffer_bytes or 16 * self.peer_buffer
+
     def __post_init__(self) -> None:
         # a frame is only ever buffered whole or not at all: the budgets must hold one
-        if self.peer_buffer_bytes < self.max_frame_bytes + 4:
+        if self.peer_buffer < self.max_frame_bytes + 4:
             raise ValueError(
-                f"peer_buffer_bytes ({self.peer_buffer_bytes}) must be at least "
+                f"peer_buffer_bytes ({self.peer_buffer}) must be at least "
                 f"max_frame_bytes + 4 ({self.max_frame_bytes + 4})"
             )
-        if self.total_buffer_bytes < self.peer_buffer_bytes:
+        if self.total_buffer < self.peer_buffer:
             raise ValueError(
-                f"total_buffer_bytes ({self.total_buffer_bytes}) must be at least "
-                f"peer_buffer_bytes ({self.peer_buffer_bytes})"
+                f"total_buffer_bytes ({self.total_buffer}) must be at least "
+                f"peer_buffer_bytes ({self.peer_buffer})"
             )
 
 

@@ -505,7 +505,7 @@ class SocketHub:
         self._other_fds = open_fds()
         self._other_fds_at = time.monotonic()
         self._changed = Changed()
-        self.total_budget = ByteBudget(settings.total_buffer_bytes, None, self._changed)
+        self.total_budget = ByteBudget(settings.total_buffer, None, self._changed)
         self.peers: dict[str, Peer] = {}
         self.log = RateLimitedLog(log)
         if self.fd_limit - self.fd_reserve < 64:
@@ -529,7 +529,7 @@ class SocketHub:
                 }.get(key, settings.agent_max_connections),
                 # the operator's budget is its own: agents filling theirs cannot stall it
                 budget=ByteBudget(
-                    settings.peer_buffer_bytes, None if admin else self.total_budget, self._changed
+                    settings.peer_buffer, None if admin else self.total_budget, self._changed
                 ),
                 calls=trio.Semaphore(settings.peer_max_calls),
                 admin=admin,

@@ -400,8 +400,7 @@ def run(crowd: tuple[DaemonProcess, Peer], examples: int, steps: int) -> Figures
 
 
 def test_a_crowd_of_peers_on_every_socket(crowd):
-    figures = run(crowd, examples=15, steps=40)
-    assert figures.counts["refused"] > 0 and figures.counts["frames_finished"] > 0
+    run(crowd, examples=15, steps=40)
 
 
 @pytest.mark.slow
@@ -418,3 +417,4 @@ def test_a_crowd_of_peers_for_100k_frames(crowd):
     report = {**total.report(crowd[0]), "seconds": round(time.monotonic() - start)}
     print("STATE MACHINE FIGURES", json.dumps(report))
     assert total.frames >= SLOW_FRAMES
+    assert total.counts["refused"] > 0 and total.counts["frames_finished"] > 0
