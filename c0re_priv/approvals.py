@@ -335,8 +335,17 @@ class Approvals:
             status, outcome = "failed", exc.message if isinstance(exc, Fail) else str(exc)
         except Exception as exc:
             # a bug in one deploy must not stop the deployer (and with it every later approval)
-            log.exception("approval #%d (%s %s) failed", id, row.kind, row.agent)
-            status, outcome = "failed", f"internal error ({type(exc).__name__}); see the daemon log"
+            if (full := storage_full(exc)) is not None:
+                log.warning(
+                    "approval #%d (%s %s) failed: %s", id, row.kind, row.agent, full.message
+                )
+                status, outcome = "failed", full.message
+            else:
+                log.exception("approval #%d (%s %s) failed", id, row.kind, row.agent)
+                status, outcome = (
+                    "failed",
+                    f"internal error ({type(exc).__name__}); see the daemon log",
+                )
         done = await self._finish(id, status, outcome)
         self.hive.bus.publish(m.ApprovalResolved(approval=done))
         try:

@@ -200,7 +200,6 @@ class Peer:
     budget: ByteBudget
     calls: trio.Semaphore
     connections: int = 0
-    refused: int = 0
     admin: bool = False
 
 
@@ -287,14 +286,11 @@ class Connection:
                     except PEER_GONE:
                         pass  # a reset is how some peers hang up
                     except (FrameError, PeerGone) as exc:
-                        if isinstance(exc, PeerGone):
-                            self.dropped = exc
-                            log.warning("%s: closing connection: %s", self.label, exc.message)
-                        else:
-                            log.warning("%s: closing connection: %s", self.label, exc)
-                        code = exc.code
+                        # framing damage or a timeout: say why, then hang up
+                        log.warning("%s: closing connection: %s", self.label, exc)
+                        self.dropped = exc if isinstance(exc, PeerGone) else None
                         with contextlib.suppress(*PEER_GONE):
-                            await self.send(Error(id=0, code=code, message=str(exc)))  # type: ignore[arg-type]
+                            await self.send(Error(id=0, code=exc.code, message=str(exc)))  # type: ignore[arg-type]
                     finally:
                         calls.cancel_scope.cancel()
         finally:
@@ -616,7 +612,6 @@ class SocketHub:
             peer = self.peer(key)
             refusal = self._refusal(peer)
             if refusal is not None:
-                peer.refused += 1
                 self.log.note(f"refused:{key}", "%s: refused a connection: %s", key, refusal)
                 refuse(
                     conn, Error(id=0, code="rate_limited", message=refusal, retry_after_seconds=1.0)
