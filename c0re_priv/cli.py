@@ -21,6 +21,7 @@ import typer
 
 from protocol import messages as m
 from protocol.client import HiveError, SyncClient
+from protocol.forge import MergeRequestThread
 
 from .terminal import VisibleFormatter, json_text, visible
 
@@ -612,6 +613,14 @@ def ctl_threads(
             if isinstance(t, m.QuestionThread):
                 who = f"{'waiting on' if t.role == 'asker' else 'owes'} {t.counterparty}"
                 rows.append(["question", str(t.id), who, f"{t.age_seconds:.0f}s", t.summary])
+            elif isinstance(t, MergeRequestThread):
+                who = (
+                    f"review for {t.counterparty}"
+                    if t.role == "reviewer"
+                    else f"reviewers {t.counterparty or '-'}"
+                )
+                summary = f"{t.repo}: {t.summary}"
+                rows.append(["mr", f"!{t.id}", who, f"{t.age_seconds:.0f}s", summary])
             else:
                 rows.append(["approval", str(t.id), "operator", f"{t.age_seconds:.0f}s", t.summary])
         _table(rows, ["KIND", "ID", "WITH", "AGE", "SUMMARY"])
@@ -1084,7 +1093,8 @@ def agent(ctx: typer.Context) -> None:
     ag3nt_main(ctx.args, prog_name="hive agent")
 
 
-from . import federation_cli  # noqa: E402, F401  (its commands mount on `app` and `ctl`)
+# these mount their commands on `app` and `ctl` (`hive ctl federation`, `hive ctl forge …`)
+from . import federation_cli, forge_cli  # noqa: E402, F401
 
 
 def main() -> None:

@@ -162,9 +162,21 @@ class FederationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     retry_backoff_max_seconds: Annotated[float, Meta(gt=0)] = 60.0
 
 
+class ForgeSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[forge]`: the hive's git repositories (docs/forge.md)."""
+
+    enabled: bool = True
+    max_repos_per_owner: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    max_push_bytes: Annotated[int, Meta(ge=1024, le=1 << 40)] = 512 * 1024 * 1024
+    session_timeout_seconds: Annotated[float, Meta(gt=0)] = 600.0
+    max_sessions_per_agent: Annotated[int, Meta(ge=1, le=1000)] = 8
+    lock_wait_seconds: Annotated[float, Meta(gt=0)] = 30.0
+
+
 class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     hive: HiveSettings = msgspec.field(default_factory=HiveSettings)
     federation: FederationSettings | None = None
+    forge: ForgeSettings = msgspec.field(default_factory=ForgeSettings)
     agents: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,30}\Z")], AgentConfig] = (
         msgspec.field(default_factory=dict)
     )

@@ -610,3 +610,6 @@ async def get_logs(c: Caller, req: m.GetLogs) -> m.Reply:
     path = _lifecycle(c).log_file(c.name)
     lines = await trio.to_thread.run_sync(read_tail, path, req.lines)
     return m.Logs(id=0, lines=lines, path=str(path))
+
+
+from . import forge_handlers  # noqa: E402, F401  (the forge's verbs register in UNARY/STREAMING)

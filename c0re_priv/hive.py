@@ -34,8 +34,10 @@ from .containers.host import hive_id
 from .errors import Fail
 from .events import EventBus
 from .federation import Federation
+from .forge import Forge
 from .lifecycle import Lifecycle
 from .log_once import RateLimitedLog
+from .merge_requests import MergeRequests
 from .questions import Questions
 from .registry import Registry
 from .reminders import Reminders, reminder_counts
@@ -123,6 +125,17 @@ class Hive:
                 now,
             )
             self.broker.remote = self.federation
+        self.forge = Forge(
+            config.forge,
+            self.store,
+            self.bus,
+            self.registry,
+            paths,
+            self.settings.max_frame_bytes,
+            now,
+        )
+        """The hive's git repositories (docs/forge.md)."""
+        self.merge_requests = MergeRequests(self.forge, self.store, self.bus, self.registry, now)
         self.sockets: SocketHubLike | None = None
         self.lifecycle: Lifecycle | None = None
 
@@ -253,6 +266,7 @@ async def _run_hive(
                         hive.ensure_agent_dirs(name)
                         await hub.open_agent(name)
                 await hive.configs.seed_missing()
+                await hive.forge.open()
                 # the fixed sockets last: once admin.sock answers, every agent's socket exists
                 await hub.open_fixed()
                 lifecycle = Lifecycle(hive, services, backend)

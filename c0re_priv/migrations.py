@@ -252,6 +252,62 @@ def m007_federation(db: sqlite_utils.Database) -> None:
     )
 
 
+def m008_forge(db: sqlite_utils.Database) -> None:
+    execute_all(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS forge_repos (
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            private INTEGER NOT NULL DEFAULT 0,
+            description TEXT NOT NULL DEFAULT '',
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            pushed_at REAL,
+            default_branch TEXT NOT NULL DEFAULT 'main',
+            PRIMARY KEY (owner, name)
+        );
+        CREATE TABLE IF NOT EXISTS merge_requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            repo TEXT NOT NULL,
+            source_repo TEXT NOT NULL,
+            source_branch TEXT NOT NULL,
+            target_branch TEXT NOT NULL,
+            title TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            author TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'open',
+            head_sha TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            merged_sha TEXT,
+            resolved_by TEXT,
+            resolved_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS merge_requests_state ON merge_requests (state, repo);
+        CREATE INDEX IF NOT EXISTS merge_requests_source ON merge_requests (source_repo, state);
+        CREATE INDEX IF NOT EXISTS merge_requests_author ON merge_requests (author, state);
+        CREATE TABLE IF NOT EXISTS merge_request_reviewers (
+            mr_id INTEGER NOT NULL REFERENCES merge_requests (id) ON DELETE CASCADE,
+            agent TEXT NOT NULL,
+            PRIMARY KEY (mr_id, agent)
+        );
+        CREATE INDEX IF NOT EXISTS merge_request_reviewers_agent
+            ON merge_request_reviewers (agent);
+        CREATE TABLE IF NOT EXISTS merge_request_notes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            mr_id INTEGER NOT NULL REFERENCES merge_requests (id) ON DELETE CASCADE,
+            author TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL DEFAULT '',
+            sha TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS merge_request_notes_mr ON merge_request_notes (mr_id)
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "containers_and_turns", m002_containers_and_turns),
@@ -260,6 +316,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (5, "approvals_and_deploys", m005_approvals_and_deploys),
     (6, "message_retries", m006_message_retries),
     (7, "federation", m007_federation),
+    (8, "forge", m008_forge),
 ]
 
 

@@ -3,13 +3,15 @@
 One sweep per call, no cache (calls are rare and the answer must be current). The same
 functions serve the `get_open_threads` MCP tool, the per-agent web page and `hive ctl
 threads`. Questions count in both directions (`role="asker"`: waiting on someone;
-`role="target"`: owes an answer); approvals count for the agent that requested them.
+`role="target"`: owes an answer); approvals count for the agent that requested them; open
+merge requests of the forge count for their author and for each of their reviewers.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
+from protocol.forge import MergeRequestThread
 from protocol.messages import ApprovalThread, OpenThread, QuestionThread
 
 from .attachments import excerpt
@@ -40,6 +42,7 @@ def for_agent(
             threads.append(_question(r, "asker", now))
         if r["target"] == agent:
             threads.append(_question(r, "target", now))
+    threads += _merge_requests(conn, agent, now, max(0, limit - len(threads)))
     return threads[:limit], count_for_agent(conn, agent)
 
 
@@ -52,7 +55,13 @@ def count_for_agent(conn: sqlite3.Connection, agent: str) -> int:
         " WHERE state = 'open' AND (asker = ? OR target = ?)",
         (agent, agent, agent, agent),
     ).fetchone()[0]
-    return int(approvals) + int(questions)
+    mrs = conn.execute(
+        "SELECT (SELECT count(*) FROM merge_requests WHERE state = 'open' AND author = ?)"
+        " + (SELECT count(*) FROM merge_request_reviewers v JOIN merge_requests r"
+        "    ON r.id = v.mr_id WHERE r.state = 'open' AND v.agent = ? AND r.author != ?)",
+        (agent, agent, agent),
+    ).fetchone()[0]
+    return int(approvals) + int(questions) + int(mrs)
 
 
 def hive_wide(
@@ -76,11 +85,57 @@ def hive_wide(
             (max(0, limit - len(threads)),),
         )
     ]
+    threads += [
+        _merge_request(conn, r, r["author"], "author", now)
+        for r in conn.execute(
+            "SELECT * FROM merge_requests WHERE state = 'open' ORDER BY id LIMIT ?",
+            (max(0, limit - len(threads)),),
+        )
+    ]
     total = conn.execute(
         "SELECT (SELECT count(*) FROM approvals WHERE status = 'pending')"
         " + (SELECT count(*) FROM questions WHERE state = 'open')"
+        " + (SELECT count(*) FROM merge_requests WHERE state = 'open')"
     ).fetchone()[0]
     return threads, int(total)
+
+
+def _merge_requests(
+    conn: sqlite3.Connection, agent: str, now: float, limit: int
+) -> list[OpenThread]:
+    """The agent's open merge requests, as author or reviewer, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM merge_requests WHERE state = 'open' AND (author = ? OR id IN"
+        " (SELECT mr_id FROM merge_request_reviewers WHERE agent = ?)) ORDER BY id LIMIT ?",
+        (agent, agent, limit),
+    )
+    return [
+        _merge_request(conn, r, agent, "author" if r["author"] == agent else "reviewer", now)
+        for r in list(rows)
+    ]
+
+
+def _merge_request(
+    conn: sqlite3.Connection, r: sqlite3.Row, agent: str, role: str, now: float
+) -> MergeRequestThread:
+    if role == "author":
+        reviewers = conn.execute(
+            "SELECT agent FROM merge_request_reviewers WHERE mr_id = ? ORDER BY agent", (r["id"],)
+        )
+        counterparty = ", ".join(x[0] for x in reviewers)
+    else:
+        counterparty = r["author"]
+    return MergeRequestThread(
+        id=r["id"],
+        agent=agent,
+        role="author" if role == "author" else "reviewer",
+        repo=r["repo"],
+        counterparty=counterparty,
+        summary=excerpt(
+            f"{r['title']} ({r['source_branch']} → {r['target_branch']})", SUMMARY_CHARS
+        ),
+        age_seconds=max(0.0, now - r["created_at"]),
+    )
 
 
 def _approval(r: sqlite3.Row, now: float) -> ApprovalThread:

@@ -36,7 +36,7 @@ RUN_DIR = 0o751
 """The web user and the admin group must reach their sockets; nobody may list the dir."""
 AGENT_SOCKETS_DIR = 0o711
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
-PRIVATE_SUBDIRS = ("meta", "secrets", "tombstones", "deployed")
+PRIVATE_SUBDIRS = ("meta", "secrets", "tombstones", "deployed", "forge")
 
 
 class UnsafeState(Exception):

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from protocol.forge import ORG
 from protocol.messages import AgentAdded, AgentRemoved, AgentRole, AgentRow, StatusChanged
 
 from .errors import Fail
@@ -115,7 +116,7 @@ class Registry:
         runtime: str,
         allowed_recipients: list[str] | None,
     ) -> AgentRecord:
-        if name in ("operator", "system"):
+        if name in ("operator", "system", ORG):
             raise Fail("invalid", f"{name!r} is reserved")
         if name in self.agents:
             raise Fail("conflict", f"agent {name!r} already exists")

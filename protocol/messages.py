@@ -15,12 +15,34 @@ from typing import Annotated, Any, Literal, TypeAlias, get_args
 import msgspec
 from msgspec import Meta, Struct, field
 
+from . import forge as f
+from .base import (  # re-exported: callers say `m.Request`, `m.AGENT_NAME_PATTERN`, …
+    AGENT_NAME_PATTERN as AGENT_NAME_PATTERN,
+)
+from .base import (
+    AgentName as AgentName,
+)
+from .base import (
+    Body as Body,
+)
+from .base import (
+    CallId as CallId,
+)
+from .base import (
+    Event as Event,
+)
+from .base import (
+    Reply as Reply,
+)
+from .base import (
+    Request as Request,
+)
+from .base import (
+    RowId as RowId,
+)
+
 PROTOCOL_VERSION = "1.0"
 """major.minor; a peer with another major is refused with `Error{code="version"}`."""
-
-AGENT_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}\Z"
-AgentName = Annotated[str, Meta(pattern=AGENT_NAME_PATTERN, max_length=31)]
-"""An agent's name: lowercase letter, then up to 30 of `[a-z0-9-]`. Never a path."""
 
 Recipient = Annotated[str, Meta(min_length=1, max_length=63)]
 """An agent name, `"operator"`, `"*"` (every other agent), or `name@hive` in another hive
@@ -62,15 +84,11 @@ ErrorCode = Literal[
     "internal",
 ]
 
-RowId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
-"""A row id: what a sqlite INTEGER PRIMARY KEY can hold (larger is `invalid`, not `internal`)."""
 MessageId = RowId
 ReminderId = RowId
 QuestionId = RowId
 Count = Annotated[int, Meta(ge=0, le=2**40)]
 """A reported count (tokens, milliseconds): bounded so sums over many turns stay in 64 bits."""
-Body = Annotated[str, Meta(max_length=262_144)]
-"""Message text; the frame limit bounds it, the daemon's body cap moves the excess to a file."""
 
 
 # --------------------------------------------------------------------------- handshake
@@ -276,7 +294,7 @@ class QuestionThread(Struct, tag="question", tag_field="kind", kw_only=True):
     age_seconds: float
 
 
-OpenThread: TypeAlias = ApprovalThread | QuestionThread
+OpenThread: TypeAlias = ApprovalThread | QuestionThread | f.MergeRequestThread
 
 
 class TurnStats(Struct, kw_only=True):
@@ -366,10 +384,6 @@ class MetaInputRow(Struct, kw_only=True):
 
 
 # --------------------------------------------------------------------------- requests
-
-
-class Request(Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True):
-    """Base of every verb; the concrete class's `tag` is its `op` on the wire."""
 
 
 class Ping(Request, tag="ping"):
@@ -896,12 +910,6 @@ class UpdateMetaInputs(Request, tag="update_meta_inputs"):
 # --------------------------------------------------------------------------- replies
 
 
-class Reply(Struct, tag_field="type", kw_only=True):
-    """Base of every answer; `id` echoes the `Call` it answers."""
-
-    id: int
-
-
 class Error(Reply, tag="error"):
     code: ErrorCode
     message: str
@@ -1127,11 +1135,6 @@ class MetaInputs(Reply, tag="meta_inputs"):
 # --------------------------------------------------------------------------- events
 
 
-class Event(Struct, tag_field="kind", kw_only=True):
-    seq: int = 0
-    at: float = 0.0
-
-
 class AgentAdded(Event, tag="agent_added"):
     agent: AgentRow
 
@@ -1326,6 +1329,14 @@ AnyEvent: TypeAlias = (
     | MetaInputsChanged
     | FederationChanged
     | RemoteAgentsChanged
+    | f.RepoCreated
+    | f.RepoUpdated
+    | f.RepoDeleted
+    | f.Pushed
+    | f.MergeRequestOpened
+    | f.MergeRequestUpdated
+    | f.MergeRequestMerged
+    | f.MergeRequestClosed
 )
 EVENT_KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in get_args(AnyEvent))
 
@@ -1371,6 +1382,16 @@ AnyReply: TypeAlias = (
     | Tombstones
     | MetaInputs
     | Federation
+    | f.ForgeOpened
+    | f.ForgeData
+    | f.ForgeClosed
+    | f.RepoInfo
+    | f.Repos
+    | f.RepoView
+    | f.RepoTree
+    | f.RepoBlob
+    | f.MergeRequestInfo
+    | f.MergeRequests
 )
 
 
@@ -1400,6 +1421,7 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     ReportState,
     ReportTurn,
     ReportControl,
+    *f.FORGE_AGENT_REQUESTS,
 )
 MANAGER_REQUESTS: tuple[type[Request], ...] = (
     *AGENT_REQUESTS,
@@ -1454,9 +1476,15 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     ListMetaInputs,
     UpdateMetaInputs,
     FederationStatus,
+    *f.FORGE_OPERATOR_REQUESTS,
 )
 WEB_REQUESTS: tuple[type[Request], ...] = OPERATOR_REQUESTS
-ADMIN_REQUESTS: tuple[type[Request], ...] = (*OPERATOR_REQUESTS, AddAgent, RemoveAgent)
+ADMIN_REQUESTS: tuple[type[Request], ...] = (
+    *OPERATOR_REQUESTS,
+    AddAgent,
+    RemoveAgent,
+    *f.FORGE_ADMIN_REQUESTS,
+)
 
 ROLE_REQUESTS: dict[Role, tuple[type[Request], ...]] = {
     "agent": AGENT_REQUESTS,
@@ -1493,8 +1521,6 @@ ROLE_UNIONS: dict[Role, Any] = {
     "web": WebRequest,
     "admin": AdminRequest,
 }
-
-CallId = Annotated[int, Meta(ge=0, le=2**53)]
 
 
 class Call(Struct, kw_only=True, forbid_unknown_fields=True):
