@@ -31,6 +31,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import sysconfig
 import time
 import weakref
 from collections import Counter
@@ -68,6 +69,7 @@ DEFAULT_BRANCH = "main"
 MAX_PUSHED_REFS = 1000
 """Refs one push may create, move or delete (the pre-receive hook refuses more)."""
 FRAME_OVERHEAD = 256
+HELPER = "git-remote-hive"
 DOCS_README = """\
 # org-shared/docs
 
@@ -98,6 +100,15 @@ class Who:
     @property
     def identity(self) -> Identity:
         return Identity(self.name, f"{self.name}@hyperhive")
+
+
+def forge_helper_dir() -> str | None:
+    """The directory holding `git-remote-hive` (this installation's scripts), or `None`."""
+    scripts = sysconfig.get_path("scripts")
+    if scripts and os.access(os.path.join(scripts, HELPER), os.X_OK):
+        return scripts
+    found = shutil.which(HELPER)
+    return os.path.dirname(found) if found else None
 
 
 def split(repo: str) -> tuple[str, str]:

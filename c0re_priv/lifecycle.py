@@ -31,13 +31,14 @@ from protocol import messages as m
 from .broker import OPERATOR, SYSTEM
 from .config import AgentConfig
 from .containers import BACKENDS, Backend, ContainerSpec, Limits
-from .containers.bwrap import BwrapBackend
+from .containers.bwrap import SANDBOX_PATH, BwrapBackend
 from .containers.cgroups import Applied, Cgroups
 from .containers.host import MARK, end_leftovers
 from .containers.nixos import NixosBackend
 from .containers.process import ProcessBackend
 from .containers.uids import UidAllocator, UidUnavailable
 from .errors import Fail
+from .forge import forge_helper_dir
 
 if TYPE_CHECKING:
     from .hive import Hive
@@ -194,6 +195,7 @@ class Lifecycle:
             peers=peers,
             ro_files=(rules,) if rules is not None and self._bindable(rules) else (),
             env={
+                **self.forge_env(name),
                 **(self.claude_env(name) if record.runtime == "claude" else {}),
                 **cfg.env,
                 **({"HIVE_AGENT_MODEL": record.model} if record.model else {}),
@@ -217,6 +219,22 @@ class Lifecycle:
         symlink planted there would be resolved by root)."""
         writable = (self.hive.paths.agents_root, self.shared_dir)
         return not any(path.is_relative_to(root) for root in writable) and path.is_file()
+
+    def forge_env(self, name: str) -> dict[str, str]:
+        """What makes `git clone hive://…` work in the container: `git-remote-hive` on the
+        PATH (after the system's own dirs) and the agent's name on its commits."""
+        env = {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": f"{name}@hyperhive",
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": f"{name}@hyperhive",
+        }
+        helper = forge_helper_dir()
+        if helper is not None and self.backend.name == "bwrap":
+            env["PATH"] = f"{SANDBOX_PATH}:{helper}"
+        elif helper is not None and self.backend.name == "process":
+            env["PATH"] = f"{os.environ.get('PATH') or SANDBOX_PATH}:{helper}"
+        return env
 
     def claude_env(self, name: str) -> dict[str, str]:
         """What a `claude` agent gets to reach its model: the hive's `claude_env`, its endpoint
