@@ -36,6 +36,9 @@ from pydantic import ValidationError
 
 from protocol import messages as m
 from protocol.client import ConnectionLost, HiveClient, HiveError
+from protocol.forge import MergeRequestThread
+
+from .forge_tools import FORGE_INSTRUCTIONS, FORGE_TOOLS, ForgeTools
 
 log = logging.getLogger("ag3nt.mcp")
 
@@ -87,6 +90,11 @@ def format_deliveries(items: list[m.Delivery], more: int) -> str:
 
 def format_thread(t: m.OpenThread) -> str:
     age = f"{int(t.age_seconds)}s"
+    if isinstance(t, MergeRequestThread):
+        if t.role == "author":
+            waiting = f"reviewers: {t.counterparty}" if t.counterparty else "no reviewers"
+            return f"merge request !{t.id} on {t.repo}, yours ({age} old; {waiting}): {t.summary}"
+        return f"merge request !{t.id} on {t.repo}, {t.counterparty} asks your review ({age} old): {t.summary}"
     if isinstance(t, m.QuestionThread):
         if t.role == "asker":
             return f"question #{t.id}: you asked {t.counterparty} ({age} ago): {t.summary}"
@@ -218,7 +226,8 @@ class Tools:
         return f"question #{id} withdrawn"
 
     async def get_open_threads(self) -> str:
-        """What is still open against you: questions you asked or were asked, approvals."""
+        """What is still open against you: questions you asked or were asked, approvals, and
+        merge requests you opened or review."""
         got = await self.call(m.GetOpenThreads, m.OpenThreads)
         if not got.threads:
             return "(nothing open)"
@@ -434,11 +443,16 @@ class HiveMCPServer(MCPServer):
 def build_server(socket_path: str, role: str) -> MCPServer:
     """An `MCPServer` with the tools this socket's role may use."""
     tools = Tools(socket_path)
-    instructions = INSTRUCTIONS + (MANAGER_INSTRUCTIONS if role == "manager" else "")
+    forge = ForgeTools(tools)
+    instructions = (
+        INSTRUCTIONS + FORGE_INSTRUCTIONS + (MANAGER_INSTRUCTIONS if role == "manager" else "")
+    )
     server = HiveMCPServer("hyperhive", instructions=instructions)
     names = AGENT_TOOLS + (MANAGER_TOOLS if role == "manager" else ())
     for name in names:
         server.add_tool(getattr(tools, name), name=name, structured_output=False)
+    for name in FORGE_TOOLS:
+        server.add_tool(getattr(forge, name), name=name, structured_output=False)
     return server
 
 

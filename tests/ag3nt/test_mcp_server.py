@@ -13,6 +13,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from ag3nt.forge_tools import FORGE_TOOLS
 from ag3nt.mcp_server import AGENT_TOOLS, MANAGER_TOOLS
 from protocol import messages as m
 from protocol.client import SyncClient
@@ -63,13 +64,15 @@ def test_an_agent_sees_exactly_the_agent_tools(daemon_process: DaemonProcess) ->
     async def main() -> None:
         async with mcp_agent(daemon_process, "alice") as alice:
             listed = await alice.session.list_tools()
-            assert sorted(t.name for t in listed.tools) == sorted(AGENT_TOOLS)
+            assert sorted(t.name for t in listed.tools) == sorted(AGENT_TOOLS + FORGE_TOOLS)
             send = next(t for t in listed.tools if t.name == "send")
             assert set(send.input_schema["properties"]) == {"to", "body", "in_reply_to"}
             assert "operator" in (send.description or "")
         async with mcp_agent(daemon_process, "boss") as boss:
             listed = await boss.session.list_tools()
-            assert sorted(t.name for t in listed.tools) == sorted(AGENT_TOOLS + MANAGER_TOOLS)
+            assert sorted(t.name for t in listed.tools) == sorted(
+                AGENT_TOOLS + FORGE_TOOLS + MANAGER_TOOLS
+            )
 
     run(main)
 
