@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from protocol.client import HiveError
 
-from . import views
+from . import forge_views, views
 from .auth import Auth, Guard
 from .daemon import DaemonLink
 from .live import Hub
@@ -52,6 +52,12 @@ ROUTES = [
     Route("/agent/{name}/journal", views.journal, methods=["GET"]),
     Route("/agent/{name}/api/{action}", views.agent_action, methods=["POST"]),
     Route("/agent/{name}/login/{step}", views.agent_login, methods=["POST"]),
+    Route("/forge/", forge_views.index, methods=["GET"]),
+    Route("/forge/mr/{mid:int}", forge_views.mr_page, methods=["GET"]),
+    Route("/forge/{owner}/{name}/", forge_views.repo_page, methods=["GET"]),
+    Route("/forge/{owner}/{name}/tree", forge_views.tree, methods=["GET"]),
+    Route("/forge/{owner}/{name}/blob", forge_views.blob, methods=["GET"]),
+    Route("/api/forge/mr/{mid:int}/{action}", forge_views.mr_action, methods=["POST"]),
     Route("/static/{path:path}", StaticFiles().serve, methods=["GET", "HEAD"]),
 ]
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from protocol import forge as f
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError
 
+from . import forge_pages
 from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ class Batch:
     pages: dict[str, str]
     """Page kind → the out-of-band fragments that page needs."""
     touched: frozenset[str]
-    """Agents whose own page this batch changed (drawn only for pages someone watches)."""
+    """Pages of one thing (`agent:<name>`, `repo:<repo>`, `mr:<id>`, `forge`) this batch
+    changed, drawn only when someone watches them: a page that reconnects later and finds
+    itself touched but not drawn reloads its snapshot."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,21 @@ class Changes:
     tombstones: bool = False
     meta_inputs: bool = False
     federation: bool = False
+    forge: bool = False
+    repos: set[str] = field(default_factory=set)
+    mrs: set[int] = field(default_factory=set)
     toasts: list[tuple[str | None, str, str]] = field(default_factory=list)
     """(agent or None, text, tone)."""
+
+    @property
+    def pages(self) -> frozenset[str]:
+        """The one-thing pages these changes touch."""
+        return frozenset(
+            {f"agent:{a}" for a in self.agents}
+            | {f"repo:{r}" for r in self.repos}
+            | {f"mr:{i}" for i in self.mrs}
+            | ({"forge"} if self.forge else set())
+        )
 
     @classmethod
     def of(cls, events: list[m.AnyEvent]) -> Changes:
@@ -159,6 +176,24 @@ class Changes:
                 self.federation = True
             case m.MessageForwarded():
                 self.flow = self.federation = True
+            case f.RepoCreated(repo=row) | f.RepoUpdated(repo=row):
+                self.forge = True
+                self.repos.add(row.repo)
+            case f.RepoDeleted(repo=repo) | f.Pushed(repo=repo):
+                self.forge = True
+                self.repos.add(repo)
+            case f.MergeRequestOpened(mr=mr):
+                self._merge_request(mr)
+                self.toasts.append(
+                    (None, f"{mr.author} opened !{mr.id} on {mr.repo}: {mr.title}", "ok")
+                )
+            case f.MergeRequestMerged(mr=mr):
+                self._merge_request(mr)
+                self.toasts.append(
+                    (None, f"!{mr.id} merged into {mr.repo} by {mr.resolved_by}", "ok")
+                )
+            case f.MergeRequestUpdated(mr=mr) | f.MergeRequestClosed(mr=mr):
+                self._merge_request(mr)
             case m.Note(agent=agent, text=text):
                 if agent is not None:
                     self.agents.add(agent)
@@ -177,6 +212,15 @@ class Changes:
         self.threads.add(a.requested_by)
         self.agents |= {a.requested_by, a.agent}
 
+    def _merge_request(self, mr: f.MergeRequestRow) -> None:
+        # its author's and reviewers' open threads change, and the pages that show it
+        self.forge = True
+        self.repos |= {mr.repo, mr.source_repo}
+        self.mrs.add(mr.id)
+        people = {mr.author, *mr.reviewers} - {"operator"}
+        self.threads |= people
+        self.agents |= people
+
     def _reminder(self, owner: str) -> None:
         self.reminders = True
         self.agents.add(owner)
@@ -188,6 +232,9 @@ class Listener:
     def __init__(self, page: str, since: int | None) -> None:
         self.page = page
         self.agent = page.removeprefix("agent:") if page.startswith("agent:") else None
+        self.one_thing = page != "dashboard"
+        """A page of one thing (an agent, the forge, a repository, a merge request): drawn
+        only while someone watches it."""
         self.since = since
         send, recv = anyio.create_memory_object_stream[Item](LISTENER_BUFFER)
         self._send: MemoryObjectSendStream[Item] = send
@@ -241,7 +288,7 @@ class Hub:
             if page in batch.pages:
                 if not lst.offer(batch):
                     break
-            elif lst.agent is not None and lst.agent in batch.touched:
+            elif page in batch.touched:
                 lst.offer(ResyncNote(self.latest))
                 break
         return lst
@@ -252,6 +299,9 @@ class Hub:
 
     def watched_agents(self) -> set[str]:
         return {lst.agent for lst in self._listeners if lst.agent is not None}
+
+    def watched_pages(self) -> set[str]:
+        return {lst.page for lst in self._listeners if lst.one_thing}
 
     def close(self) -> None:
         """End every browser stream (the web process is stopping)."""
@@ -270,7 +320,7 @@ class Hub:
         for lst in list(self._listeners):
             if lst.page in batch.pages:
                 lst.offer(batch)
-            elif lst.agent is not None and lst.agent in batch.touched:
+            elif lst.page in batch.touched:
                 lst.offer(ResyncNote(batch.seq))
 
     def reset(self, seq: int) -> None:
@@ -306,6 +356,8 @@ class Hub:
             pages = {"dashboard": self._dashboard(state, changes)}
             for name in sorted(changes.agents & self.watched_agents()):
                 pages[f"agent:{name}"] = await self._agent_page(client, name, state, changes)
+            if changes.forge:
+                pages["dashboard"] += await self._forge_pages(client, changes, pages)
         except HiveError as exc:
             if exc.code == "unavailable":
                 raise
@@ -320,7 +372,7 @@ class Hub:
         batch = Batch(
             seq=seq,
             pages={page: html for page, html in pages.items() if html},
-            touched=frozenset(changes.agents),
+            touched=changes.pages,
         )
         self.publish(batch)
 
@@ -366,6 +418,43 @@ class Hub:
             out.append(r.oob("innerHTML:#flow", r.part("flow", convs)))
         out += [r.toast(text, tone) for _, text, tone in changes.toasts]
         return "".join(out)
+
+    async def _forge_pages(
+        self, client: HiveClient, changes: Changes, pages: dict[str, str]
+    ) -> str:
+        """Draw the watched forge pages the changes touched; return the dashboard's part."""
+        r = self.renderer
+        ask = client.expect
+        watched = self.watched_pages() & changes.pages
+        try:
+            panel = await forge_pages.draw_dashboard_panel(ask, r)
+        except HiveError as exc:
+            if exc.code != "unavailable":
+                raise
+            return ""  # the forge is off: nothing of it is on any page
+        if "forge" in watched:
+            pages["forge"] = r.oob("innerHTML:#forge-index", await forge_pages.draw_index(ask, r))
+        for page in sorted(watched):
+            kind, _, key = page.partition(":")
+            try:
+                if kind == "repo":
+                    html = await forge_pages.draw_repo(ask, r, key)
+                    pages[page] = r.oob("innerHTML:#repo-summary", html)
+                elif kind == "mr":
+                    pages[page] = r.oob(
+                        "outerHTML:#mr-panel", await forge_pages.draw_mr(ask, r, int(key))
+                    )
+            except HiveError as exc:
+                if exc.code != "not_found":
+                    raise
+                pages[page] = r.toast(f"{key} is gone", "warn")
+        toasts = [r.toast(text, tone) for who, text, tone in changes.toasts if who is None]
+        for page in watched - {"forge"}:
+            if page in pages and not page.startswith("agent:"):
+                pages[page] += "".join(toasts)
+        if "forge" in pages:
+            pages["forge"] += "".join(toasts)
+        return r.oob("innerHTML:#forge-summary", panel)
 
     async def _agent_page(
         self, client: HiveClient, name: str, state: m.HiveState, changes: Changes

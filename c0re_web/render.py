@@ -169,6 +169,21 @@ def text_of(data: bytes) -> str | None:
         return None
 
 
+def diff_class(line: str) -> str:
+    """The class of one line of a unified diff (`add`, `del`, `hunk`, `meta`, or `ctx`)."""
+    if line.startswith(
+        ("+++", "---", "diff ", "index ", "new file", "deleted file", "similarity", "rename ")
+    ):
+        return "meta"
+    if line.startswith("@@"):
+        return "hunk"
+    if line.startswith("+"):
+        return "add"
+    if line.startswith("-"):
+        return "del"
+    return "ctx"
+
+
 def parent_of(rel_path: str) -> str:
     return rel_path.rsplit("/", 1)[0] if "/" in rel_path else ""
 
@@ -200,6 +215,7 @@ class Renderer:
             text_of=text_of,
             parent_of=parent_of,
             join_path=join_path,
+            diff_class=diff_class,
         )
         self.templates = Jinja2Templates(env=self.env)
 
@@ -218,6 +234,11 @@ class Renderer:
     def part(self, macro: str, *args: Any, **kwargs: Any) -> str:
         """One macro of `parts.html`, rendered to a string."""
         fn = getattr(self.env.get_template("parts.html").module, macro)
+        return str(fn(*args, **kwargs))
+
+    def forge_part(self, macro: str, *args: Any, **kwargs: Any) -> str:
+        """One macro of `forge_parts.html` (the forge's pages), rendered to a string."""
+        fn = getattr(self.env.get_template("forge_parts.html").module, macro)
         return str(fn(*args, **kwargs))
 
     def login_page(self, message: str) -> bytes:

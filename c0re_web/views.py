@@ -33,6 +33,7 @@ from protocol.client import HiveError
 
 from .auth import SESSION_COOKIE, Auth
 from .daemon import DaemonLink
+from .forge_pages import draw_dashboard_panel
 from .live import HEARTBEAT, Hub, sse_frame
 from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations
 
@@ -48,7 +49,10 @@ HTTP_STATUS = {
     "conflict": 409,
     "unavailable": 503,
 }
-PAGE_PATTERN = re.compile(r"^(dashboard|agent:[a-z][a-z0-9-]{0,30})\Z")
+PAGE_PATTERN = re.compile(
+    r"^(dashboard|forge|agent:[a-z][a-z0-9-]{0,30}|mr:[1-9][0-9]{0,18}"
+    r"|repo:[a-z][a-z0-9-]{0,30}/[a-z0-9][a-z0-9._-]{0,62})\Z"
+)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,12 @@ async def ping(request: Request) -> Response:
 
 async def dashboard(request: Request) -> Response:
     state = await call(request, m.Snapshot(messages=FLOW_MESSAGES), m.HiveState)
+    try:
+        forge = await draw_dashboard_panel(web(request).daemon.call, web(request).render)
+    except HiveError as exc:  # the forge is off (or git missing): the rest of the page is not
+        if exc.code != "unavailable" or not web(request).daemon.connected:
+            raise
+        forge = web(request).render.forge_part("forge_off", exc.message)
     return web(request).render.page(
         request,
         "dashboard.html",
@@ -172,6 +182,7 @@ async def dashboard(request: Request) -> Response:
             "state": state,
             "convs": conversations(state.messages, FLOW_CONVERSATIONS),
             "page": "dashboard",
+            "forge": forge,
         },
     )
 
@@ -224,7 +235,9 @@ async def events(request: Request) -> Response:
     """The page's SSE stream: what changed since the snapshot (or `Last-Event-ID`), then live."""
     page = request.query_params.get("page", "")
     if not PAGE_PATTERN.match(page):
-        raise HTTPException(400, "page must be `dashboard` or `agent:<name>`")
+        raise HTTPException(
+            400, "page must be `dashboard`, `forge`, `agent:<name>`, `repo:<repo>` or `mr:<id>`"
+        )
     since_text = request.headers.get("last-event-id") or request.query_params.get("since")
     try:
         since = int(since_text) if since_text else None

@@ -105,13 +105,13 @@ def test_a_batch_names_what_it_changed():
 
 def test_a_reconnecting_page_gets_what_it_missed_for_its_own_page(hub):
     hub.publish(batch(101, {"dashboard": "a"}))
-    hub.publish(batch(102, {"agent:bob": "b"}, frozenset({"bob"})))
+    hub.publish(batch(102, {"agent:bob": "b"}, frozenset({"agent:bob"})))
     hub.publish(batch(103, {"dashboard": "c"}))
     dash = hub.listen("dashboard", since=101)
     assert [item.seq for item in drain(dash)] == [103]
     bob = hub.listen("agent:bob", since=100)
     assert [item.seq for item in drain(bob)] == [102]
-    hub.publish(batch(104, {"dashboard": "d", "agent:bob": "e"}, frozenset({"bob"})))
+    hub.publish(batch(104, {"dashboard": "d", "agent:bob": "e"}, frozenset({"agent:bob"})))
     assert [item.seq for item in drain(dash)] == [104]
     assert [item.seq for item in drain(bob)] == [104]
 
@@ -128,7 +128,7 @@ def test_a_page_older_than_the_buffer_or_a_restart_must_reload(hub):
 
 
 def test_a_page_whose_agent_changed_while_nobody_drew_it_must_reload(hub):
-    hub.publish(batch(101, {"dashboard": "a"}, frozenset({"alice"})))
+    hub.publish(batch(101, {"dashboard": "a"}, frozenset({"agent:alice"})))
     assert drain(hub.listen("agent:alice", since=100)) == [ResyncNote(101)]
     assert drain(hub.listen("agent:bob", since=100)) == []
 
