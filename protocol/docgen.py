@@ -12,6 +12,7 @@ from typing import Any, get_args
 import msgspec
 import msgspec.inspect as mi
 
+from . import forge
 from . import messages as m
 
 INTRO = """\
@@ -32,8 +33,10 @@ Generated from `protocol/messages.py` by `python -m protocol.docgen`; do not edi
 - Every later frame is a `Call{id, req}`: `req` is one verb (tagged by `op`), `id` is chosen by
   the client and echoed by every reply to that call (tagged by `type`). Calls on one
   connection run concurrently; replies may come back in any order.
-- Streaming verbs (`subscribe`, `wait_for_work`) answer with many frames carrying the same
-  `id` until the client sends `cancel{call: id}` or hangs up.
+- Streaming verbs (`subscribe`, `wait_for_work`, `wait_for_control`, `forge_connect`) answer
+  with many frames carrying the same `id` until the client sends `cancel{call: id}` or hangs
+  up. `forge_connect` also takes bytes the other way: `forge_write{call: id, seq}` calls
+  feed the stream `id` of the same connection, in `seq` order (docs/forge.md).
 - Errors: `Error{id, code, message, retry_after_seconds}`. A call that could not be decoded
   is answered with its `id` when that much was readable, else `id = 0`. Framing damage
   (garbage, an oversize prefix) is answered with `id = 0` and the connection is closed;
@@ -168,6 +171,14 @@ def render() -> str:
         m.AskRow,
         m.ApprovalThread,
         m.QuestionThread,
+        forge.MergeRequestThread,
+        forge.RepoRow,
+        forge.RefUpdate,
+        forge.BranchRow,
+        forge.CommitRow,
+        forge.TreeEntry,
+        forge.MergeRequestRow,
+        forge.MergeRequestNote,
     )
     for row in rows:
         out.append(f"### {row.__name__}\n")

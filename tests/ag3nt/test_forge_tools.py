@@ -118,7 +118,7 @@ def test_an_agent_reviews_and_merges_another_agents_request_through_its_tools(
             await alice.ok("mr_comment", id=1, body="thanks!")
             assert "approved by alice" in await alice.ok("mr_approve", id=1)
             assert (await alice.ok("mr_merge", id=1)).startswith("merged !1 into alice/notes main")
-            assert "(nothing open)" == await bob.ok("get_open_threads")
+            assert await bob.ok("get_open_threads") == "(nothing open)"
             assert "!1 [merged] Fix the typo" in await bob.ok("mr_list", state="all")
             assert await bob.ok("mr_list") == "(no merge requests)"
             shown = await bob.ok("forge_show_repo", repo="alice/notes")

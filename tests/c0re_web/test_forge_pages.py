@@ -17,15 +17,14 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from protocol import forge as f
-from tests.c0re_web.test_browser import (  # noqa: F401  (module fixtures shared with the dashboard's tests)
-    CHROMIUM,
-    WebHive,
-    browser,
-    hive_web,
-    open_live,
-    operator,
-    page,
-)
+from tests.c0re_web import test_browser as dashboard
+from tests.c0re_web.test_browser import CHROMIUM, WebHive, open_live
+
+# the dashboard tests' fixtures, set up afresh for this module
+hive_web = dashboard.hive_web
+browser = dashboard.browser
+operator = dashboard.operator
+page = dashboard.page
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 
