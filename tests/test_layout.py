@@ -87,6 +87,18 @@ def test_every_federation_key_is_documented():
         )
 
 
+def test_every_forge_key_is_documented():
+    from c0re_priv.config import ForgeSettings
+
+    doc = (ROOT / "docs" / "forge.md").read_text()
+    info = mi.type_info(ForgeSettings)
+    assert isinstance(info, mi.StructType)
+    for field in info.fields:
+        assert re.search(rf"^\| `{field.encode_name}` \|", doc, re.M), (
+            f"[forge] {field.encode_name} undocumented in docs/forge.md"
+        )
+
+
 def test_every_config_key_is_documented():
     doc = (ROOT / "docs" / "operating.md").read_text()
     for cls in (HiveSettings, AgentConfig):
