@@ -96,6 +96,7 @@ def format_info(info: f.MergeRequestInfo, with_diff: bool = True) -> str:
             "conflict": f"CONFLICTS in {', '.join(info.conflicts)}",
             "up_to_date": "already in the target",
             "no_source": "its head is gone",
+            "needs_merge": "needs a merge commit, which the hive's git is too old to write",
         }.get(info.merge_status, info.merge_status)
         lines.append(status)
     if mr.description:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -70,6 +71,9 @@ MAX_PUSHED_REFS = 1000
 """Refs one push may create, move or delete (the pre-receive hook refuses more)."""
 FRAME_OVERHEAD = 256
 HELPER = "git-remote-hive"
+STOP_GRACE = 2.0
+MERGE_TREE_GIT = (2, 38)
+"""The first git whose `merge-tree --write-tree` merges without a working tree."""
 DOCS_README = """\
 # org-shared/docs
 
@@ -100,6 +104,13 @@ class Who:
     @property
     def identity(self) -> Identity:
         return Identity(self.name, f"{self.name}@hyperhive")
+
+
+async def git_version(git: str) -> tuple[int, ...]:
+    """The host git's version (`(2, 39, 5)`), `(0,)` when it cannot be read."""
+    done = await trio.run_process([git, "--version"], capture_stdout=True, check=False)
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", done.stdout.decode(errors="replace"))
+    return tuple(int(x) for x in found.groups() if x is not None) if found else (0,)
 
 
 def forge_helper_dir() -> str | None:
@@ -169,6 +180,20 @@ for reason in refused:
     print(f"hive forge: refused {{reason}}", file=sys.stderr)
 sys.exit(1 if refused else 0)
 """
+
+
+async def stop_service(proc: trio.Process) -> None:
+    """End a git service cut short: SIGTERM first, so a push's quarantined objects are
+    removed by git itself, then SIGKILL after `STOP_GRACE`; always reaped."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        with trio.move_on_after(STOP_GRACE):
+            await proc.wait()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    await proc.wait()
 
 
 class _Changed:
@@ -258,6 +283,7 @@ class Forge:
         self.max_write = max_frame - FRAME_OVERHEAD
         self.available = False
         self.unavailable_reason = "the forge has not started"
+        self.git_version: tuple[int, ...] = (0,)
         self.on_push: list[OnPush] = []
         """Called after every push or merge that moved refs (the merge requests follow)."""
         self._locks: dict[str, trio.Lock] = {}
@@ -279,6 +305,13 @@ class Forge:
             self.unavailable_reason = "git is not installed on the host (apt-get install git)"
             log.error("forge: %s", self.unavailable_reason)
             return
+        self.git_version = await git_version(self.git)
+        if self.git_version < MERGE_TREE_GIT:
+            log.warning(
+                "forge: git %s cannot merge without a working tree (2.38 or newer can):"
+                " merge requests merge by fast-forward only",
+                ".".join(map(str, self.git_version)),
+            )
         for path in (self.root, self.repos_dir, self.hooks_dir, self.tmp_dir):
             self._ensure_dir(path)
         for leftover in self.tmp_dir.iterdir():  # a create or a merge cut short by a crash
@@ -796,10 +829,7 @@ class Forge:
             if sessions is not None:
                 sessions.pop(call, None)
             with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                await proc.wait()
+                await stop_service(proc)
                 await close_pipes(proc)
                 if pushing:
                     with trio.move_on_after(GIT_TIMEOUT * 2):

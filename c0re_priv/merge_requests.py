@@ -28,7 +28,7 @@ from protocol import forge as f
 
 from .errors import Fail
 from .events import EventBus
-from .forge import OPERATOR, Forge, Who, may_read, may_write, split
+from .forge import MERGE_TREE_GIT, OPERATOR, Forge, Who, may_read, may_write, split
 from .forge_git import BareRepo, GitError
 from .registry import Registry
 from .store import Store
@@ -241,6 +241,8 @@ class MergeRequests:
             return ("up_to_date" if base == head else "fast_forward"), []
         if await git.is_ancestor(head, base):
             return "up_to_date", []
+        if self.forge.git_version < MERGE_TREE_GIT:
+            return "needs_merge", []
         merged = await git.merge_tree(base, head)
         return ("clean", []) if merged.tree is not None else ("conflict", merged.conflicts)
 
@@ -474,6 +476,14 @@ class MergeRequests:
                 )
             else:
                 assert base is not None
+                if self.forge.git_version < MERGE_TREE_GIT:
+                    raise Fail(
+                        "unavailable",
+                        f"the host's git ({'.'.join(map(str, self.forge.git_version))}) cannot"
+                        " write a merge commit without a working tree (git 2.38 or newer can):"
+                        f" merge {mr.target_branch} into {mr.source_branch}, push, and merge"
+                        " again (a fast-forward)",
+                    )
                 merged = await git.merge_tree(base, head)
                 if merged.tree is None:
                     files = ", ".join(merged.conflicts[:20])

@@ -43,7 +43,10 @@ MergeRequestState = Literal["open", "merged", "closed"]
 MergeMethod = Literal["auto", "fast_forward", "merge"]
 """`fast_forward`: only when the target has nothing the source lacks; `merge`: always a merge
 commit; `auto`: fast-forward when possible, else a merge commit."""
-MergeStatus = Literal["fast_forward", "clean", "conflict", "up_to_date", "no_source", "resolved"]
+MergeStatus = Literal[
+    "fast_forward", "clean", "conflict", "up_to_date", "no_source", "needs_merge", "resolved"
+]
+"""`needs_merge`: not a fast-forward, and the host's git is too old to tell (or to merge)."""
 RevName = Annotated[
     str, Meta(pattern=rf"^([0-9a-f]{{4,64}}|{BRANCH_PATTERN[1:-2]})\Z", max_length=200)
 ]

@@ -422,6 +422,28 @@ async def test_a_conflict_is_refused_with_its_files_and_merges_once_resolved(hiv
     assert (alice_work / "shared.md").read_text() == "one\nTWO (both)\nthree\n"
 
 
+async def test_with_a_git_too_old_for_merge_tree_only_fast_forwards_merge(hive, gits):
+    """git before 2.38 cannot merge without a working tree (Ubuntu 22.04 has 2.34)."""
+    alice_work, _ = await fork_with_feature(gits)
+    await gits["alice"].commit(alice_work, {"alice.md": "alice\n"}, "diverge")
+    await gits["alice"].run("push", "--quiet", cwd=alice_work)
+    hive.forge.git_version = (2, 34, 1)
+    async with agent(hive, "bob") as bob, agent(hive, "alice") as alice:
+        opened = await bob.expect(
+            f.OpenMergeRequest(
+                repo="alice/notes", source_repo="bob/notes", source_branch="feat", title="feat"
+            ),
+            f.MergeRequestInfo,
+        )
+        assert opened.merge_status == "needs_merge"
+        with pytest.raises(HiveError) as old:
+            await alice.expect(f.MergeMergeRequest(id=opened.mr.id), f.MergeRequestInfo)
+        assert old.value.code == "unavailable" and "git 2.38 or newer" in old.value.message
+        assert (
+            await alice.expect(f.GetMergeRequest(id=opened.mr.id), f.MergeRequestInfo)
+        ).mr.state == "open"
+
+
 async def test_pushing_the_head_into_the_target_marks_the_request_merged(hive, gits):
     work = await gits["alice"].new_repo("alice/notes", {"a.md": "a\n"})
     await gits["alice"].run("checkout", "--quiet", "-b", "topic", cwd=work)

@@ -48,10 +48,15 @@ def test_the_operator_edits_the_docs_with_plain_git(daemon_process: DaemonProces
     cat = ctl(daemon_process, "forge", "cat", "org-shared/docs", "main", "style.md")
     assert cat.stdout == "write short sentences\n"
     listed = ctl(daemon_process, "forge", "ls", "org-shared/docs")
-    assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == ["README.md", "style.md"]
+    assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == [
+        "README.md",
+        "style.md",
+    ]
 
 
-def test_repos_and_merge_requests_from_the_command_line(daemon_process: DaemonProcess, tmp_path: Path):
+def test_repos_and_merge_requests_from_the_command_line(
+    daemon_process: DaemonProcess, tmp_path: Path
+):
     made = ctl(daemon_process, "forge", "create", "alice/notes", "--description", "alice's")
     assert made.returncode == 0 and "git clone hive://alice/notes" in made.stdout, made.stderr
     bad = ctl(daemon_process, "forge", "create", "alice/notes.git")
@@ -72,7 +77,15 @@ def test_repos_and_merge_requests_from_the_command_line(daemon_process: DaemonPr
     git(daemon_process, work, "commit", "--quiet", "-m", "b", who="alice")
     git(daemon_process, work, "push", "--quiet", "origin", "more", who="alice")
     opened = ctl(
-        daemon_process, "forge", "open", "alice/notes", "more", "--title", "More", "--reviewer", "bob"
+        daemon_process,
+        "forge",
+        "open",
+        "alice/notes",
+        "more",
+        "--title",
+        "More",
+        "--reviewer",
+        "bob",
     )
     assert opened.returncode == 0, opened.stderr
     assert "!1 More [open]" in opened.stdout and "reviewers: alice, bob" in opened.stdout
