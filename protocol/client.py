@@ -185,7 +185,7 @@ class HiveClient:
         call_id, recv = self._open(STREAM_BUFFER)
         try:
             await self._send(call_id, req)
-            yield ReplyStream(self, recv, call_id)
+            yield ReplyStream(self, recv)
         finally:
             with recv:
                 if self._pending.pop(call_id, None) is not None and self._closed is None:
@@ -200,16 +200,9 @@ class HiveClient:
 class ReplyStream:
     """The frames of one streaming call. Not a generator: a cancelled wait loses nothing."""
 
-    def __init__(
-        self,
-        client: HiveClient,
-        recv: MemoryObjectReceiveStream[Reply | HiveError],
-        call_id: int = 0,
-    ):
+    def __init__(self, client: HiveClient, recv: MemoryObjectReceiveStream[Reply | HiveError]):
         self._client = client
         self._recv = recv
-        self.call_id = call_id
-        """The id of the streaming call (what `ForgeWrite{call}` names)."""
 
     def __aiter__(self) -> ReplyStream:
         return self

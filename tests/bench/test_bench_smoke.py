@@ -43,6 +43,15 @@ ROWS = {
         "local latency, s0 → r0",
         "cross-hive latency, s0 → r0@beta",
     ],
+    "forge.py": [
+        "clone, forge (hive://)",
+        "clone, git's own pack protocol (file://)",
+        "push, forge (hive://)",
+        "push, git's own pack protocol (file://)",
+        "ls-remote, forge (hive://)",
+        "ls-remote, git's own (file://)",
+        "merge request opened, approved, merged",
+    ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
         "burst delivered in chunks (reminder_batch)",
