@@ -296,8 +296,17 @@ class Forge:
 
     async def open(self) -> None:
         """Make the forge's dirs, write its hook, reconcile sqlite with the disk, and seed
-        `org-shared/docs` when it does not exist. A host without git gets a forge that
-        answers `unavailable`, and a daemon that runs everything else."""
+        `org-shared/docs` when it does not exist. A host without git, or a forge dir the
+        daemon cannot trust, gets a forge that answers `unavailable` (the log says why) and
+        a daemon that runs everything else."""
+        try:
+            await self._open()
+        except (Fail, GitError, OSError) as exc:
+            self.available = False
+            self.unavailable_reason = f"the forge could not start: {getattr(exc, 'message', exc)}"
+            log.error("forge: %s", self.unavailable_reason)
+
+    async def _open(self) -> None:
         if not self.settings.enabled:
             self.unavailable_reason = "the forge is turned off ([forge] enabled = false)"
             return

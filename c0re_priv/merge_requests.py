@@ -452,7 +452,12 @@ class MergeRequests:
         if mr.state != "open":
             raise Fail("conflict", f"!{mr_id} is already {mr.state}")
         await self.forge.writable(who, mr.repo)
-        await self._follow_source(mr_id, who.name)  # merge what the source has now
+        try:
+            await self._follow_source(mr_id, who.name)  # merge what the source has now
+        except Fail as exc:
+            if exc.code != "not_found":
+                raise
+            # the source repository is gone: its commits are kept here, as refs/mr/<id>/head
         async with self.forge.locked(mr.repo):
             git = self.forge.repo_git(mr.repo)
             ref = f"refs/heads/{mr.target_branch}"

@@ -444,6 +444,47 @@ async def test_with_a_git_too_old_for_merge_tree_only_fast_forwards_merge(hive, 
         ).mr.state == "open"
 
 
+async def test_a_request_whose_fork_is_gone_still_merges_from_its_kept_head(hive, admin, gits):
+    await fork_with_feature(gits)
+    async with agent(hive, "bob") as bob:
+        opened = await bob.expect(
+            f.OpenMergeRequest(
+                repo="alice/notes", source_repo="bob/notes", source_branch="feat", title="feat"
+            ),
+            f.MergeRequestInfo,
+        )
+    await admin.expect(f.DeleteRepo(repo="bob/notes"), m.Ok)
+    async with agent(hive, "alice") as alice:
+        merged = await alice.expect(f.MergeMergeRequest(id=opened.mr.id), f.MergeRequestInfo)
+    assert merged.mr.state == "merged" and merged.mr.merged_sha == opened.mr.head_sha
+
+
+async def test_a_forge_dir_the_daemon_cannot_trust_leaves_the_rest_of_the_hive_running(
+    short_tmp, tmp_path
+):
+    from functools import partial
+
+    from c0re_priv.hive import run_hive
+    from tests.conftest import paths_in
+
+    config = make_config(agents={"alice": {}})
+    paths = paths_in(short_tmp, config)
+    (paths.state_dir / "forge").mkdir(parents=True)
+    os.chmod(paths.state_dir, 0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (paths.state_dir / "forge" / "repos").symlink_to(elsewhere)
+    async with trio.open_nursery() as nursery:
+        hive = await nursery.start(partial(run_hive, config, paths, handle_signals=False))
+        async with agent(hive, "alice") as alice:
+            with pytest.raises(HiveError) as off:
+                await alice.expect(f.ListRepos(), f.Repos)
+            assert off.value.code == "unavailable" and "not the daemon's own" in off.value.message
+            await alice.expect(m.Send(to="operator", body="still here"), m.Sent)
+        assert list(elsewhere.iterdir()) == []
+        nursery.cancel_scope.cancel()
+
+
 async def test_pushing_the_head_into_the_target_marks_the_request_merged(hive, gits):
     work = await gits["alice"].new_repo("alice/notes", {"a.md": "a\n"})
     await gits["alice"].run("checkout", "--quiet", "-b", "topic", cwd=work)
