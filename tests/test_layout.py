@@ -168,7 +168,7 @@ def test_what_runs_inside_a_container_never_imports_the_daemon(tmp_path: Path):
 
 def test_hive_agent_is_an_alias_of_python_m_ag3nt():
     got = subprocess.run(
-        [sys.executable, "-m", "c0re_priv", "agent", "--help"],
+        [sys.executable, "-m", "hive_cli", "agent", "--help"],
         capture_output=True,
         text=True,
         cwd=ROOT,
