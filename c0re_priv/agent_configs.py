@@ -488,7 +488,6 @@ class AgentConfigs:
         d = self.deployed.get(name)
         deployed = f"deployed {d.sha[:12]}" if d is not None else "not deployed: not registered"
         return m.AgentConfigText(
-            id=0,
             agent=name,
             source=f"meta repo {toml_path(name)} on main {main[:12]} ({deployed})",
             text=data.decode(errors="replace"),
@@ -515,7 +514,6 @@ class AgentConfigs:
             await self.repo.force_branch(branch, sha)
         changes = key_changes(current, cfg)
         return m.Proposed(
-            id=0,
             agent=name,
             sha=sha,
             branch=branch,

@@ -166,7 +166,7 @@ def read_state_file(hive: Hive, agent: str, rel_path: str) -> m.AgentFile:
     with _fd(_open_agent_dir(hive, agent, "state")) as root, _fd(_walk(root, dirs)) as dir_fd:
         st, data = _read_checked(dir_fd, name, "/".join(parts), limit)
     return m.AgentFile(
-        id=0, agent=agent, rel_path="/".join(parts), size=st.st_size, mtime=st.st_mtime, data=data
+        agent=agent, rel_path="/".join(parts), size=st.st_size, mtime=st.st_mtime, data=data
     )
 
 
@@ -210,9 +210,7 @@ def list_state_dir(hive: Hive, agent: str, rel_path: str) -> m.AgentDir:
                 except FileNotFoundError:
                     continue  # removed while we listed
     entries.sort(key=lambda e: (e.kind != "dir", e.name))
-    return m.AgentDir(
-        id=0, agent=agent, rel_path="/".join(parts), entries=entries, truncated=truncated
-    )
+    return m.AgentDir(agent=agent, rel_path="/".join(parts), entries=entries, truncated=truncated)
 
 
 def read_journal(hive: Hive, agent: str, lines: int) -> m.Journal:
@@ -226,7 +224,7 @@ def read_journal(hive: Hive, agent: str, lines: int) -> m.Journal:
                 f"no harness log yet: {path} does not exist "
                 "(the harness writes it once the agent's container has started)"
             )
-            return m.Journal(id=0, agent=agent, path=path, lines=[], note=note)
+            return m.Journal(agent=agent, path=path, lines=[], note=note)
         if not stat.S_ISREG(st.st_mode):
             raise Fail("forbidden", f"{path} is not a regular file")
         try:
@@ -245,7 +243,7 @@ def read_journal(hive: Hive, agent: str, lines: int) -> m.Journal:
     if start > 0 and text:
         text = text[1:]  # the first line was cut in the middle
     note = "" if text else f"{path} is empty"
-    return m.Journal(id=0, agent=agent, path=path, lines=text[-lines:], note=note)
+    return m.Journal(agent=agent, path=path, lines=text[-lines:], note=note)
 
 
 def _toml_value(value: object) -> str:
@@ -313,7 +311,6 @@ def agent_config_text(hive: Hive, agent: str) -> m.AgentConfigText:
         *_toml_table(f"agents.{agent}", section),
     ]
     return m.AgentConfigText(
-        id=0,
         agent=agent,
         source="the registry and the meta repo" if deployed else "the registry and hive.toml",
         text="\n".join(lines) + "\n",

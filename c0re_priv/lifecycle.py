@@ -577,7 +577,7 @@ class Lifecycle:
             raise Fail("unavailable", f"{name}'s harness is not connected")
         assert s.controls is not None
         try:
-            s.controls.send_nowait(m.ControlFrame(id=0, action=action, model=model))
+            s.controls.send_nowait(m.ControlFrame(action=action, model=model))
         except trio.WouldBlock:
             raise Fail("rate_limited", f"{name} has too many pending controls", 1.0) from None
 

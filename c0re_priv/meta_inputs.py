@@ -153,4 +153,4 @@ async def update(hive: Hive, names: list[str] | None) -> m.MetaInputs:
     rows = parse_lock(lock)
     hive.bus.publish(m.MetaInputsChanged(inputs=rows))
     note = f"updated {which}; flake.lock committed at {new[:12]}" if new else "already up to date"
-    return m.MetaInputs(id=0, inputs=rows, note=note)
+    return m.MetaInputs(inputs=rows, note=note)

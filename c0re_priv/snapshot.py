@@ -53,7 +53,6 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         federation = await hive.federation.row()
         remote = await hive.federation.remote_agents()
     return m.HiveState(
-        id=0,
         seq=seq,
         rev=hive.rev,
         server_time=now,

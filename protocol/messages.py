@@ -431,12 +431,18 @@ class Whoami(Request, tag="whoami"):
     """Who the calling agent is, from its socket; answered by `Identity`."""
 
 
-class Send(Request, tag="send"):
-    """Send a message to an agent, to `"operator"`, or to `"*"` (every other agent)."""
+class Message(Request):
+    """What a sender fills in: the same fields whether an agent or the operator sends. The
+    sender is never a field; it is the socket (`Send` on an agent's, `OperatorSend` on the
+    operator's)."""
 
     to: Recipient
     body: Body
     in_reply_to: MessageId | None = None
+
+
+class Send(Message, tag="send"):
+    """Send a message to an agent, to `"operator"`, or to `"*"` (every other agent)."""
 
 
 class Recv(Request, tag="recv"):
@@ -522,7 +528,8 @@ class CancelReminder(Request, tag="cancel_reminder"):
 class GetOpenThreads(Request, tag="get_open_threads"):
     """What is still open against you (a manager gets the hive-wide list), oldest first.
 
-    At most `limit` threads; `OpenThreads.total` says how many there are in all.
+    At most `limit` threads; `OpenThreads.total` says how many there are in all. On the
+    operator's sockets the same op is `GetAgentOpenThreads`, which names the agent.
     """
 
     limit: Annotated[int, Meta(ge=1, le=1000)] = 200
@@ -548,12 +555,9 @@ class AnswerQuestion(Request, tag="answer_question"):
     answer: Body
 
 
-class OperatorSend(Request, tag="operator_send"):
-    """The operator sends a message to an agent or to `"*"`."""
-
-    to: Recipient
-    body: Body
-    in_reply_to: MessageId | None = None
+class OperatorSend(Message, tag="operator_send"):
+    """The operator sends a message to an agent or to `"*"` (`Send`'s fields, from the
+    operator; its own op so that each socket's union names one meaning of it)."""
 
 
 class ListMessages(Request, tag="list_messages"):
@@ -594,7 +598,9 @@ class DropMessage(Request, tag="drop_message"):
 
 
 class GetAgentOpenThreads(Request, tag="get_open_threads"):
-    """Operator flavour of `GetOpenThreads`: one agent's open threads (same op on the wire)."""
+    """`get_open_threads` on the operator's sockets: one agent's open threads. It shares the
+    agent verb's op (the wire of existing clients); each socket's union holds only one of the
+    two, so the decoder picks the meaning."""
 
     agent: AgentName
     limit: Annotated[int, Meta(ge=1, le=1000)] = 200
@@ -897,9 +903,10 @@ class UpdateMetaInputs(Request, tag="update_meta_inputs"):
 
 
 class Reply(Struct, tag_field="type", kw_only=True):
-    """Base of every answer; `id` echoes the `Call` it answers."""
+    """Base of every answer; `id` echoes the `Call` it answers. Handlers leave it 0: the
+    daemon's transport sets it from the call, so no handler can answer the wrong call."""
 
-    id: int
+    id: int = 0
 
 
 class Error(Reply, tag="error"):

@@ -63,6 +63,25 @@ def test_every_verb_has_exactly_one_handler():
     assert not set(UNARY) & set(STREAMING)
 
 
+def test_each_verb_has_one_row_whose_roles_are_the_decoders():
+    """The verb tables say who may send each verb next to its handler; the role unions in
+    `protocol.messages` decide it on the socket. The two must say the same thing."""
+    from c0re_priv.handlers import TABLE
+
+    requests = [row.request for row in TABLE]
+    assert len(requests) == len(set(requests)), "a verb with two rows"
+    for row in TABLE:
+        decoded_by = {role for role, types in m.ROLE_REQUESTS.items() if row.request in types}
+        assert row.roles == decoded_by, row.request.__name__
+
+
+def test_handlers_leave_reply_ids_to_the_transport():
+    for path in (ROOT / "c0re_priv").rglob("*.py"):
+        if path.name == "server.py":  # the transport, and errors about undecodable calls
+            continue
+        assert "id=0" not in path.read_text(), path
+
+
 def test_op_tags_are_unique_within_each_role():
     for role, types in m.ROLE_REQUESTS.items():
         ops = [m.op_of(t) for t in types]
