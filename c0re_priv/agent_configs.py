@@ -159,6 +159,7 @@ def cap(text: str, limit: int = DIFF_MAX) -> str:
 class AgentConfigs:
     def __init__(self, hive: Hive) -> None:
         self.hive = hive
+        self.state_dir = hive.paths.state_dir
         self.repo = MetaRepo(hive.paths.state_dir / "meta")
         self.seeds: dict[str, AgentConfig] = dict(hive.config.agents)
         """hive.toml's `[agents.*]` as loaded: seeds, and the `env` laid over each deploy."""

@@ -90,7 +90,7 @@ def c0re(
     import trio
 
     from .config import ConfigError, HiveConfig, load_config, resolve_paths
-    from .hive import run_hive
+    from .daemon import run_hive
 
     _setup_logging(verbose)
     try:

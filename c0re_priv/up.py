@@ -20,7 +20,8 @@ import trio
 
 from .config import HiveConfig, Paths
 from .containers.spawn import spawn
-from .hive import Hive, run_hive
+from .daemon import run_hive
+from .hive import Hive
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from c0re_priv.config import AgentConfig, HiveConfig, HiveSettings, Paths, resolve_paths
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from protocol.client import HiveClient
 
 

@@ -31,6 +31,74 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+# The daemon package bottom-up: a module may import only modules listed before it. `hive` is
+# the wiring; below it are the services, each built from narrow dependencies, above it the
+# reads across services, the verb tables, the transport and the commands.
+DAEMON_ORDER = """
+__init__ config errors events log_once migrations safe_fs rate_limit federation_outbox
+meta_repo containers.host containers.spawn containers.uids private_state store attachments
+nats_link containers.base containers.bwrap containers.nixos containers.process
+containers.cgroups containers open_threads registry broker agent_files tombstones questions
+reminders lifecycle federation agent_configs meta_inputs approvals
+hive
+snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
+handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard handlers.federation
+handlers server daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
+ctl.reminders ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl
+cli __main__
+""".split()
+WIRING_DEBT = {("agent_configs", "hive"), ("lifecycle", "hive")}
+"""Services that still take the whole hive (they need the supervisor and the socket hub,
+which exist only once the services' nursery runs); each one fixed leaves this set."""
+
+
+def daemon_imports() -> dict[str, set[str]]:
+    """c0re_priv's modules and the c0re_priv modules each imports (TYPE_CHECKING and
+    function-level imports included), as dotted names relative to the package."""
+    root = ROOT / "c0re_priv"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        package = parts[:-1]
+        if parts[-1] == "__init__":
+            parts = parts[:-1] or ["__init__"]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 0:
+                if node.module and node.module.startswith("c0re_priv."):
+                    deps.add(node.module.removeprefix("c0re_priv."))
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                deps.add(".".join([*base, node.module]))
+            else:
+                deps.update(".".join([*base, alias.name]) for alias in node.names)
+        graph[".".join(parts)] = deps
+    return graph
+
+
+def test_the_daemon_package_imports_bottom_up():
+    graph = daemon_imports()
+    assert set(graph) == set(DAEMON_ORDER), "place new modules in DAEMON_ORDER"
+    rank = {name: i for i, name in enumerate(DAEMON_ORDER)}
+    upward = sorted(
+        (module, dep)
+        for module, deps in graph.items()
+        for dep in deps
+        if rank[dep] >= rank[module] and (module, dep) not in WIRING_DEBT
+    )
+    assert upward == []
+
+
+def test_nothing_below_the_wiring_imports_it_but_the_listed_debt():
+    graph = daemon_imports()
+    below = DAEMON_ORDER[: DAEMON_ORDER.index("hive")]
+    importers = {(module, "hive") for module in below if "hive" in graph[module]}
+    assert importers == WIRING_DEBT
+
+
 def test_unprivileged_packages_never_import_the_daemon():
     offenders = []
     for package in UNPRIVILEGED:

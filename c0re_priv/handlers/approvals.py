@@ -58,22 +58,22 @@ async def deny(c: Caller, req: m.Deny) -> m.Reply:
 
 
 async def list_tombstones(c: Caller, req: m.ListTombstones) -> m.Reply:
-    rows = await trio.to_thread.run_sync(tombstones.list_all, c.hive)
+    rows = await trio.to_thread.run_sync(tombstones.list_all, c.hive.paths.state_dir)
     return m.Tombstones(tombstones=rows)
 
 
 async def purge_tombstone(c: Caller, req: m.PurgeTombstone) -> m.Reply:
-    await tombstones.purge(c.hive, req.name)
+    await tombstones.purge(c.hive.paths.state_dir, c.hive.bus, req.name)
     return m.Ok()
 
 
 async def list_meta_inputs(c: Caller, req: m.ListMetaInputs) -> m.Reply:
-    rows, note = await meta_inputs.list_inputs(c.hive)
+    rows, note = await meta_inputs.list_inputs(c.hive.configs, c.hive.settings)
     return m.MetaInputs(inputs=rows, note=note)
 
 
 async def update_meta_inputs(c: Caller, req: m.UpdateMetaInputs) -> m.Reply:
-    return await meta_inputs.update(c.hive, req.names)
+    return await meta_inputs.update(c.hive.configs, c.hive.settings, c.hive.bus, req.names)
 
 
 VERBS: tuple[Verb, ...] = (

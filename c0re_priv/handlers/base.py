@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import trio
 
 from protocol import messages as m
 
-if TYPE_CHECKING:
-    from ..hive import Hive
-    from ..server import Connection
+from ..broker import LeaseHolder
+from ..hive import Hive
 
 Roles = frozenset[m.Role]
 EVERYONE: Roles = frozenset({"agent", "manager", "web", "admin"})
@@ -26,12 +27,20 @@ OPERATOR: Roles = frozenset({"web", "admin"})
 ADMIN: Roles = frozenset({"admin"})
 
 
+class CallerConnection(Protocol):
+    """What a handler may touch of the connection it answers on (`server.Connection`, which
+    imports the handlers): its open streams and, on an agent's socket, its leases."""
+
+    holder: LeaseHolder | None
+    streams: dict[int, trio.CancelScope]
+
+
 @dataclass
 class Caller:
     hive: Hive
     role: m.Role
     agent: str | None
-    conn: Connection
+    conn: CallerConnection
     call_id: int
 
     @property

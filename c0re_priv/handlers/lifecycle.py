@@ -69,7 +69,7 @@ async def set_paused(c: Caller, req: m.SetPaused) -> m.Reply:
 
 async def destroy(c: Caller, req: m.Destroy) -> m.Reply:
     await _lifecycle(c).destroy(req.name)
-    tombstones.added(c.hive, req.name)
+    tombstones.added(c.hive.paths.state_dir, c.hive.bus, req.name)
     await c.hive.configs.forget(req.name, f"destroy {req.name} (operator)")
     return m.Ok()
 

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import trio
 
-from c0re_priv.hive import run_hive
+from c0re_priv.daemon import run_hive
 from c0re_priv.server import DaemonAlreadyRunning
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError, SyncClient

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from c0re_priv.broker import BROADCAST_HINT
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError, SyncClient
 from tests.conftest import DaemonProcess, make_config, paths_in
