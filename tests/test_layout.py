@@ -34,7 +34,7 @@ def imported_modules(path: Path) -> set[str]:
 # The daemon package bottom-up: a module may import only modules listed before it. `hive` is
 # the wiring; below it are the services, each built from narrow dependencies, above it the
 # reads across services, the verb tables, the transport and the commands.
-DAEMON_ORDER = """
+_DAEMON_ORDER = """
 __init__ config errors events log_once migrations safe_fs rate_limit federation_outbox
 meta_repo containers.host containers.spawn containers.uids private_state store attachments
 nats_link containers.base containers.bwrap containers.nixos containers.process
@@ -46,7 +46,8 @@ handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard hand
 handlers server daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
 ctl.reminders ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl
 cli __main__
-""".split()
+"""
+DAEMON_ORDER = _DAEMON_ORDER.split()
 WIRING_DEBT = {("agent_configs", "hive"), ("lifecycle", "hive")}
 """Services that still take the whole hive (they need the supervisor and the socket hub,
 which exist only once the services' nursery runs); each one fixed leaves this set."""
