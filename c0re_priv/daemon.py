@@ -25,7 +25,6 @@ from .config import HiveConfig, Paths
 from .containers import Backend
 from .errors import Fail
 from .hive import Hive
-from .lifecycle import Lifecycle
 from .server import SocketHub
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,9 @@ async def sync_config_agents(hive: Hive) -> list[str]:
     for name, agent in sorted(hive.config.agents.items()):
         if name in hive.registry.agents:
             continue
-        await hive.add_agent(name, agent.role, agent.model, agent.runtime, agent.allowed_recipients)
+        await hive.roster.add(
+            name, agent.role, agent.model, agent.runtime, agent.allowed_recipients
+        )
         added.append(name)
     return added
 
@@ -97,22 +98,17 @@ async def _run_hive(
                 if orphans:
                     log.info("requeued %d message(s) leased before the last shutdown", orphans)
                 hub = SocketHub(hive, services)
-                hive.sockets = hub
+                hive.open_doors(hub)
                 added = await sync_config_agents(hive)
                 for name in hive.registry.names():
                     if name not in added:
-                        hive.ensure_agent_dirs(name)
+                        hive.roster.ensure_dirs(name)
                         await hub.open_agent(name)
                 await hive.configs.seed_missing()
                 # the fixed sockets last: once admin.sock answers, every agent's socket exists
                 await hub.open_fixed()
-                lifecycle = Lifecycle(hive, services, backend)
-                hive.lifecycle = lifecycle
+                lifecycle = hive.supervise(services, backend)
                 lifecycle.end_leftovers()
-                hive.registry.row_extras = lambda name: {
-                    **lifecycle.row_extras(name),
-                    **hive.configs.row_extras(name),
-                }
                 for name in hive.registry.names():
                     try:
                         await lifecycle.ensure_uid(name)

@@ -1,12 +1,13 @@
 """`Hive`: the one module that wires the daemon's services together.
 
 Each service is built here from the narrow dependencies it needs (`Broker(store, bus,
-registry, settings, paths, now)`, `Approvals(store, bus, registry, broker, configs,
-settings)`, …), in an order that is also the import order of their modules
-(tests/test_layout.py); no service below this module imports it, except the two still
-listed there as debt (`agent_configs`, `lifecycle`, which take the whole hive). Handlers and
-the transport sit above: they reach services through this object. Running the wired
-services is `daemon.run_hive`.
+registry, settings, paths, now)`, `Lifecycle(registry, bus, store, broker, roster, …)`, …),
+in an order that is also the import order of their modules (tests/test_layout.py); no
+service imports this module, so none can reach another through it. The socket hub and the
+container supervisor need the running services' nursery, so `open_doors` and `supervise`
+hand them to the services that act through them once they exist: the only things given to a
+service after it was built. Handlers and the transport sit above and reach services through
+this object. Running the wired services is `daemon.run_hive`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, get_args
 
-from protocol.messages import PROTOCOL_VERSION, Runtime
+import trio
+
+from protocol.messages import PROTOCOL_VERSION
 
 from . import private_state
 from .agent_configs import AgentConfigs
 from .approvals import Approvals
 from .broker import Broker
 from .config import HiveConfig, Paths
+from .containers import Backend
 from .containers.host import hive_id
-from .errors import Fail
 from .events import EventBus
 from .federation import Federation
 from .lifecycle import Lifecycle
@@ -35,6 +37,7 @@ from .log_once import RateLimitedLog
 from .questions import Questions
 from .registry import Registry
 from .reminders import Reminders, reminder_counts
+from .roster import Doors, Roster
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -101,7 +104,16 @@ class Hive:
         self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths, now)
         self.questions = Questions(self.store, self.bus, self.registry, self.broker, now)
         self.reminders = Reminders(self.store, self.bus, self.broker, config, now)
-        self.configs = AgentConfigs(self)
+        self.roster = Roster(self.registry, paths, agents_traverse=agents_traverse)
+        self.configs = AgentConfigs(
+            self.store,
+            self.bus,
+            self.registry,
+            self.roster,
+            self.settings,
+            paths,
+            config.agents,
+        )
         self.approvals = Approvals(
             self.store, self.bus, self.registry, self.broker, self.configs, self.settings
         )
@@ -120,56 +132,42 @@ class Hive:
                 now,
             )
             self.broker.remote = self.federation
-        self.sockets: SocketHubLike | None = None
+        self.sockets: Doors | None = None
         self.lifecycle: Lifecycle | None = None
 
     def uptime(self) -> float:
         return time.monotonic() - self._started_mono
 
-    def ensure_agent_dirs(self, name: str, gid: int | None = None) -> None:
-        """`<agents_root>/<name>` private to the daemon, and the agent's state dir below it
-        (created searchable and readable, as the manager's read-only view of it needs)."""
-        for fixed in private_state.secure_agent_dir(self.paths, name, gid, self.agents_traverse):
-            log.warning("private state: %s", fixed)
-        state = self.paths.agent_state(name)
-        if not state.exists():
-            state.mkdir()
-            os.chmod(state, 0o755)
+    def open_doors(self, sockets: Doors) -> None:
+        """The socket hub runs (it needs the services' nursery): agents added from now on
+        get their socket at once."""
+        self.sockets = sockets
+        self.roster.doors = sockets
 
-    async def add_agent(
-        self,
-        name: str,
-        role: str,
-        model: str,
-        runtime: str,
-        allowed_recipients: list[str] | None,
-    ) -> None:
-        # the protocol's types already refuse these; checked again for every other way in
-        if role not in ("agent", "manager"):
-            raise Fail("invalid", f"unknown role {role!r}")
-        if runtime not in get_args(Runtime):
-            raise Fail(
-                "invalid", f"unknown runtime {runtime!r} (one of {', '.join(get_args(Runtime))})"
-            )
-        await self.registry.add(name, role, model, runtime, allowed_recipients)  # type: ignore[arg-type]
-        self.ensure_agent_dirs(name)
-        if self.sockets is not None:
-            await self.sockets.open_agent(name)
-        if self.lifecycle is not None:
-            await self.lifecycle.ensure_uid(name)
-
-    async def remove_agent(self, name: str) -> None:
-        self.registry.get(name)
-        if self.lifecycle is not None:
-            await self.lifecycle.stop(name, graceful=False)
-        if self.sockets is not None:
-            self.sockets.close_agent(name)
-        await self.registry.remove(name)
-
-
-class SocketHubLike(Protocol):
-    """What `Hive` needs of the socket hub (`server.SocketHub`, which sits above this module)."""
-
-    async def open_agent(self, name: str) -> None: ...
-
-    def close_agent(self, name: str) -> None: ...
+    def supervise(self, nursery: trio.Nursery, backend: Backend | None = None) -> Lifecycle:
+        """Build the container supervisor in the services' nursery and hand it to the
+        services that act through it. With `open_doors`, the only place anything is given
+        to a service after it was built: both need the running nursery."""
+        lifecycle = Lifecycle(
+            self.registry,
+            self.bus,
+            self.store,
+            self.broker,
+            self.roster,
+            self.settings,
+            self.paths,
+            self.config.agents,
+            self.id,
+            self.configs.not_runnable,
+            nursery,
+            backend,
+        )
+        self.lifecycle = lifecycle
+        self.roster.supervisor = lifecycle
+        self.configs.lifecycle = lifecycle
+        configs = self.configs
+        self.registry.row_extras = lambda name: {
+            **lifecycle.row_extras(name),
+            **configs.row_extras(name),
+        }
+        return lifecycle

@@ -45,14 +45,14 @@ async def list_agents(c: Caller, req: m.ListAgents) -> m.Reply:
 
 
 async def add_agent(c: Caller, req: m.AddAgent) -> m.Reply:
-    await c.hive.add_agent(req.name, req.role, req.model, req.runtime, req.allowed_recipients)
+    await c.hive.roster.add(req.name, req.role, req.model, req.runtime, req.allowed_recipients)
     await c.hive.configs.adopt(req.name)
     (row,) = [r for r in await c.hive.registry.rows() if r.name == req.name]
     return m.AgentInfo(agent=row)
 
 
 async def remove_agent(c: Caller, req: m.RemoveAgent) -> m.Reply:
-    await c.hive.remove_agent(req.name)
+    await c.hive.roster.remove(req.name)
     await c.hive.configs.forget(req.name, f"remove {req.name} (operator)")
     return m.Ok()
 
