@@ -110,11 +110,12 @@ def _ago(ts: float | None) -> str:
 @contextmanager
 def _startup_errors() -> Iterator[None]:
     """Turn a failure to bind or open state into one clear line instead of a traceback."""
+    from .containers.host import BadHiveId
     from .private_state import UnsafeState
     from .server import DaemonAlreadyRunning
     from .store import CannotOpenStore
 
-    expected = (OSError, DaemonAlreadyRunning, UnsafeState, CannotOpenStore)
+    expected = (OSError, DaemonAlreadyRunning, UnsafeState, CannotOpenStore, BadHiveId)
     try:
         yield
     except expected as exc:
@@ -519,7 +520,7 @@ def ctl_retry_message(
             row = c.expect(req, m.Messages).messages[0]
         except HiveError as exc:
             _die(exc.message)
-    _emit(row, as_json, lambda: typer.echo(f"message #{row.id} to {row.to} is queued again"))
+    _emit(row, as_json, lambda: _echo(f"message #{row.id} to {row.to} is queued again"))
 
 
 @ctl.command("drop-message")
@@ -533,7 +534,7 @@ def ctl_drop_message(
             c.expect(req, m.Ok)
         except HiveError as exc:
             _die(exc.message)
-    _emit({"dropped": message_id}, as_json, lambda: typer.echo(f"message #{message_id} dropped"))
+    _emit({"dropped": message_id}, as_json, lambda: _echo(f"message #{message_id} dropped"))
 
 
 @ctl.command("questions")

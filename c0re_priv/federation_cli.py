@@ -18,7 +18,19 @@ import typer
 from protocol import messages as m
 from protocol.federation import HIVE_NAME_PATTERN
 
-from .cli import JsonOut, RunDir, StateDir, _admin, _ago, _die, _emit, _table, app, ctl
+from .cli import (
+    JsonOut,
+    RunDir,
+    StateDir,
+    _admin,
+    _ago,
+    _die,
+    _echo,
+    _emit,
+    _table,
+    app,
+    ctl,
+)
 
 federation_app = typer.Typer(help="Federation over NATS JetStream (docs/federation.md).")
 app.add_typer(federation_app, name="federation")
@@ -34,20 +46,20 @@ def ctl_federation(
 
     def human() -> None:
         if not fed.enabled:
-            typer.echo("this hive is not federated (no [federation] in hive.toml)")
+            _echo("this hive is not federated (no [federation] in hive.toml)")
             return
-        typer.echo(f"hive:      {fed.hive}\nnats:      {fed.url}")
-        typer.echo(f"link:      {fed.link}{f' ({fed.detail})' if fed.detail else ''}")
+        _echo(f"hive:      {fed.hive}\nnats:      {fed.url}")
+        _echo(f"link:      {fed.link}{f' ({fed.detail})' if fed.detail else ''}")
         oldest = f", oldest {_ago(fed.outbox_oldest_at)}" if fed.outbox_oldest_at else ""
-        typer.echo(f"outbox:    {fed.outbox_pending} waiting{oldest}")
+        _echo(f"outbox:    {fed.outbox_pending} waiting{oldest}")
         if fed.outbox_last_error:
-            typer.echo(f"           last error: {fed.outbox_last_error}")
-        typer.echo(
+            _echo(f"           last error: {fed.outbox_last_error}")
+        _echo(
             f"traffic:   {fed.published} published, {fed.received} received,"
             f" {fed.duplicates} duplicates dropped, {fed.rejected} rejected (since start)"
         )
         if fed.hives:
-            typer.echo("")
+            _echo("")
             _table(
                 [[h.hive, str(h.agents), _ago(h.heard_at)] for h in fed.hives],
                 ["HIVE", "AGENTS", "LAST HEARD"],
@@ -114,8 +126,8 @@ def federation_provision(
     except LinkError as exc:
         _die(str(exc))
     for what in created:
-        typer.echo(f"created {what}")
-    typer.echo(
+        _echo(f"created {what}")
+    _echo(
         f"federation {namespace!r} ready for {', '.join(hives)}"
         f" ({len(created)} created, {time.monotonic() - started:.1f}s)"
     )

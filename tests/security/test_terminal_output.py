@@ -138,8 +138,18 @@ def test_escapes_name_the_character():
 
 def test_the_cli_prints_only_through_the_sanitising_functions():
     """`typer.echo` appears in `hive`'s CLI only where the text has been through `visible` or
-    `json_text`; every other line goes through `_echo`, which applies `visible`."""
-    source = (Path(__file__).parents[2] / "c0re_priv" / "cli.py").read_text()
-    echoes = [line.strip() for line in source.splitlines() if "typer.echo(" in line]
-    assert echoes and all("visible(" in line or "json_text(" in line for line in echoes), echoes
-    assert "print(" not in source
+    `json_text`; every other line goes through `_echo`, which applies `visible`. So in every
+    module of the CLI (`cli.py` and the `*_cli.py` that add commands to it)."""
+    modules = sorted((Path(__file__).parents[2] / "c0re_priv").glob("*cli.py"))
+    assert len(modules) >= 2, modules
+    sources = {path.name: path.read_text() for path in modules}
+    echoes = [
+        (name, line.strip())
+        for name, source in sources.items()
+        for line in source.splitlines()
+        if "typer.echo(" in line
+    ]
+    assert echoes and all("visible(" in line or "json_text(" in line for _, line in echoes), [
+        e for e in echoes if "visible(" not in e[1] and "json_text(" not in e[1]
+    ]
+    assert not [name for name, source in sources.items() if "print(" in source]
