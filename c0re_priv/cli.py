@@ -60,11 +60,12 @@ def _setup_logging(verbose: bool = False) -> None:
 @contextmanager
 def _startup_errors() -> Iterator[None]:
     """Turn a failure to bind or open state into one clear line instead of a traceback."""
+    from .containers.host import BadHiveId
     from .private_state import UnsafeState
     from .server import DaemonAlreadyRunning
     from .store import CannotOpenStore
 
-    expected = (OSError, DaemonAlreadyRunning, UnsafeState, CannotOpenStore)
+    expected = (OSError, DaemonAlreadyRunning, UnsafeState, CannotOpenStore, BadHiveId)
     try:
         yield
     except expected as exc:

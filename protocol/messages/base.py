@@ -22,8 +22,12 @@ Recipient = Annotated[str, Meta(min_length=1, max_length=63)]
 (see docs/federation.md)."""
 
 
-RecipientName = Annotated[str, Meta(pattern=r"^(\*|[a-z][a-z0-9-]{0,30})\Z", max_length=31)]
-"""An entry of `allowed_recipients`: an agent name, `"operator"` or `"*"`."""
+RecipientName = Annotated[
+    str,
+    Meta(pattern=r"^(\*|[a-z][a-z0-9-]{0,30})(@(\*|[a-z][a-z0-9-]{0,30}))?\Z", max_length=63),
+]
+"""An entry of `allowed_recipients`: an agent name, `"operator"`, `"*"`, or one of another
+hive's: `name@hive`, `*@hive` (all of that hive), `*@*` (see docs/federation.md)."""
 
 
 Runtime = Literal["scripted", "claude"]
