@@ -13,19 +13,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from mcp.server.mcpserver.exceptions import ToolError
 
-from protocol import forge as f
+from protocol.messages import forge as f
+from protocol.validate import InvalidRequest, build
 
 if TYPE_CHECKING:
     from .mcp_server import Tools
-
-
-def invalid_from_msgspec(exc: msgspec.ValidationError) -> str:
-    from .mcp_server import invalid_from_msgspec as said
-
-    return said(exc)
 
 
 DIFF_SHOWN = 20_000
@@ -232,9 +226,9 @@ class ForgeTools:
             "limit": limit,
         }
         try:
-            req = msgspec.convert(fields, f.ListMergeRequests)
-        except msgspec.ValidationError as exc:
-            raise ToolError(invalid_from_msgspec(exc)) from None
+            req = build(f.ListMergeRequests, fields)  # `state=None` (all) is not left out
+        except InvalidRequest as exc:
+            raise ToolError(exc.summary) from None
         got = await self.tools._with_client(lambda c: c.expect(req, f.MergeRequests))
         return "\n".join(format_mr(r) for r in got.merge_requests) or "(no merge requests)"
 

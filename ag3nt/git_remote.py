@@ -30,9 +30,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from protocol import forge as f
 from protocol.framing import FrameDecoder, FrameError
 from protocol.messages import PROTOCOL_VERSION, Error, Hello, Ok, Welcome
+from protocol.messages import forge as f
 from protocol.wire import encode, encode_call, reply_decoder, welcome_decoder
 
 SERVICES: tuple[f.GitService, ...] = ("git-upload-pack", "git-receive-pack")

@@ -28,8 +28,8 @@ from pathlib import Path
 from daemon_process import Daemon, running_daemon
 from report import Report, parse_args
 
-from protocol import forge as f
 from protocol.client import SyncClient
+from protocol.messages import forge as f
 
 CLONE = "clone, forge (hive://)"
 CLONE_BASE = "clone, git's own pack protocol (file://)"

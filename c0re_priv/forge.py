@@ -43,8 +43,8 @@ from typing import Literal
 
 import trio
 
-from protocol import forge as f
 from protocol import messages as m
+from protocol.messages import forge as f
 
 from .config import ForgeSettings, Paths
 from .errors import Fail
@@ -663,7 +663,6 @@ class Forge:
             name, commit = branches[0].name, branches[0].sha
         log_rows = await git.log(commit, commits) if commit is not None else []
         return f.RepoView(
-            id=0,
             repo=row,
             ref=name if commit is not None else "",
             branches=branches,
@@ -684,7 +683,7 @@ class Forge:
         entries = await git.tree(commit, path)
         if entries is None:
             raise Fail("not_found", f"{repo} has no directory {path!r} at {rev}")
-        return f.RepoTree(id=0, repo=repo, rev=rev, commit=commit, path=path, entries=entries)
+        return f.RepoTree(repo=repo, rev=rev, commit=commit, path=path, entries=entries)
 
     async def blob(self, who: Who, repo: str, rev: str, path: str) -> f.RepoBlob:
         await self.readable(who, repo)
@@ -695,7 +694,6 @@ class Forge:
             raise Fail("not_found", f"{repo} has no file {path!r} at {rev}")
         data, size, truncated = got
         return f.RepoBlob(
-            id=0,
             repo=repo,
             rev=rev,
             commit=commit,
@@ -819,9 +817,7 @@ class Forge:
         message = ""
         try:
             await emit(
-                f.ForgeOpened(
-                    id=0, repo=repo, service=service, created=created, max_write=self.max_write
-                )
+                f.ForgeOpened(repo=repo, service=service, created=created, max_write=self.max_write)
             )
             with trio.move_on_after(timeout) as timer:
                 async with trio.open_nursery() as pumps:
@@ -843,7 +839,7 @@ class Forge:
                 if pushing:
                     with trio.move_on_after(GIT_TIMEOUT * 2):
                         await self._after_push(who, git, repo, before, created)
-        await emit(f.ForgeClosed(id=0, exit_code=proc.returncode or 0, message=message))
+        await emit(f.ForgeClosed(exit_code=proc.returncode or 0, message=message))
 
     async def _pump(
         self,
@@ -855,7 +851,7 @@ class Forge:
             data = await stream.receive_some(self.chunk)
             if not data:
                 return
-            await emit(f.ForgeData(id=0, data=bytes(data), stderr=stderr))
+            await emit(f.ForgeData(data=bytes(data), stderr=stderr))
 
     async def _after_push(
         self, who: Who, git: BareRepo, repo: str, before: dict[str, str], created: bool

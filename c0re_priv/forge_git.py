@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from protocol import forge as f
+from protocol.messages import forge as f
 
 GIT_TIMEOUT = 60.0
 ZERO_SHA = "0" * 40

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from protocol import forge as f
+from protocol.messages import forge as f
 
 from .errors import Fail
 from .events import EventBus
@@ -220,7 +220,6 @@ class MergeRequests:
             )
         status, conflicts = await self._merge_status(git, mr, base, head)
         return f.MergeRequestInfo(
-            id=0,
             mr=mr,
             notes=discussion,
             commits=commits,

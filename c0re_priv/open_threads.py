@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from protocol.forge import MergeRequestThread
 from protocol.messages import ApprovalThread, OpenThread, QuestionThread
+from protocol.messages.forge import MergeRequestThread
 
 from .attachments import excerpt
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from protocol import forge as f
 from protocol import messages as m
+from protocol.messages import forge as f
 
 from .render import Renderer
 

@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from protocol import forge as f
 from protocol import messages as m
 from protocol.client import HiveError
+from protocol.messages import forge as f
 
 from .forge_pages import Call, draw_index, draw_mr, draw_repo
 from .views import call, convert, fragment, panel, web

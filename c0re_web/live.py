@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from protocol import forge as f
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError
+from protocol.messages import forge as f
 
 from . import forge_pages
 from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations

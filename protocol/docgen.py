@@ -12,13 +12,12 @@ from typing import Any, get_args
 import msgspec
 import msgspec.inspect as mi
 
-from . import forge
 from . import messages as m
 
 INTRO = """\
 # hyperhive protocol reference
 
-Generated from `protocol/messages.py` by `python -m protocol.docgen`; do not edit by hand.
+Generated from the Structs in `protocol/messages/` by `python -m protocol.docgen`; do not edit by hand.
 
 ## Transport
 
@@ -171,14 +170,14 @@ def render() -> str:
         m.AskRow,
         m.ApprovalThread,
         m.QuestionThread,
-        forge.MergeRequestThread,
-        forge.RepoRow,
-        forge.RefUpdate,
-        forge.BranchRow,
-        forge.CommitRow,
-        forge.TreeEntry,
-        forge.MergeRequestRow,
-        forge.MergeRequestNote,
+        m.MergeRequestThread,
+        m.RepoRow,
+        m.RefUpdate,
+        m.BranchRow,
+        m.CommitRow,
+        m.TreeEntry,
+        m.MergeRequestRow,
+        m.MergeRequestNote,
     )
     for row in rows:
         out.append(f"### {row.__name__}\n")

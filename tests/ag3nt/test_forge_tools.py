@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ag3nt.forge_tools import FORGE_TOOLS
-from protocol import forge as f
+from protocol.messages import forge as f
 from tests.ag3nt.test_mcp_server import mcp_agent, run
 from tests.conftest import DaemonProcess
 

@@ -22,9 +22,9 @@ import trio
 
 from c0re_priv.forge import GitSession
 from c0re_priv.hive import Hive
-from protocol import forge as f
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError
+from protocol.messages import forge as f
 from tests.conftest import make_config
 
 VENV_BIN = str(Path(sys.executable).parent)

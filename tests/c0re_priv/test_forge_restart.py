@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from protocol import forge as f
 from protocol import messages as m
 from protocol.client import SyncClient
-from tests.c0re_priv.test_forge_cli import git
+from protocol.messages import forge as f
+from tests.c0re_priv.test_cli_forge import git
 from tests.conftest import DaemonProcess
 
 

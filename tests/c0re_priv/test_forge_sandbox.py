@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from c0re_priv.hive import Hive
-from protocol import forge as f
 from protocol.client import HiveClient, HiveError
+from protocol.messages import forge as f
 from tests.conftest import make_config
 
 pytestmark = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from protocol import forge as f
+from protocol.messages import forge as f
 from tests.c0re_web import test_browser as dashboard
 from tests.c0re_web.test_browser import CHROMIUM, WebHive, open_live
 

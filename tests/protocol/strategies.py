@@ -15,7 +15,6 @@ import msgspec
 import msgspec.inspect as mi
 from hypothesis import strategies as st
 
-from protocol import forge
 from protocol import messages as m
 
 # How much a generated list or dict may hold: enough to cover empty, one and many.
@@ -25,16 +24,13 @@ MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
 
 
 def protocol_structs() -> list[type[msgspec.Struct]]:
-    """Every Struct class `protocol.messages` and the feature modules it gathers (`forge`)
-    define, but the bases."""
-    found = []
-    for module in (m, forge):
-        found += [
-            obj
-            for _, obj in inspect.getmembers(module, inspect.isclass)
-            if issubclass(obj, msgspec.Struct) and obj.__module__ == module.__name__
-        ]
-    return found
+    """Every Struct class the `protocol.messages` package defines (in any of its feature
+    modules) and re-exports."""
+    return [
+        obj
+        for _, obj in inspect.getmembers(m, inspect.isclass)
+        if issubclass(obj, msgspec.Struct) and obj.__module__.startswith(m.__name__ + ".")
+    ]
 
 
 @cache

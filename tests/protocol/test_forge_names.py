@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from c0re_priv.safe_fs import UnsafePath, check_component
-from protocol import forge as f
+from protocol.messages import forge as f
 
 NAME_CHARS = string.ascii_lowercase + string.digits + "._-"
 BRANCH_CHARS = string.ascii_letters + string.digits + "._-/"

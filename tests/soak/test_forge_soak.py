@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol import forge as f
 from protocol import messages as m
 from protocol.client import HiveError, SyncClient
+from protocol.messages import forge as f
 from protocol.wire import encode_call
 from tests.conftest import DaemonProcess
 

@@ -4,25 +4,26 @@ Repositories (list, create, make private, delete, browse) and merge requests (li
 with the diff, open, comment, approve, merge, close), as the operator. Names are checked
 here first (`repo_problem`, `branch_problem`) so a typo is said in words, not as a regex;
 everything an agent wrote (titles, comments, file contents, diffs) is printed through
-`_echo`, which shows control characters instead of obeying them. The operator's own clones
+`echo`, which shows control characters instead of obeying them. The operator's own clones
 use git and `git-remote-hive` directly (`git clone hive://org-shared/docs`; docs/forge.md).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from protocol import forge as f
+from protocol import messages as m
+from protocol.messages import forge as f
 
-from .cli import JsonOut, RunDir, StateDir, _ago, _call, _die, _echo, _emit, _table, ctl
+from .common import JsonOut, RunDir, ago, app, call, die, echo, emit, request, table
 
 forge_app = typer.Typer(
     help="The hive's git forge: repositories and merge requests (docs/forge.md).",
     no_args_is_help=True,
 )
-ctl.add_typer(forge_app, name="forge")
+app.add_typer(forge_app, name="forge")
 
 MrId = Annotated[int, typer.Argument(help="The merge request's number (`!N`).")]
 Repo = Annotated[str, typer.Argument(help="<owner>/<name>, e.g. org-shared/docs.")]
@@ -31,24 +32,15 @@ Repo = Annotated[str, typer.Argument(help="<owner>/<name>, e.g. org-shared/docs.
 def _repo(repo: str) -> str:
     problem = f.repo_problem(repo)
     if problem is not None:
-        _die(problem)
+        die(problem)
     return repo
 
 
 def _branch(name: str) -> str:
     problem = f.branch_problem(name)
     if problem is not None:
-        _die(f"{name!r}: {problem}")
+        die(f"{name!r}: {problem}")
     return name
-
-
-def _request(verb: type[Any], **fields: Any) -> Any:
-    import msgspec
-
-    try:
-        return msgspec.convert(fields, verb)
-    except msgspec.ValidationError as exc:
-        _die(f"invalid {verb.__name__}: {exc}")
 
 
 # ------------------------------------------------------------------ repositories
@@ -58,21 +50,20 @@ def _request(verb: type[Any], **fields: Any) -> Any:
 def forge_repos(
     owner: Annotated[str | None, typer.Option(help="Only this owner's.")] = None,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Every repository, by owner and name."""
-    rows = _call(run_dir, _request(f.ListRepos, owner=owner), f.Repos).repos
-    _emit(
+    rows = call(run_dir, request(f.ListRepos, owner=owner), f.Repos).repos
+    emit(
         rows,
         as_json,
-        lambda: _table(
+        lambda: table(
             [
                 [
                     r.repo,
                     "private" if r.private else "public",
                     str(r.open_merge_requests),
-                    _ago(r.pushed_at),
+                    ago(r.pushed_at),
                     r.description[:60],
                 ]
                 for r in rows
@@ -90,13 +81,12 @@ def forge_create(
     ] = False,
     description: str = "",
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Create an empty repository (in an agent's namespace, or in org-shared)."""
-    req = _request(f.CreateRepo, repo=_repo(repo), private=private, description=description)
-    row = _call(run_dir, req, f.RepoInfo).repo
-    _emit(row, as_json, lambda: _echo(f"created {row.repo}: git clone {row.url}"))
+    req = request(f.CreateRepo, repo=_repo(repo), private=private, description=description)
+    row = call(run_dir, req, f.RepoInfo).repo
+    emit(row, as_json, lambda: echo(f"created {row.repo}: git clone {row.url}"))
 
 
 @forge_app.command("update")
@@ -107,16 +97,15 @@ def forge_update(
     ] = None,
     description: Annotated[str | None, typer.Option(help="A new description.")] = None,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Make a repository private or public, or change its description."""
-    req = _request(f.UpdateRepo, repo=_repo(repo), private=private, description=description)
-    row = _call(run_dir, req, f.RepoInfo).repo
-    _emit(
+    req = request(f.UpdateRepo, repo=_repo(repo), private=private, description=description)
+    row = call(run_dir, req, f.RepoInfo).repo
+    emit(
         row,
         as_json,
-        lambda: _echo(f"{row.repo}: {'private' if row.private else 'public'}: {row.description}"),
+        lambda: echo(f"{row.repo}: {'private' if row.private else 'public'}: {row.description}"),
     )
 
 
@@ -125,16 +114,13 @@ def forge_delete(
     repo: Repo,
     yes: Annotated[bool, typer.Option("--yes", help="Really delete it, for good.")] = False,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Delete a repository for good; its open merge requests are closed."""
     if not yes:
-        _die(f"deleting {repo} cannot be undone: say --yes")
-    from protocol import messages as m
-
-    _call(run_dir, _request(f.DeleteRepo, repo=_repo(repo)), m.Ok)
-    _emit({"deleted": repo}, as_json, lambda: _echo(f"deleted {repo}"))
+        die(f"deleting {repo} cannot be undone: say --yes")
+    call(run_dir, request(f.DeleteRepo, repo=_repo(repo)), m.Ok)
+    emit({"deleted": repo}, as_json, lambda: echo(f"deleted {repo}"))
 
 
 @forge_app.command("show")
@@ -143,37 +129,36 @@ def forge_show(
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (default branch).")] = None,
     commits: Annotated[int, typer.Option("-n", help="How many commits.")] = 20,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """A repository: its branches, its tags and its recent commits."""
-    req = _request(f.GetRepo, repo=_repo(repo), ref=ref, commits=commits)
-    view = _call(run_dir, req, f.RepoView)
+    req = request(f.GetRepo, repo=_repo(repo), ref=ref, commits=commits)
+    view = call(run_dir, req, f.RepoView)
 
     def human() -> None:
         r = view.repo
-        _echo(f"{r.repo} ({'private' if r.private else 'public'}) — {r.url}")
+        echo(f"{r.repo} ({'private' if r.private else 'public'}) — {r.url}")
         if r.description:
-            _echo(r.description)
-        _echo(f"created by {r.created_by} {_ago(r.created_at)}, pushed {_ago(r.pushed_at)}")
+            echo(r.description)
+        echo(f"created by {r.created_by} {ago(r.created_at)}, pushed {ago(r.pushed_at)}")
         if not view.branches:
-            _echo("(empty: nothing pushed yet)")
+            echo("(empty: nothing pushed yet)")
             return
-        _echo("")
-        _table(
-            [[b.name, b.sha[:10], _ago(b.committed_at), b.subject[:60]] for b in view.branches],
+        echo("")
+        table(
+            [[b.name, b.sha[:10], ago(b.committed_at), b.subject[:60]] for b in view.branches],
             ["BRANCH", "COMMIT", "WHEN", "SUBJECT"],
         )
         if view.tags:
-            _echo("")
-            _table([[t.name, t.sha[:10]] for t in view.tags], ["TAG", "COMMIT"])
-        _echo(f"\ncommits on {view.ref}:")
-        _table(
-            [[c.sha[:10], c.author, _ago(c.committed_at), c.subject[:70]] for c in view.commits],
+            echo("")
+            table([[t.name, t.sha[:10]] for t in view.tags], ["TAG", "COMMIT"])
+        echo(f"\ncommits on {view.ref}:")
+        table(
+            [[c.sha[:10], c.author, ago(c.committed_at), c.subject[:70]] for c in view.commits],
             ["COMMIT", "AUTHOR", "WHEN", "SUBJECT"],
         )
 
-    _emit(view, as_json, human)
+    emit(view, as_json, human)
 
 
 @forge_app.command("ls")
@@ -182,16 +167,15 @@ def forge_ls(
     rev: Annotated[str, typer.Argument(help="Branch, tag or commit.")] = "main",
     path: Annotated[str, typer.Argument(help="A directory of it.")] = "",
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """One directory of a commit."""
-    req = _request(f.ListTree, repo=_repo(repo), rev=rev, path=path.strip("/"))
-    tree = _call(run_dir, req, f.RepoTree)
-    _emit(
+    req = request(f.ListTree, repo=_repo(repo), rev=rev, path=path.strip("/"))
+    tree = call(run_dir, req, f.RepoTree)
+    emit(
         tree,
         as_json,
-        lambda: _table(
+        lambda: table(
             [[e.kind, "" if e.size is None else str(e.size), e.name] for e in tree.entries],
             ["KIND", "SIZE", "NAME"],
         ),
@@ -204,19 +188,18 @@ def forge_cat(
     rev: Annotated[str, typer.Argument(help="Branch, tag or commit.")],
     path: Annotated[str, typer.Argument(help="A file of it.")],
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """One file of a commit (its first 512 KiB), shown as text."""
-    req = _request(f.ReadBlob, repo=_repo(repo), rev=rev, path=path.strip("/"))
-    blob = _call(run_dir, req, f.RepoBlob)
+    req = request(f.ReadBlob, repo=_repo(repo), rev=rev, path=path.strip("/"))
+    blob = call(run_dir, req, f.RepoBlob)
 
     def human() -> None:
-        _echo(blob.data.decode(errors="replace").rstrip("\n"))
+        echo(blob.data.decode(errors="replace").rstrip("\n"))
         if blob.truncated:
-            _echo(f"… (the first {len(blob.data)} of {blob.size} bytes)", err=True)
+            echo(f"… (the first {len(blob.data)} of {blob.size} bytes)", err=True)
 
-    _emit(blob, as_json, human)
+    emit(blob, as_json, human)
 
 
 # ------------------------------------------------------------------ merge requests
@@ -224,12 +207,12 @@ def forge_cat(
 
 def _show_mr(info: f.MergeRequestInfo, diff: bool) -> None:
     mr = info.mr
-    _echo(f"!{mr.id} {mr.title} [{mr.state}]")
+    echo(f"!{mr.id} {mr.title} [{mr.state}]")
     source = (
         mr.source_branch if mr.source_repo == mr.repo else f"{mr.source_repo} {mr.source_branch}"
     )
-    _echo(f"{mr.repo}: {source} → {mr.target_branch}, by {mr.author} {_ago(mr.created_at)}")
-    _echo(
+    echo(f"{mr.repo}: {source} → {mr.target_branch}, by {mr.author} {ago(mr.created_at)}")
+    echo(
         f"head {mr.head_sha[:12]}; reviewers: {', '.join(mr.reviewers) or '-'};"
         f" approved by: {', '.join(mr.approvals) or '-'}"
     )
@@ -237,27 +220,27 @@ def _show_mr(info: f.MergeRequestInfo, diff: bool) -> None:
         status = info.merge_status.replace("_", " ")
         if info.conflicts:
             status += ": " + ", ".join(info.conflicts)
-        _echo(f"merge: {status}")
+        echo(f"merge: {status}")
     elif mr.resolved_by:
         merged = f" as {mr.merged_sha[:12]}" if mr.merged_sha else ""
-        _echo(f"{mr.state} by {mr.resolved_by} {_ago(mr.resolved_at)}{merged}")
+        echo(f"{mr.state} by {mr.resolved_by} {ago(mr.resolved_at)}{merged}")
     if mr.description:
-        _echo("")
-        _echo(mr.description)
+        echo("")
+        echo(mr.description)
     if info.notes:
-        _echo("")
+        echo("")
         for n in info.notes:
             text = f" {n.body}" if n.body else ""
-            _echo(f"  {_ago(n.created_at)} {n.author} {n.kind}:{text}")
+            echo(f"  {ago(n.created_at)} {n.author} {n.kind}:{text}")
     if info.commits:
-        _echo("")
+        echo("")
         for c in info.commits:
-            _echo(f"  {c.sha[:10]} {c.author}: {c.subject}")
+            echo(f"  {c.sha[:10]} {c.author}: {c.subject}")
     if diff and info.diff:
-        _echo("")
-        _echo(info.diff.rstrip("\n"))
+        echo("")
+        echo(info.diff.rstrip("\n"))
         if info.diff_truncated:
-            _echo("… (the diff is longer than this)", err=True)
+            echo("… (the diff is longer than this)", err=True)
 
 
 @forge_app.command("mrs")
@@ -269,22 +252,21 @@ def forge_mrs(
     ] = None,
     limit: int = 100,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Merge requests, newest first."""
-    req = _request(
+    req = request(
         f.ListMergeRequests,
         repo=_repo(repo) if repo is not None else None,
         state=None if state == "all" else state,
         involving=involving,
         limit=limit,
     )
-    rows = _call(run_dir, req, f.MergeRequests).merge_requests
-    _emit(
+    rows = call(run_dir, req, f.MergeRequests).merge_requests
+    emit(
         rows,
         as_json,
-        lambda: _table(
+        lambda: table(
             [
                 [
                     f"!{r.id}",
@@ -307,12 +289,11 @@ def forge_mr(
     mr_id: MrId,
     diff: Annotated[bool, typer.Option("--diff/--no-diff", help="Show the diff.")] = True,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """One merge request: its discussion, its commits, its diff, and whether it merges."""
-    info = _call(run_dir, _request(f.GetMergeRequest, id=mr_id), f.MergeRequestInfo)
-    _emit(info, as_json, lambda: _show_mr(info, diff))
+    info = call(run_dir, request(f.GetMergeRequest, id=mr_id), f.MergeRequestInfo)
+    emit(info, as_json, lambda: _show_mr(info, diff))
 
 
 @forge_app.command("open")
@@ -325,11 +306,10 @@ def forge_open(
     description: str = "",
     reviewer: Annotated[list[str] | None, typer.Option(help="An agent to review (repeat).")] = None,
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Open a merge request of SOURCE_BRANCH into REPO's target branch."""
-    req = _request(
+    req = request(
         f.OpenMergeRequest,
         repo=_repo(repo),
         source_branch=_branch(source_branch),
@@ -339,8 +319,8 @@ def forge_open(
         description=description,
         reviewers=reviewer or [],
     )
-    info = _call(run_dir, req, f.MergeRequestInfo)
-    _emit(info, as_json, lambda: _show_mr(info, diff=False))
+    info = call(run_dir, req, f.MergeRequestInfo)
+    emit(info, as_json, lambda: _show_mr(info, diff=False))
 
 
 @forge_app.command("comment")
@@ -348,12 +328,11 @@ def forge_comment(
     mr_id: MrId,
     body: Annotated[str, typer.Argument(help="The comment.")],
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Comment on a merge request."""
-    info = _call(run_dir, _request(f.CommentMergeRequest, id=mr_id, body=body), f.MergeRequestInfo)
-    _emit(info, as_json, lambda: _echo(f"commented on !{mr_id}"))
+    info = call(run_dir, request(f.CommentMergeRequest, id=mr_id, body=body), f.MergeRequestInfo)
+    emit(info, as_json, lambda: echo(f"commented on !{mr_id}"))
 
 
 @forge_app.command("approve")
@@ -361,15 +340,14 @@ def forge_approve(
     mr_id: MrId,
     note: Annotated[str, typer.Option(help="Added to the discussion.")] = "",
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Approve a merge request's current head."""
-    info = _call(run_dir, _request(f.ApproveMergeRequest, id=mr_id, note=note), f.MergeRequestInfo)
-    _emit(
+    info = call(run_dir, request(f.ApproveMergeRequest, id=mr_id, note=note), f.MergeRequestInfo)
+    emit(
         info,
         as_json,
-        lambda: _echo(
+        lambda: echo(
             f"approved !{mr_id} at {info.mr.head_sha[:12]}"
             f" (approved by {', '.join(info.mr.approvals)})"
         ),
@@ -382,17 +360,16 @@ def forge_merge(
     method: Annotated[str, typer.Option(help="auto, fast_forward or merge.")] = "auto",
     message: Annotated[str, typer.Option(help="The merge commit's message.")] = "",
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Merge a merge request into its target branch (refused on a conflict, exit 1)."""
-    req = _request(f.MergeMergeRequest, id=mr_id, method=method, message=message)
-    info = _call(run_dir, req, f.MergeRequestInfo)
+    req = request(f.MergeMergeRequest, id=mr_id, method=method, message=message)
+    info = call(run_dir, req, f.MergeRequestInfo)
     mr = info.mr
-    _emit(
+    emit(
         info,
         as_json,
-        lambda: _echo(
+        lambda: echo(
             f"merged !{mr_id} into {mr.repo} {mr.target_branch} ({(mr.merged_sha or '')[:12]})"
         ),
     )
@@ -403,9 +380,8 @@ def forge_close(
     mr_id: MrId,
     note: Annotated[str, typer.Option(help="Why; added to the discussion.")] = "",
     run_dir: RunDir = None,
-    state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Close a merge request without merging it."""
-    info = _call(run_dir, _request(f.CloseMergeRequest, id=mr_id, note=note), f.MergeRequestInfo)
-    _emit(info, as_json, lambda: _echo(f"closed !{mr_id}"))
+    info = call(run_dir, request(f.CloseMergeRequest, id=mr_id, note=note), f.MergeRequestInfo)
+    emit(info, as_json, lambda: echo(f"closed !{mr_id}"))

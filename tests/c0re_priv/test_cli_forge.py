@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from protocol import forge as f
 from protocol.client import SyncClient
+from protocol.messages import forge as f
 from tests.c0re_priv.test_cli_approvals import ctl
 from tests.conftest import DaemonProcess
 
