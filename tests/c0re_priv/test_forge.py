@@ -236,7 +236,7 @@ async def test_repos_per_owner_are_capped(short_tmp):
     config.forge.max_repos_per_owner = 2
     from functools import partial
 
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from tests.conftest import paths_in
 
     async with trio.open_nursery() as nursery:
@@ -464,7 +464,7 @@ async def test_a_forge_dir_the_daemon_cannot_trust_leaves_the_rest_of_the_hive_r
 ):
     from functools import partial
 
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from tests.conftest import paths_in
 
     config = make_config(agents={"alice": {}})
@@ -653,7 +653,7 @@ async def test_a_symlinked_repo_directory_is_refused(hive, gits, tmp_path):
 async def test_a_session_limit_and_a_pack_size_limit(short_tmp, tmp_path):
     from functools import partial
 
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from tests.conftest import paths_in
 
     config = make_config(agents={"alice": {}})
