@@ -67,7 +67,7 @@ def test_the_root_mounts_exactly_what_the_packages_define():
     assert set(hive_cli.COMMANDS) == {"c0re", "up", "web", "ctl", "agent", "federation"}
     ctl = hive_cli.load("ctl")
     assert isinstance(ctl, typer.core.TyperGroup)
-    assert len(ctl.commands) == 38  # 37 verbs and the `agent` group (add, rm)
+    assert len(ctl.commands) == 39  # 37 verbs, the `agent` group (add, rm) and `forge`
 
 
 def test_the_daemon_package_imports_neither_client():
@@ -89,7 +89,7 @@ def test_the_daemon_package_imports_neither_client():
 
 def test_ctl_commands_take_no_ignored_state_dir():
     ctl = hive_cli.load("ctl")
-    groups = [ctl, ctl.commands["agent"]]
+    groups = [ctl, ctl.commands["agent"], ctl.commands["forge"]]
     for group in groups:
         for name, command in group.commands.items():
             opts = {o for p in command.params for o in getattr(p, "opts", [])}
