@@ -295,15 +295,20 @@ class MergeRequests:
             )
             return mr_id
 
-        mr_id = await self.store.write(insert)
-        try:
-            await self._keep_head(target_git, source_repo, req.repo, req.source_branch, mr_id, head)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.store.write(
-                    lambda c: c.execute("DELETE FROM merge_requests WHERE id = ?", (mr_id,))
+        # under the target's lock: a merge (which takes it too) never sees the new row
+        # before its head is kept as refs/mr/<id>/head
+        async with self.forge.locked(req.repo):
+            mr_id = await self.store.write(insert)
+            try:
+                await self._keep_head(
+                    target_git, source_repo, req.repo, req.source_branch, mr_id, head
                 )
-            raise
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.store.write(
+                        lambda c: c.execute("DELETE FROM merge_requests WHERE id = ?", (mr_id,))
+                    )
+                raise
         mr = await self._fetch(mr_id)
         assert mr is not None
         self.bus.publish(f.MergeRequestOpened(mr=mr))

@@ -271,8 +271,9 @@ def test_the_forge_under_long_mixed_and_hostile_use(
             env={**alice.env, "HOME": str(tmp_path)},
         )
         assert fsck.returncode == 0, (bare, fsck.stderr)
-    log = daemon.log()
-    assert "Traceback" not in log and "internal error" not in log
+    lines = daemon.log().splitlines()
+    bad = [i for i, line in enumerate(lines) if "Traceback" in line or "internal error" in line]
+    assert not bad, "\n".join(lines[max(0, bad[0] - 5) : bad[0] + 60])
     assert (
         counts["merged"] > 0
         and counts["alice_push"] > 0
