@@ -819,11 +819,14 @@ class Forge:
             await emit(
                 f.ForgeOpened(repo=repo, service=service, created=created, max_write=self.max_write)
             )
+            gone: list[BaseException] = []
             with trio.move_on_after(timeout) as timer:
                 async with trio.open_nursery() as pumps:
                     assert proc.stdout is not None and proc.stderr is not None
-                    pumps.start_soon(self._pump, proc.stdout, False, emit)
-                    pumps.start_soon(self._pump, proc.stderr, True, emit)
+                    pumps.start_soon(self._pump, proc.stdout, False, emit, pumps, gone)
+                    pumps.start_soon(self._pump, proc.stderr, True, emit, pumps, gone)
+                if gone:  # the caller hung up: end git now, not when it gives up writing
+                    raise gone[0]
                 await proc.wait()
             if timer.cancelled_caught:
                 message = f"the git session took longer than {timeout:g}s and was ended"
@@ -846,12 +849,21 @@ class Forge:
         stream: trio.abc.ReceiveStream,
         stderr: bool,
         emit: Callable[[m.Reply], Awaitable[None]],
+        pumps: trio.Nursery,
+        gone: list[BaseException],
     ) -> None:
-        while True:
-            data = await stream.receive_some(self.chunk)
-            if not data:
-                return
-            await emit(f.ForgeData(data=bytes(data), stderr=stderr))
+        """Relay one of git's outputs to the caller. A caller that hung up stops both pumps
+        and is said once, as the transport's own peer-gone error: inside the pumps' nursery
+        it would leave as an exception group the transport takes for a daemon error."""
+        try:
+            while True:
+                data = await stream.receive_some(self.chunk)
+                if not data:
+                    return
+                await emit(f.ForgeData(data=bytes(data), stderr=stderr))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            gone.append(exc)
+            pumps.cancel_scope.cancel()
 
     async def _after_push(
         self, who: Who, git: BareRepo, repo: str, before: dict[str, str], created: bool

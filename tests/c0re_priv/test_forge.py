@@ -8,8 +8,10 @@ bubblewrap sandboxes as the agents' own uids.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +26,9 @@ from c0re_priv.forge import GitSession
 from c0re_priv.hive import Hive
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError
+from protocol.framing import FrameDecoder
 from protocol.messages import forge as f
+from protocol.wire import encode, encode_call, reply_decoder, welcome_decoder
 from tests.conftest import make_config
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -690,6 +694,60 @@ async def test_a_session_limit_and_a_pack_size_limit(short_tmp, tmp_path):
                 f.UpdateRepo(repo="alice/notes", description="still here"), f.RepoInfo
             )
         nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_hanging_up_mid_clone_ends_its_git_without_a_daemon_error(
+    hive, gits, caplog
+):
+    """The daemon is relaying a pack when its caller stops taking it: git is ended at once
+    and that is no daemon error (the failed write once left the relay as an exception group,
+    logged with a traceback as an internal error; found by the forge soak)."""
+    caplog.set_level(logging.INFO)
+    work = await gits["alice"].new_repo("alice/big", {"a.md": "a\n"})
+    (work / "big.bin").write_bytes(os.urandom(8 << 20))
+    head = await gits["alice"].commit(work, {}, "big")
+    await gits["alice"].run("push", "--quiet", cwd=work)
+
+    def pkt(line: str) -> bytes:
+        return f"{len(line) + 4:04x}{line}".encode()
+
+    def stop_reading_mid_pack() -> socket.socket:
+        """bob asks for the pack like `git clone` would, reads some of it, and stops reading
+        (`shutdown(SHUT_RD)`: the daemon's next write fails while the connection stays up)."""
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(20)
+        sock.connect(str(hive.paths.agent_sock("bob")))
+        decoder = FrameDecoder(64 << 20)
+        frames: list[bytes] = []
+
+        def next_frame() -> bytes:
+            while not frames:
+                data = sock.recv(1 << 16)
+                assert data, "the daemon hung up first"
+                frames.extend(decoder.feed(data))
+            return frames.pop(0)
+
+        sock.sendall(encode(m.Hello(protocol=m.PROTOCOL_VERSION, client="test-hang-up")))
+        assert isinstance(welcome_decoder.decode(next_frame()), m.Welcome)
+        sock.sendall(encode_call(1, f.ForgeConnect(repo="alice/big", service="git-upload-pack")))
+        assert isinstance(reply_decoder.decode(next_frame()), f.ForgeOpened)
+        wants = pkt(f"want {head}\n") + b"0000" + pkt("done\n")
+        sock.sendall(encode_call(2, f.ForgeWrite(call=1, seq=0, data=wants, eof=True)))
+        relayed = 0
+        while relayed < 256 << 10:  # well into the pack, with megabytes still to come
+            reply = reply_decoder.decode(next_frame())
+            assert not isinstance(reply, f.ForgeClosed | m.Error), reply
+            if isinstance(reply, f.ForgeData) and not reply.stderr:
+                relayed += len(reply.data)
+        sock.shutdown(socket.SHUT_RD)
+        return sock
+
+    with await trio.to_thread.run_sync(stop_reading_mid_pack):
+        with trio.fail_after(15):  # the session ends (git killed), not at session_timeout
+            while hive.forge._active:
+                await trio.sleep(0.05)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
 
 
 # ------------------------------------------------------------------ the transport itself
