@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import queue
 import random
@@ -43,7 +44,7 @@ from report import Report, parse_args
 
 from c0re_web.privileges import WEB_USER, ensure_user
 from protocol import messages as m
-from protocol.client import HiveClient, SyncClient
+from protocol.client import ConnectionLost, HiveClient, HiveError
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -129,7 +130,6 @@ class PageLog:
 class Probes:
     sent: dict[int, float] = field(default_factory=dict)
     raw: dict[int, float] = field(default_factory=dict)
-    next: int = 0
 
 
 def agent_names() -> list[str]:
@@ -322,42 +322,108 @@ def load_process(run_dir: Path, rate: int, seconds: float) -> Iterator[subproces
         proc.wait(30)
 
 
-# ------------------------------------------------------------------ probes
+# ------------------------------------------------------------------ probes (a subprocess)
 
 
-def probe_sender(daemon: Daemon, probes: Probes, stop: threading.Event) -> None:
-    """Every `PROBE_EVERY` s, a00 sends `probe-N` to a01; the time its `Send` answered."""
-    with SyncClient.connect(str(daemon.paths.agent_sock("a00")), timeout=30) as client:
-        tick = time.monotonic()
-        while not stop.is_set():
-            n = probes.next
-            probes.next += 1
-            client.expect(m.Send(to="a01", body=f"probe-{n} from the benchmark"), m.Sent)
-            probes.sent[n] = time.time()
-            tick += PROBE_EVERY
-            stop.wait(max(0.0, tick - time.monotonic()))
+async def probe(run_dir: str) -> None:
+    """Every `PROBE_EVERY` s, a00 sends `probe-N` to a01, noting when `Send` answered; a raw
+    `Subscribe` on admin.sock notes when each probe's `MessageSent` arrives (the floor).
+
+    Talks on stdin/stdout: says `ready`; answers each `mark` line with the next probe's
+    number; on `stop` prints both sets of times as JSON and returns.
+    """
+    sent: dict[int, float] = {}
+    raw: dict[int, float] = {}
+    counter = 0
+    admin = f"{run_dir}/admin.sock"
+    agent = f"{run_dir}/agents/a00.sock"
+    async with (
+        HiveClient.connect(admin, client="bench-raw") as watcher,
+        HiveClient.connect(agent, client="bench-probe") as sender,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def follow() -> None:
+            since: int | None = None
+            while True:  # a subscriber that falls behind is dropped: subscribe again
+                try:
+                    async with watcher.stream(
+                        m.Subscribe(kinds=["message_sent"], since_seq=since)
+                    ) as frames:
+                        async for frame in frames:
+                            if not isinstance(frame, m.EventFrame):
+                                continue
+                            since = frame.event.seq
+                            if isinstance(frame.event, m.MessageSent):
+                                found = PROBE.match(frame.event.message.body)
+                                if found:
+                                    raw.setdefault(int(found.group(1)), time.time())
+                except HiveError as exc:
+                    if exc.code != "unavailable" or isinstance(exc, ConnectionLost):
+                        raise
+
+        async def send() -> None:
+            nonlocal counter
+            tick = trio.current_time()
+            while True:
+                n = counter
+                counter += 1
+                await sender.expect(m.Send(to="a01", body=f"probe-{n} from the benchmark"), m.Sent)
+                sent[n] = time.time()
+                tick += PROBE_EVERY
+                await trio.sleep_until(max(tick, trio.current_time()))
+
+        nursery.start_soon(follow)
+        nursery.start_soon(send)
+        print("ready", flush=True)
+        while True:
+            line = await trio.to_thread.run_sync(sys.stdin.readline)
+            if line.strip() == "mark":
+                print(counter, flush=True)
+                continue
+            await trio.sleep(SETTLE)
+            print(json.dumps({"sent": sent, "raw": raw}), flush=True)
+            nursery.cancel_scope.cancel()
+            return
 
 
-def raw_subscriber(daemon: Daemon, probes: Probes, ready: threading.Event) -> None:
-    """The floor: a `Subscribe` on admin.sock noting when each probe's `MessageSent` arrives."""
+class ProbeProcess:
+    def __init__(self, run_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--probe-worker", str(run_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self._line() != "ready":
+            raise RuntimeError("the probe sender did not start")
 
-    async def follow() -> None:
-        async with (
-            HiveClient.connect(str(daemon.paths.admin_sock), client="bench-raw") as client,
-            client.stream(m.Subscribe(kinds=["message_sent"])) as frames,
-        ):
-            await frames.__anext__()
-            ready.set()
-            async for frame in frames:
-                if isinstance(frame, m.EventFrame) and isinstance(frame.event, m.MessageSent):
-                    found = PROBE.match(frame.event.message.body)
-                    if found:
-                        probes.raw[int(found.group(1))] = time.time()
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
 
-    try:
-        trio.run(follow)
-    except Exception:  # the daemon stopping at the end
-        ready.set()
+    def _say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def mark(self) -> int:
+        self._say("mark")
+        return int(self._line())
+
+    def stop(self) -> Probes:
+        self._say("stop")
+        got = json.loads(self._line())
+        self.proc.wait(30)
+        return Probes(
+            sent={int(k): v for k, v in got["sent"].items()},
+            raw={int(k): v for k, v in got["raw"].items()},
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # ------------------------------------------------------------------ the run
@@ -436,58 +502,52 @@ def run(report: Report, plan: Plan) -> None:
             page.goto(web.link)
             page.wait_for_selector("#live-status[data-state=on]", timeout=30_000)
 
-            probes = Probes()
-            ready = threading.Event()
-            threading.Thread(
-                target=raw_subscriber, args=(daemon, probes, ready), daemon=True
-            ).start()
-            ready.wait(10)
-            stop = threading.Event()
-            sender = threading.Thread(target=probe_sender, args=(daemon, probes, stop), daemon=True)
-            web_pid = web.proc.pid
-            phases = [Phase("idle", 0, plan.idle)] + [
-                Phase(label, rate, plan.seconds) for label, rate in plan.phases
-            ]
-            sender.start()
-            page.wait_for_timeout(1000)  # warm-up
-            for phase in phases:
-                browsers = chromium_pids()
-                readings = {
-                    "chromium": lambda b=browsers: cpu_of(b),
-                    "web": lambda: cpu_seconds(web_pid),
-                    "daemon": lambda: cpu_seconds(daemon.pid),
-                }
-                with contextlib.ExitStack() as stack:
-                    loader = None
-                    if phase.rate:
-                        loader = stack.enter_context(
-                            load_process(daemon.paths.run_dir, phase.rate, phase.seconds)
-                        )
-                    start = {name: read() for name, read in readings.items()}
-                    phase.first = probes.next
-                    phase.log0 = counters(log)
-                    t0 = time.monotonic()
-                    if loader is not None:
-                        assert loader.stdin is not None
-                        loader.stdin.write("go\n")
-                        loader.stdin.flush()
-                        while loader.poll() is None:
-                            page.wait_for_timeout(100)
-                        assert loader.stdout is not None
-                        phase.sent_load = int(loader.stdout.read().strip() or 0)
-                    else:
-                        page.wait_for_timeout(phase.seconds * 1000)
-                    elapsed = time.monotonic() - t0
-                phase.last = probes.next
-                phase.log1 = counters(log)
-                phase.cpu = {
-                    name: (read() - start[name]) / elapsed for name, read in readings.items()
-                }
-                phase.seconds = elapsed
-                page.wait_for_timeout(SETTLE * 1000)
-                phase.not_shown = not_shown(page)
-            stop.set()
-            sender.join(5)
+            prober = ProbeProcess(daemon.paths.run_dir)
+            try:
+                web_pid = web.proc.pid
+                phases = [Phase("idle", 0, plan.idle)] + [
+                    Phase(label, rate, plan.seconds) for label, rate in plan.phases
+                ]
+                page.wait_for_timeout(1000)  # warm-up
+                for phase in phases:
+                    browsers = chromium_pids()
+                    readings = {
+                        "chromium": lambda b=browsers: cpu_of(b),
+                        "web": lambda: cpu_seconds(web_pid),
+                        "daemon": lambda: cpu_seconds(daemon.pid),
+                    }
+                    with contextlib.ExitStack() as stack:
+                        loader = None
+                        if phase.rate:
+                            loader = stack.enter_context(
+                                load_process(daemon.paths.run_dir, phase.rate, phase.seconds)
+                            )
+                        start = {name: read() for name, read in readings.items()}
+                        phase.first = prober.mark()
+                        phase.log0 = counters(log)
+                        t0 = time.monotonic()
+                        if loader is not None:
+                            assert loader.stdin is not None
+                            loader.stdin.write("go\n")
+                            loader.stdin.flush()
+                            while loader.poll() is None:
+                                page.wait_for_timeout(100)
+                            assert loader.stdout is not None
+                            phase.sent_load = int(loader.stdout.read().strip() or 0)
+                        else:
+                            page.wait_for_timeout(phase.seconds * 1000)
+                        elapsed = time.monotonic() - t0
+                    phase.last = prober.mark()
+                    phase.log1 = counters(log)
+                    phase.cpu = {
+                        name: (read() - start[name]) / elapsed for name, read in readings.items()
+                    }
+                    phase.seconds = elapsed
+                    page.wait_for_timeout(SETTLE * 1000)
+                    phase.not_shown = not_shown(page)
+                probes = prober.stop()
+            finally:
+                prober.kill()
             report_phases(report, phases, probes, log)
             context.close()
     finally:
@@ -585,6 +645,9 @@ def report_phases(report: Report, phases: list[Phase], probes: Probes, log: Page
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe-worker"]:
+        trio.run(probe, argv[1])
+        return
     if argv[:1] == ["--load-worker"]:
         run_dir, rate, seconds, names = argv[1:5]
         print(trio.run(load, run_dir, int(rate), float(seconds), names.split(",")))
@@ -592,6 +655,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def extend(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--load-worker", nargs=4, help=argparse.SUPPRESS)
+        parser.add_argument("--probe-worker", help=argparse.SUPPRESS)
 
     args = parse_args(__doc__.splitlines()[0], argv, extend)
     if not Path(CHROMIUM).exists():
