@@ -91,9 +91,9 @@ INSTRUMENT = """
       }
     }
   }).observe(document, { childList: true, subtree: true });
-  document.addEventListener("htmx:sseMessage", (e) => {
+  document.addEventListener("htmx:sseBeforeMessage", (e) => {
     const d = e.detail || {};
-    window.__sse(d.type || "message", (d.data || "").length);
+    window.__sse(d.type || "message", new Blob([d.data || ""]).size);
   }, true);
   document.addEventListener("htmx:sseOpen", () => window.__sseOpen(), true);
   window.addEventListener("DOMContentLoaded", () => window.__pageLoad());

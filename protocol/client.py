@@ -44,8 +44,15 @@ class HiveError(Exception):
 
 
 class ConnectionLost(HiveError):
-    def __init__(self, message: str = "connection to the daemon was lost") -> None:
+    """The connection is gone. `sent` is `False` when the call it failed never left this
+    process (the connection was already closed, or the write failed), so the daemon cannot
+    have acted on it; `True` when that is unknown."""
+
+    def __init__(
+        self, message: str = "connection to the daemon was lost", sent: bool = True
+    ) -> None:
         super().__init__("unavailable", message)
+        self.sent = sent
 
 
 def _check(reply: Reply) -> Reply:
@@ -65,6 +72,18 @@ class HiveClient:
         self._pending: dict[int, MemoryObjectSendStream[Reply | HiveError]] = {}
         self._send_lock = anyio.Lock()
         self._closed: HiveError | None = None
+        self._ended = anyio.Event()
+
+    @property
+    def closed(self) -> HiveError | None:
+        """Why the connection ended, or `None` while it is up."""
+        return self._closed
+
+    async def wait_closed(self) -> HiveError:
+        """Wait until the connection ends (the daemon went away); why it ended."""
+        await self._ended.wait()
+        assert self._closed is not None
+        return self._closed
 
     @classmethod
     @asynccontextmanager
@@ -117,6 +136,7 @@ class HiveClient:
             reason = ConnectionLost(f"damaged frame from the daemon: {exc}")
         finally:
             self._closed = reason
+            self._ended.set()
             for chan in self._pending.values():
                 with suppress(
                     anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
@@ -140,7 +160,7 @@ class HiveClient:
 
     def _open(self, buffer: float) -> tuple[int, MemoryObjectReceiveStream[Reply | HiveError]]:
         if self._closed is not None:
-            raise self._closed
+            raise ConnectionLost(self._closed.message, sent=False)
         call_id = next(self._ids)
         send, recv = anyio.create_memory_object_stream[Reply | HiveError](buffer)
         self._pending[call_id] = send
@@ -152,7 +172,7 @@ class HiveClient:
             try:
                 await self._stream.send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise ConnectionLost() from exc
+                raise ConnectionLost(sent=False) from exc
 
     async def call(self, req: Request) -> Reply:
         """Send one request and return its reply; a typed `Error` raises `HiveError`."""
@@ -206,6 +226,19 @@ class ReplyStream:
 
     def __aiter__(self) -> ReplyStream:
         return self
+
+    def ready(self, limit: int) -> list[Reply]:
+        """Up to `limit` frames that have already arrived, without waiting for more."""
+        frames: list[Reply] = []
+        while len(frames) < limit:
+            try:
+                item = self._recv.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break  # the next `__anext__` says why a closed stream ended
+            if isinstance(item, HiveError):
+                raise item
+            frames.append(_check(item))
+        return frames
 
     async def __anext__(self) -> Reply:
         try:
