@@ -35,9 +35,13 @@ from daemon_process import running_daemon
 from measure import cpu_seconds, percentile
 from report import Report, parse_args
 
+from protocol import messages as m
+from protocol.client import HiveClient
+
 SECTION = "one round: send, then recv_batch until it is there (official mcp client, stdio)"
 FLOOR = "floor: 2 calls of a do-nothing tool (SDK's own stdio server)"
 HIVE = "hyperhive: send + recv_batch (python -m ag3nt mcp)"
+DAEMON = "the daemon's part: Send, Recv, Ack over HiveClient (no MCP)"
 PEER_VENV = Path("/tmp/hyperhive-bench-mcp-agent-mail")
 CONFIG = '[hive]\nautostart = false\nbackend = "process"\n\n[agents.alice]\n\n[agents.bob]\n'
 
@@ -136,12 +140,20 @@ def _cpu(pid: int) -> Callable[[], float]:
 async def bench(report: Report, plan: Plan, scratch: Path, peer: bool) -> None:
     with running_daemon(scratch, CONFIG, ["alice", "bob"]) as daemon:
         hive_argv = [sys.executable, "-m", "ag3nt", "mcp", "--socket"]
-        results: dict[str, list[Rounds]] = {FLOOR: [], HIVE: []}
+        results: dict[str, list[Rounds]] = {FLOOR: [], HIVE: [], DAEMON: []}
         async with (
             mcp_session([sys.executable, __file__, "--floor-server"]) as floor,
             mcp_session([*hive_argv, str(daemon.paths.agent_sock("alice"))]) as alice,
             mcp_session([*hive_argv, str(daemon.paths.agent_sock("bob"))]) as bob,
+            HiveClient.connect(str(daemon.paths.agent_sock("alice"))) as alice_direct,
+            HiveClient.connect(str(daemon.paths.agent_sock("bob"))) as bob_direct,
         ):
+
+            async def daemon_round(n: int) -> None:
+                await alice_direct.expect(m.Send(to="bob", body=f"direct {n}"), m.Sent)
+                got = await bob_direct.expect(m.Recv(max=10, wait_seconds=2.0), m.Deliveries)
+                for d in got.items:
+                    await bob_direct.expect(m.Ack(lease=d.lease), m.Ok)
 
             async def floor_round(n: int) -> None:
                 await floor.text("noop", text=f"round {n}")
@@ -167,9 +179,13 @@ async def bench(report: Report, plan: Plan, scratch: Path, peer: bool) -> None:
                         },
                     )
                 )
+                results[DAEMON].append(
+                    await timed(daemon_round, plan.calls, {"daemon_cpu": _cpu(daemon.pid)})
+                )
         for label, rounds in results.items():
             add_row(report, label, rounds)
     report.ratio("hyperhive round / floor (2 calls)", HIVE, FLOOR)
+    report.ratio("daemon's part / hyperhive round", DAEMON, HIVE)
     if peer:
         await bench_peer(report, plan, scratch)
         report.ratio("mcp_agent_mail round / hyperhive round", PEER_LABEL, HIVE)
