@@ -45,7 +45,10 @@ class Caller:
         return self.agent
 
 
-Emit = Callable[[m.Reply], Awaitable[None]]
+Emit = Callable[[m.Reply | list[m.Reply]], Awaitable[None]]
+"""Send one frame of a streaming call, or several with one write."""
+EMIT_BATCH = 1024
+"""Events a subscription sends with one write when they are already waiting."""
 UnaryHandler = Callable[[Caller, Any], Awaitable[m.Reply]]
 StreamHandler = Callable[[Caller, Any, Emit], Awaitable[None]]
 UNARY: dict[type[m.Request], UnaryHandler] = {}
@@ -128,10 +131,19 @@ async def subscribe(c: Caller, req: m.Subscribe, emit: Emit) -> None:
             await emit(m.Resync(id=0, seq=bus.seq))
         else:
             await emit(m.Subscribed(id=0, seq=bus.seq))
-            for event in replay:
-                await emit(m.EventFrame(id=0, event=event))
+            for start in range(0, len(replay), EMIT_BATCH):
+                chunk = replay[start : start + EMIT_BATCH]
+                await emit([m.EventFrame(id=0, event=event) for event in chunk])
         async for event in sub.recv:
-            await emit(m.EventFrame(id=0, event=event))
+            # what queued up while the last write went out goes in one write: under load a
+            # subscriber keeps pace with the publisher instead of one frame per wake-up
+            events = [event]
+            while len(events) < EMIT_BATCH:
+                try:
+                    events.append(sub.recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await emit([m.EventFrame(id=0, event=e) for e in events])
         if sub.dropped:
             raise Fail("unavailable", "subscriber fell behind; subscribe again with since_seq")
     finally:

@@ -340,11 +340,24 @@ class Hub:
         """The small daemon reads the events did not carry enough for."""
         mirror = self.mirror
         for name in sorted(changes.read_rows & mirror.agents.keys()):
-            mirror.set_row((await client.expect(m.AgentStatus(name=name), m.AgentInfo)).agent)
+            try:
+                info = await client.expect(m.AgentStatus(name=name), m.AgentInfo)
+            except HiveError as exc:
+                if exc.code != "not_found":
+                    raise
+                continue  # removed since: its `agent_removed` is on the way
+            mirror.set_row(info.agent)
         threads: dict[str, list[m.OpenThread]] = {}
         for name in sorted(changes.read_threads & mirror.agents.keys()):
             limit = 200 if name in watched else 1
-            got = await client.expect(m.GetAgentOpenThreads(agent=name, limit=limit), m.OpenThreads)
+            try:
+                got = await client.expect(
+                    m.GetAgentOpenThreads(agent=name, limit=limit), m.OpenThreads
+                )
+            except HiveError as exc:
+                if exc.code != "not_found":
+                    raise
+                continue
             mirror.open_threads[name] = got.total
             if name in watched:
                 threads[name] = got.threads
