@@ -26,6 +26,7 @@ import queue
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ BODY = (
 )
 SECTION = "Send reply → text in the page (headless Chromium, 50 agents, 10 probes/s)"
 RAW_SECTION = "Send reply → event on a raw Subscribe (admin.sock): the floor"
+SSE_SECTION = "Send reply → probe text in the dashboard's SSE stream, read without a browser"
 COST_SECTION = "what each update costs"
 
 INSTRUMENT = """
@@ -130,6 +132,7 @@ class PageLog:
 class Probes:
     sent: dict[int, float] = field(default_factory=dict)
     raw: dict[int, float] = field(default_factory=dict)
+    sse: dict[int, float] = field(default_factory=dict)
 
 
 def agent_names() -> list[str]:
@@ -157,6 +160,14 @@ class Web:
     proc: subprocess.Popen[str]
     base: str
     link: str
+    lines: queue.Queue[str]
+
+    def new_link(self) -> str:
+        """Another one-time login link (SIGUSR1 makes `hive web` print one)."""
+        self.proc.send_signal(signal.SIGUSR1)
+        while not (found := LINK.search(self.lines.get(timeout=30))):
+            pass
+        return found.group(0)
 
 
 @contextmanager
@@ -198,7 +209,7 @@ def running_web(root: Path, daemon: Daemon) -> Iterator[Web]:
                     f"hive web printed no link: {(root / 'web.log').read_text()}"
                 ) from None
             if found := LINK.search(line):
-                yield Web(proc, found.group(1), found.group(0))
+                yield Web(proc, found.group(1), found.group(0), lines)
                 break
     finally:
         proc.terminate()
@@ -325,7 +336,41 @@ def load_process(run_dir: Path, rate: int, seconds: float) -> Iterator[subproces
 # ------------------------------------------------------------------ probes (a subprocess)
 
 
-async def probe(run_dir: str) -> None:
+async def sse_reader(link: str, seen: dict[int, float]) -> None:
+    """The second floor: the dashboard's SSE stream read by this process (no browser), noting
+    when each probe's text first passes by. Logs in with its own one-time link."""
+    found = re.match(r"http://([^/]+)(/login\?token=\S+)", link)
+    assert found is not None
+    host, login = found.groups()
+    address, port = host.rsplit(":", 1)
+
+    async def get(path: str, cookie: str = "") -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(address, int(port))
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+        if cookie:
+            head += f"Cookie: {cookie}\r\n"
+        await stream.send_all((head + "\r\n").encode())
+        return stream
+
+    stream = await get(login)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += await stream.receive_some(65536)
+    await stream.aclose()
+    cookie = re.search(rb"(?i)set-cookie: ([^;\r\n]+)", reply)
+    assert cookie is not None, reply[:300]
+    stream = await get("/events?page=dashboard", cookie.group(1).decode())
+    tail = ""
+    async with stream:
+        while data := await stream.receive_some(65536):
+            now = time.time()
+            text = tail + data.decode(errors="replace")
+            for hit in PROBE.finditer(text):
+                seen.setdefault(int(hit.group(1)), now)
+            tail = text[-24:]
+
+
+async def probe(run_dir: str, sse_link: str) -> None:
     """Every `PROBE_EVERY` s, a00 sends `probe-N` to a01, noting when `Send` answered; a raw
     `Subscribe` on admin.sock notes when each probe's `MessageSent` arrives (the floor).
 
@@ -334,6 +379,7 @@ async def probe(run_dir: str) -> None:
     """
     sent: dict[int, float] = {}
     raw: dict[int, float] = {}
+    sse: dict[int, float] = {}
     counter = 0
     admin = f"{run_dir}/admin.sock"
     agent = f"{run_dir}/agents/a00.sock"
@@ -374,6 +420,7 @@ async def probe(run_dir: str) -> None:
                 await trio.sleep_until(max(tick, trio.current_time()))
 
         nursery.start_soon(follow)
+        nursery.start_soon(sse_reader, sse_link, sse)
         nursery.start_soon(send)
         print("ready", flush=True)
         while True:
@@ -382,15 +429,15 @@ async def probe(run_dir: str) -> None:
                 print(counter, flush=True)
                 continue
             await trio.sleep(SETTLE)
-            print(json.dumps({"sent": sent, "raw": raw}), flush=True)
+            print(json.dumps({"sent": sent, "raw": raw, "sse": sse}), flush=True)
             nursery.cancel_scope.cancel()
             return
 
 
 class ProbeProcess:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, sse_link: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--probe-worker", str(run_dir)],
+            [sys.executable, __file__, "--probe-worker", str(run_dir), sse_link],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -418,6 +465,7 @@ class ProbeProcess:
         return Probes(
             sent={int(k): v for k, v in got["sent"].items()},
             raw={int(k): v for k, v in got["raw"].items()},
+            sse={int(k): v for k, v in got["sse"].items()},
         )
 
     def kill(self) -> None:
@@ -502,7 +550,7 @@ def run(report: Report, plan: Plan) -> None:
             page.goto(web.link)
             page.wait_for_selector("#live-status[data-state=on]", timeout=30_000)
 
-            prober = ProbeProcess(daemon.paths.run_dir)
+            prober = ProbeProcess(daemon.paths.run_dir, web.new_link())
             try:
                 web_pid = web.proc.pid
                 phases = [Phase("idle", 0, plan.idle)] + [
@@ -619,6 +667,22 @@ def report_phases(report: Report, phases: list[Phase], probes: Probes, log: Page
             f"p50 {raw_extra.get('p50_ms', float('nan')):.1f} ms",
             **raw_extra,
         )
+        sse_lat = [probes.sse[n] - probes.sent[n] for n in ids if n in probes.sse]
+        sse_extra: dict[str, Any] = {"probes": len(sse_lat)}
+        if sse_lat:
+            sse_extra |= {
+                "p50_ms": percentile(sse_lat, 50) * 1000,
+                "p99_ms": percentile(sse_lat, 99) * 1000,
+            }
+        report.add(
+            SSE_SECTION,
+            f"SSE stream, {phase.label}",
+            sse_extra.get("p99_ms"),
+            "ms p99",
+            f"p50 {sse_extra.get('p50_ms', float('nan')):.1f} ms;"
+            f" {len(ids) - len(sse_lat)}/{len(ids)} never in the stream",
+            **sse_extra,
+        )
         report.add(
             COST_SECTION,
             f"bytes per update, {phase.label}",
@@ -635,6 +699,12 @@ def report_phases(report: Report, phases: list[Phase], probes: Probes, log: Page
             f"page, {phase.label}",
             f"raw Subscribe, {phase.label}",
         )
+    for phase in phases:
+        report.ratio(
+            f"page p99 / SSE stream p99, {phase.label}",
+            f"page, {phase.label}",
+            f"SSE stream, {phase.label}",
+        )
     for phase in phases[1:]:
         report.ratio(f"page p99, {phase.label} / idle", f"page, {phase.label}", "page, idle")
     report.note(
@@ -646,7 +716,7 @@ def report_phases(report: Report, phases: list[Phase], probes: Probes, log: Page
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--probe-worker"]:
-        trio.run(probe, argv[1])
+        trio.run(probe, argv[1], argv[2])
         return
     if argv[:1] == ["--load-worker"]:
         run_dir, rate, seconds, names = argv[1:5]
@@ -655,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def extend(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--load-worker", nargs=4, help=argparse.SUPPRESS)
-        parser.add_argument("--probe-worker", help=argparse.SUPPRESS)
+        parser.add_argument("--probe-worker", nargs=2, help=argparse.SUPPRESS)
 
     args = parse_args(__doc__.splitlines()[0], argv, extend)
     if not Path(CHROMIUM).exists():

@@ -88,6 +88,9 @@ class Batch:
     """Page kind → the patches that page needs."""
     touched: frozenset[str]
     """Agents whose own page this batch changed (drawn only for pages someone watches)."""
+    skipped: int = 0
+    """New messages the dashboard's flow never drew: more new conversations came in this
+    batch than the flow shows, so the oldest of them were out of it before being drawn."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class Listener:
                     self._droppable += 1
             while self._droppable > MESSAGE_BACKLOG:
                 self._drop_oldest()
+            if self.page == "dashboard":
+                self.not_shown += item.skipped
             self._seq = item.seq
             self.since = item.seq
         if self._wake is not None:
@@ -200,6 +205,7 @@ class Hub:
         self._shown: dict[int, tuple[bool, tuple[int, ...]]] = {}
         """Conversations on the dashboard by thread: (a folded broadcast, its message ids)."""
         self._reconciled = time.monotonic()
+        self._skipped = 0
 
     # ---------------------------------------------------------------- browsers
 
@@ -328,7 +334,9 @@ class Hub:
             seq=max(seq, self.latest),
             pages={page: tuple(patches) for page, patches in pages.items() if patches},
             touched=frozenset(changes.touched),
+            skipped=self._skipped,
         )
+        self._skipped = 0
         self.publish(batch)
 
     async def _resync(self, client: HiveClient) -> None:
@@ -496,6 +504,8 @@ class Hub:
             )
             out.append(Patch(f"conv:{conv.thread}", html, True, len(fresh)))
         self._shown = shown
+        on_page = {i for sig in shown.values() for i in sig[1]}
+        self._skipped += len(new - on_page)
         for mid in sorted(changes.message_states.keys() - drawn):
             out.append(self._state_chip(mid, changes))
         return out

@@ -251,3 +251,13 @@ def test_an_sse_frame_carries_the_seq_and_every_line():
     assert sse_frame(7, "<p>\none</p>") == "id: 7\nevent: update\ndata: <p>\ndata: one</p>\n\n"
     odd = sse_frame(8, "a\r\nb\rc\u2028d")
     assert odd == "id: 8\nevent: update\ndata: a\ndata: b\ndata: c\u2028d\n\n"
+
+
+async def test_conversations_that_came_and_went_in_one_batch_are_counted_not_shown(hub):
+    lst = hub.listen("dashboard", since=100)
+    burst = [at(101 + i, m.MessageSent(message=msg(10 + i, "alice", "bob"))) for i in range(45)]
+    await hub._apply(None, burst)  # type: ignore[arg-type]  # nothing here needs a read
+    (frame,) = await drain(lst)
+    assert frame.count('data-op="upsert"') == 40  # the flow shows 40 conversations
+    assert lst.not_shown == 5 and 'data-not-shown="5"' in frame
+    assert "body 10<" not in frame and "body 54<" in frame
