@@ -178,7 +178,7 @@ def running_web(root: Path, daemon: Daemon) -> Iterator[Web]:
         [
             sys.executable,
             "-m",
-            "c0re_priv",
+            "c0re_web",
             "web",
             "--run-dir",
             str(daemon.paths.run_dir),

@@ -63,7 +63,7 @@ def swarm() -> Iterator[Swarm]:
         [
             sys.executable,
             "-m",
-            "c0re_priv",
+            "c0re_web",
             "web",
             "--run-dir",
             str(root / "run"),
