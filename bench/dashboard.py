@@ -64,7 +64,8 @@ LOAD_CONNECTIONS = 16
 LOAD_IN_FLIGHT = 256
 """Sends waiting for their reply at once, over all connections (the sender is open-loop)."""
 SETTLE = 3.0
-"""After a phase, how long probes still in flight may take to show before they count as never shown."""
+"""After a phase, how long probes still in flight may take to show before they count as never
+shown (1.5 s in a `--quick` run)."""
 LINK = re.compile(r"(http://\S+)/login\?token=\S+")
 PROBE = re.compile(r"probe-(\d+)")
 BODY = (
@@ -108,12 +109,14 @@ class Plan:
     idle: float
     phases: tuple[tuple[str, int], ...]
     seconds: float
+    settle: float = SETTLE
 
     @classmethod
     def for_args(cls, quick: bool) -> Plan:
+        phases = (("200 msg/s", 200), ("1,000 msg/s", 1000))
         if quick:
-            return cls(idle=2.0, phases=(("200 msg/s", 200), ("1,000 msg/s", 1000)), seconds=2.0)
-        return cls(idle=12.0, phases=(("200 msg/s", 200), ("1,000 msg/s", 1000)), seconds=15.0)
+            return cls(idle=2.0, phases=phases, seconds=2.0, settle=1.5)
+        return cls(idle=12.0, phases=phases, seconds=15.0)
 
 
 @dataclass
@@ -428,7 +431,7 @@ async def probe(run_dir: str, sse_link: str) -> None:
             if line.strip() == "mark":
                 print(counter, flush=True)
                 continue
-            await trio.sleep(SETTLE)
+            # the caller waited for the last phase's probes to settle before saying stop
             print(json.dumps({"sent": sent, "raw": raw, "sse": sse}), flush=True)
             nursery.cancel_scope.cancel()
             return
@@ -591,7 +594,7 @@ def run(report: Report, plan: Plan) -> None:
                         name: (read() - start[name]) / elapsed for name, read in readings.items()
                     }
                     phase.seconds = elapsed
-                    page.wait_for_timeout(SETTLE * 1000)
+                    page.wait_for_timeout(plan.settle * 1000)
                     phase.not_shown = not_shown(page)
                 probes = prober.stop()
             finally:
