@@ -43,6 +43,25 @@ ROWS = {
         "local latency, s0 → r0",
         "cross-hive latency, s0 → r0@beta",
     ],
+    "dashboard.py": [
+        "page, idle",
+        "page, 200 msg/s",
+        "page, 1,000 msg/s",
+        "raw Subscribe, idle",
+        "raw Subscribe, 200 msg/s",
+        "raw Subscribe, 1,000 msg/s",
+        "SSE stream, idle",
+        "SSE stream, 200 msg/s",
+        "SSE stream, 1,000 msg/s",
+        "bytes per update, idle",
+        "bytes per update, 200 msg/s",
+        "bytes per update, 1,000 msg/s",
+    ],
+    "mcp_peer.py": [
+        "floor: 2 calls of a do-nothing tool (SDK's own stdio server)",
+        "hyperhive: send + recv_batch (python -m ag3nt mcp)",
+        "the daemon's part: Send, Recv, Ack over HiveClient (no MCP)",
+    ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
         "burst delivered in chunks (reminder_batch)",
@@ -60,13 +79,14 @@ def run_quick(script: str, json_file: Path) -> str:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=150,
+        timeout=240,
         check=False,
     )
     assert out.returncode == 0, f"{script} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("script", sorted(ROWS))
 def test_the_quick_run_prints_every_row_and_a_ratio_and_writes_them_as_json(
     script: str, tmp_path: Path
