@@ -10,7 +10,7 @@ fixed cost of one session (the helper's start, the daemon's checks), against the
 on a local bare repository. (d) A merge request from open to merged through the forge's
 verbs. Rounds alternate the forge and the baseline; each figure is the median round.
 
-Run: `.venv/bin/python bench/forge.py [--quick] [--json]`. It measures; it never judges.
+Run: `.venv/bin/python bench/forge.py [--quick] [--json] [--json-file PATH]`. It measures; it never judges.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ def asker(request: Request) -> Call[Any]:
 
 
 async def index(request: Request) -> Response:
+    web(request).hub.expect_page("forge")  # drawn from now on: its stream resumes from here
     state = await seq_and_rev(request)
     w = web(request)
     body = await draw_index(asker(request), w.render)
@@ -68,6 +69,7 @@ async def repo_page(request: Request) -> Response:
         and not re.match(r"^[0-9a-f]{4,64}\Z", ref)
     ):
         raise HiveError("invalid", f"{ref!r} is not a branch, tag or commit name")
+    web(request).hub.expect_page(f"repo:{repo}")
     state = await seq_and_rev(request)
     w = web(request)
     summary = await draw_repo(asker(request), w.render, repo, ref)
@@ -106,6 +108,7 @@ async def blob(request: Request) -> Response:
 
 async def mr_page(request: Request) -> Response:
     mr_id = int(request.path_params["mid"])
+    web(request).hub.expect_page(f"mr:{mr_id}")
     state = await seq_and_rev(request)
     w = web(request)
     body = await draw_mr(asker(request), w.render, mr_id)

@@ -21,6 +21,7 @@ HOST = "testserver"
 ORIGIN = f"http://{HOST}"
 SAMPLE = {
     "name": "alice",
+    "owner": "alice",
     "action": "stop",
     "qid": "1",
     "rid": "1",
