@@ -321,7 +321,7 @@ def ctl_agents(
             str(a.queued),
             str(a.leased),
             _ago(a.last_seen),
-            a.status_text,
+            (f"[held: {a.held}] " if a.held else "") + a.status_text,
         ]
         for a in agents
     ]
@@ -564,14 +564,26 @@ def ctl_questions(
                     q.asker,
                     q.target,
                     q.state,
-                    _ago(q.asked_at),
+                    _age(q.asked_at, q.answered_at),
+                    " → ".join(q.escalation) if q.escalation else "-",
                     q.question[:60] + (f" [{' | '.join(q.options)}]" if q.options else ""),
                 ]
                 for q in rows
             ],
-            ["ID", "ASKER", "TARGET", "STATE", "ASKED", "QUESTION"],
+            ["ID", "ASKER", "TARGET", "STATE", "AGE", "RAISED TO", "QUESTION"],
         ),
     )
+
+
+def _age(since: float, until: float | None) -> str:
+    """How long a question has waited (or waited, once closed): `3m`, `1h 5m`."""
+    seconds = max(0, int((until or time.time()) - since))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join([*parts, f"{seconds}s"][:2]) if parts else f"{seconds}s"
 
 
 @ctl.command("answer")
@@ -872,9 +884,20 @@ def ctl_new_session(
 
 @ctl.command("stats")
 def ctl_stats(
-    name: str, run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+    name: Annotated[
+        str | None, typer.Argument(help="One agent (default: all, as a table).")
+    ] = None,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
 ) -> None:
-    """Turns, tool calls, tokens, cost and time the agent's runtime reported."""
+    """Turns, tool calls, tokens, cost and time the agent's runtime reported; without a name,
+    every agent's usage (last 24 hours and in total) against its budget."""
+    if name is None:
+        from .operator_cli import show_usage
+
+        show_usage(run_dir, as_json)
+        return
     req = _agent_request(m.GetAgentStats, name=name)
     _show_fields(run_dir, as_json, lambda c: c.expect(req, m.Stats).stats)
 
@@ -1084,7 +1107,8 @@ def agent(ctx: typer.Context) -> None:
     ag3nt_main(ctx.args, prog_name="hive agent")
 
 
-from . import federation_cli  # noqa: E402, F401  (its commands mount on `app` and `ctl`)
+# these commands mount on `app` and `ctl`
+from . import federation_cli, operator_cli  # noqa: E402, F401
 
 
 def main() -> None:

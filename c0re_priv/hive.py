@@ -14,9 +14,10 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, get_args
 
@@ -28,12 +29,16 @@ from . import private_state
 from .agent_configs import AgentConfigs
 from .approvals import Approvals
 from .broker import Broker
+from .budgets import Budgets
 from .config import HiveConfig, Paths
 from .containers import Backend
 from .containers.host import hive_id
 from .errors import Fail
+from .escalation import Escalation
+from .estop import EmergencyStop
 from .events import EventBus
 from .federation import Federation
+from .holds import Holds
 from .lifecycle import Lifecycle
 from .log_once import RateLimitedLog
 from .questions import Questions
@@ -105,7 +110,26 @@ class Hive:
         self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths, now)
         self.questions = Questions(self.store, self.bus, self.registry, self.broker, now)
         self.reminders = Reminders(self.store, self.bus, self.broker, config, now)
-        self.registry.row_counts = reminder_counts
+        self.holds = Holds(self.registry)
+        """Agents the operator's controls keep from work (the broker leases them nothing)."""
+        self.broker.gate = self.holds.allows
+        self.estop = EmergencyStop(
+            self.store,
+            self.bus,
+            self.registry,
+            self.broker,
+            self.holds,
+            self.settings,
+            lambda: self.lifecycle,
+            now,
+        )
+        self.budgets = Budgets(
+            self.store, self.bus, self.registry, self.broker, self.holds, config.budget, now
+        )
+        self.escalation = Escalation(
+            self.store, self.bus, self.registry, self.broker, self.settings, now
+        )
+        self.registry.row_counts = merged_counts(reminder_counts, self.budgets.row_fields)
         self.configs = AgentConfigs(self)
         self.approvals = Approvals(self)
         self.federation: Federation | None = None
@@ -168,6 +192,21 @@ class Hive:
         if self.sockets is not None:
             self.sockets.close_agent(name)
         await self.registry.remove(name)
+
+
+def merged_counts(
+    *sources: Callable[[sqlite3.Connection], Mapping[str, Mapping[str, object]]],
+) -> Callable[[sqlite3.Connection], dict[str, dict[str, object]]]:
+    """One `Registry.row_counts` from several services' per-agent counts."""
+
+    def counts(conn: sqlite3.Connection) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for source in sources:
+            for name, fields in source(conn).items():
+                out.setdefault(name, {}).update(fields)
+        return out
+
+    return counts
 
 
 class SocketHubLike(Protocol):
@@ -241,6 +280,9 @@ async def _run_hive(
                 if handle_signals:
                     await services.start(_cancel_on_signal, services.cancel_scope)
                 await hive.registry.load()
+                # before any socket serves: a held agent must never be leased a message
+                await hive.estop.load()
+                await hive.budgets.load()
                 await hive.configs.open()
                 orphans = await hive.broker.requeue_orphans()
                 if orphans:
@@ -261,6 +303,7 @@ async def _run_hive(
                 hive.registry.row_extras = lambda name: {
                     **lifecycle.row_extras(name),
                     **hive.configs.row_extras(name),
+                    **hive.holds.row_extras(name),
                 }
                 for name in hive.registry.names():
                     try:
@@ -272,6 +315,7 @@ async def _run_hive(
                 await services.start(hive.questions.run_expiry)
                 await services.start(hive.reminders.run_scheduler)
                 await services.start(hive.approvals.run_deployer)
+                await services.start(hive.escalation.run)
                 if hive.federation is not None:  # reports started at once; NATS may be away
                     await services.start(hive.federation.run)
                 log.info(

@@ -44,7 +44,9 @@ MessageState = Literal["queued", "leased", "acked", "dead", "dropped", "forwarde
 recipient there acked it)."""
 MessageKind = Literal["message", "question", "answer", "system", "reminder"]
 ContainerState = Literal["stopped", "starting", "running", "stopping", "crashed", "failed"]
-ControlAction = Literal["cancel", "compact", "set_model", "new_session"]
+ControlAction = Literal["cancel", "compact", "set_model", "new_session", "park"]
+"""`park`: the emergency stop cancels the turns of the leases it names (never sent by the
+operator directly; see `EmergencyStop`)."""
 QuestionState = Literal["open", "answered", "cancelled", "expired"]
 ReminderState = Literal["pending", "delivered", "failed", "cancelled"]
 ErrorCode = Literal[
@@ -129,6 +131,19 @@ class AgentRow(Struct, kw_only=True):
     reminders_pending: int = 0
     reminders_delivered: int = 0
     reminders_failed: int = 0
+    # the operator's controls (docs/operating.md, "Operator controls")
+    held: str = ""
+    """Why the daemon keeps this agent from work (the emergency stop, its budget); empty: it
+    does not. A held agent's harness runs but is given no message."""
+    failed_at: float | None = None
+    """When the agent became `failed`."""
+    tokens_today: int = 0
+    """Tokens (input + output) its turns reported in the last 24 hours."""
+    cost_today_usd: float = 0.0
+    tokens_total: int = 0
+    cost_total_usd: float = 0.0
+    budget_used: float | None = None
+    """The highest fraction of any of its own limits used (1.0 = at the limit); `null`: none."""
 
 
 class RemoteAgentRow(Struct, kw_only=True):
@@ -232,6 +247,10 @@ class QuestionRow(Struct, kw_only=True):
     answer: str | None
     answered_at: float | None
     message_id: int
+    escalation: list[str] = []
+    """Who it was raised to again, in order, after it waited `question_stale_seconds`: its
+    target, then a manager, then `operator`; each of them may answer it."""
+    escalated_at: float | None = None
 
 
 class ReminderRow(Struct, kw_only=True):
@@ -479,7 +498,7 @@ class Ask(Request, tag="ask"):
 
 
 class Answer(Request, tag="answer"):
-    """Answer a question addressed to you."""
+    """Answer a question addressed to you, or escalated to you after it went stale."""
 
     question_id: QuestionId
     answer: Body
@@ -535,14 +554,17 @@ class SetStatus(Request, tag="set_status"):
 
 
 class ListQuestions(Request, tag="list_questions"):
-    """Questions, by default the open ones addressed to the operator."""
+    """Questions, by default the open ones addressed (or escalated) to the operator.
+
+    `target`: whose questions (an agent's include those escalated to it; `null`: all).
+    """
 
     target: Recipient | None = "operator"
     include_closed: bool = False
 
 
 class AnswerQuestion(Request, tag="answer_question"):
-    """The operator answers a question addressed to `"operator"`."""
+    """The operator answers a question addressed (or escalated) to `"operator"`."""
 
     question_id: QuestionId
     answer: Body
@@ -1020,6 +1042,8 @@ class Messages(Reply, tag="messages"):
 class ControlFrame(Reply, tag="control"):
     action: ControlAction
     model: str | None = None
+    leases: list[str] = []
+    """`park`: the leases whose turns to cancel (the daemon has already taken them back)."""
 
 
 class Stats(Reply, tag="stats"):
@@ -1061,6 +1085,14 @@ class HiveState(Reply, tag="hive_state"):
     """The federation link (`None`: this hive is not federated)."""
     remote_agents: list[RemoteAgentRow] = []
     """The other hives' agents, read only."""
+    estop: EstopRow | None = None
+    """The emergency stop (engaged or not, and what it last did)."""
+    inbox: list[InboxItem] = []
+    """What waits on the operator, newest first (as `GetInbox`)."""
+    open_questions: list[QuestionRow] = []
+    """Every open question of the hive, oldest first, with its escalation."""
+    usage: list[UsageRow] = []
+    """Spending against budgets: the hive first, then each agent."""
 
 
 class AgentFile(Reply, tag="agent_file"):
@@ -1296,6 +1328,28 @@ class RemoteAgentsChanged(Event, tag="remote_agents_changed"):
     agents: list[RemoteAgentRow]
 
 
+# the operator's controls: their Structs join the unions below
+from .operator_controls import (  # noqa: E402
+    AgentHeld,
+    AgentReleased,
+    Budget,
+    BudgetAlerted,
+    BudgetChanged,
+    DismissBudgetAlert,
+    EmergencyStop,
+    EstopChanged,
+    EstopInfo,
+    EstopRow,
+    GetBudget,
+    GetInbox,
+    Inbox,
+    InboxItem,
+    QuestionEscalated,
+    SetBudget,
+    Thaw,
+    UsageRow,
+)
+
 AnyEvent: TypeAlias = (
     AgentAdded
     | AgentRemoved
@@ -1326,6 +1380,12 @@ AnyEvent: TypeAlias = (
     | MetaInputsChanged
     | FederationChanged
     | RemoteAgentsChanged
+    | EstopChanged
+    | AgentHeld
+    | AgentReleased
+    | BudgetAlerted
+    | BudgetChanged
+    | QuestionEscalated
 )
 EVENT_KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in get_args(AnyEvent))
 
@@ -1371,6 +1431,9 @@ AnyReply: TypeAlias = (
     | Tombstones
     | MetaInputs
     | Federation
+    | EstopInfo
+    | Budget
+    | Inbox
 )
 
 
@@ -1454,6 +1517,12 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     ListMetaInputs,
     UpdateMetaInputs,
     FederationStatus,
+    EmergencyStop,
+    Thaw,
+    GetBudget,
+    SetBudget,
+    DismissBudgetAlert,
+    GetInbox,
 )
 WEB_REQUESTS: tuple[type[Request], ...] = OPERATOR_REQUESTS
 ADMIN_REQUESTS: tuple[type[Request], ...] = (*OPERATOR_REQUESTS, AddAgent, RemoveAgent)
