@@ -107,6 +107,7 @@ async def collect(hive: Hive, limit: int) -> tuple[list[InboxItem], int]:
                 title=alert.text,
                 detail=f"{alert.key}: {alert.used:g} of {alert.limit:g}",
                 actions=["raise_limit", "dismiss"] if alert.level == "warn" else ["raise_limit"],
+                budget_key=alert.key,
                 command=(
                     f"hive ctl budget set {alert.key} VALUE"
                     + (f" --agent {alert.agent}" if alert.agent else "")

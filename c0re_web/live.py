@@ -21,6 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from protocol import messages as m
+from protocol import operator_controls as oc
 from protocol.client import HiveClient, HiveError
 
 from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations
@@ -69,6 +70,11 @@ class Changes:
     tombstones: bool = False
     meta_inputs: bool = False
     federation: bool = False
+    estop: bool = False
+    needs: bool = False
+    """The operator's inbox (`#needs-you`)."""
+    budget: bool = False
+    open_questions: bool = False
     toasts: list[tuple[str | None, str, str]] = field(default_factory=list)
     """(agent or None, text, tone)."""
 
@@ -93,7 +99,12 @@ class Changes:
                 self.agents.add(name)
                 if state in ("failed", "crashed"):
                     self.toasts.append((name, f"{name} {state}: {reason}", "bad"))
-            case m.StatusChanged(name=name) | m.TurnRecorded(name=name) | m.LoggedIn(name=name):
+                if state in ("failed", "starting"):  # a failed agent enters or leaves the inbox
+                    self.needs = True
+            case m.TurnRecorded(name=name):
+                self.agents.add(name)
+                self.budget = True
+            case m.StatusChanged(name=name) | m.LoggedIn(name=name):
                 self.agents.add(name)
             case m.NeedsLogin(name=name, reason=reason):
                 self.agents.add(name)
@@ -103,7 +114,7 @@ class Changes:
                 self.inbox |= {msg.from_, msg.to}
                 self.agents |= {msg.from_, msg.to}
             case m.MessageDead(message_id=mid, agent=agent, reason=reason):
-                self.dead = self.flow = True
+                self.dead = self.flow = self.needs = True
                 self.inbox.add(agent)
                 self.agents.add(agent)
                 self.toasts.append((agent, f"message #{mid} to {agent} is dead: {reason}", "bad"))
@@ -111,7 +122,7 @@ class Changes:
                 m.MessageDropped(agent=agent)
                 | m.MessageRequeued(agent=agent, reason="operator retry")
             ):
-                self.dead = self.flow = True
+                self.dead = self.flow = self.needs = True
                 self.inbox.add(agent)
                 self.agents.add(agent)
             case (
@@ -159,6 +170,35 @@ class Changes:
                 self.federation = True
             case m.MessageForwarded():
                 self.flow = self.federation = True
+            case oc.EstopChanged(estop=e):
+                self.estop = self.needs = self.roster = True
+                if e.engaged:
+                    text = f"EMERGENCY STOP: {len(e.parked)} agents parked"
+                    self.toasts.append((None, text + (f" ({e.reason})" if e.reason else ""), "bad"))
+                else:
+                    self.toasts.append((None, "the emergency stop was thawed", "ok"))
+            case oc.AgentHeld(name=name, hold=hold, reason=reason):
+                self.agents.add(name)
+                self.needs = self.budget = True
+                if hold == "budget":
+                    self.toasts.append((name, f"{name} paused: {reason}", "bad"))
+            case oc.AgentReleased(name=name, hold=hold, reason=reason):
+                self.agents.add(name)
+                self.needs = self.budget = True
+                if hold == "budget":
+                    self.toasts.append((name, f"{name} may work again: {reason}", "ok"))
+            case oc.BudgetAlerted(alert=a):
+                self.needs = self.budget = True
+                if a.state == "open":
+                    self.toasts.append((a.agent, a.text, "warn" if a.level == "warn" else "bad"))
+            case oc.BudgetChanged():
+                self.needs = self.budget = self.roster = True
+            case oc.QuestionEscalated(question=q, step=step, to=to):
+                self._question(q.asker, q.target)
+                where = "raised again to" if step == "raised" else "escalated to"
+                self.toasts.append(
+                    (q.asker, f"question #{q.id} of {q.asker}: {where} {to}", "warn")
+                )
             case m.Note(agent=agent, text=text):
                 if agent is not None:
                     self.agents.add(agent)
@@ -167,13 +207,13 @@ class Changes:
                 pass
 
     def _question(self, asker: str, target: str) -> None:
-        self.questions = True
+        self.questions = self.needs = self.open_questions = True
         self.threads |= {asker, target}
         self.agents |= {asker, target}
 
     def _approval(self, a: m.ApprovalRow) -> None:
         # the requester's open threads change; the row of the agent it is about may too
-        self.approvals = True
+        self.approvals = self.needs = True
         self.threads.add(a.requested_by)
         self.agents |= {a.requested_by, a.agent}
 
@@ -338,6 +378,16 @@ class Hub:
                 out.append(
                     r.part("agent_row", rows[name], state.open_threads.get(name, 0), oob=True)
                 )
+        if changes.estop:
+            out.append(r.oob("innerHTML:#estop-panel", r.part("estop_panel", state.estop)))
+        if changes.needs:
+            out.append(r.oob("innerHTML:#needs-you", r.part("inbox_list", state.inbox)))
+            out.append(r.oob("innerHTML:#needs-count", str(len(state.inbox))))
+        if changes.budget:
+            out.append(r.oob("innerHTML:#budget", r.part("budget_panel", state.usage)))
+        if changes.open_questions:
+            questions = r.part("open_question_list", state.open_questions)
+            out.append(r.oob("innerHTML:#open-questions", questions))
         if changes.questions:
             out.append(r.oob("innerHTML:#questions", r.part("question_list", state.questions)))
         if changes.reminders:

@@ -149,6 +149,8 @@ class InboxItem(Struct, kw_only=True):
     """The `hive ctl` command that acts on it."""
     question: QuestionRow | None = None
     """For `question`: the question, with its options."""
+    budget_key: BudgetKey | None = None
+    """For `budget`: the limit crossed (`agent` is null for the hive's)."""
 
 
 # --------------------------------------------------------------------------- requests
