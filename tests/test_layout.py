@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec.inspect as mi
 
-from c0re_priv.config import AgentConfig, HiveSettings
+from c0re_priv.config import AgentConfig, BudgetSettings, HiveSettings
 from c0re_priv.handlers import STREAMING, UNARY
 from protocol import docgen
 from protocol import messages as m
@@ -89,7 +89,9 @@ def test_every_federation_key_is_documented():
 
 def test_every_config_key_is_documented():
     doc = (ROOT / "docs" / "operating.md").read_text()
-    for cls in (HiveSettings, AgentConfig):
+    from protocol.operator_controls import BudgetLimits
+
+    for cls in (HiveSettings, AgentConfig, BudgetSettings, BudgetLimits):
         info = mi.type_info(cls)
         assert isinstance(info, mi.StructType)
         for field in info.fields:
