@@ -116,18 +116,19 @@ class EmergencyStop:
                 parked=targets,
                 stopped=[] if fresh else list(was.stopped),
             )
-            # hold first, persisted: from here no lease is granted to them, even after a crash
+            # hold and tell the harnesses first, from memory: their turns stop while the
+            # daemon writes down the stop and takes the leases back (the turns are what costs)
             self._holds.estop = True
-            await self._persist(row)
             revoked = {n: self._broker.leases_of(n) for n in targets}
+            to_park = self._tell_harnesses(targets, revoked)
+            row.cancelled = sorted(to_park)
+            await self._persist(row)
             tokens = [t for ts in revoked.values() for t in ts]
             if tokens:
                 await self._broker.release(tokens, ESTOP_REASON, failed=False)
             if fresh:
                 for name in targets:
                     self._bus.publish(AgentHeld(name=name, hold="estop", reason=ESTOP_REASON))
-            to_park = self._tell_harnesses(targets, revoked)
-            row.cancelled = sorted(to_park)
             self._bus.publish(EstopChanged(estop=row))
             log.warning(
                 "EMERGENCY STOP%s: %d agents parked, %d turns being cancelled",
