@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from protocol import messages as m
 from protocol.operator_controls import InboxItem
 
 from .attachments import excerpt
@@ -26,11 +27,19 @@ def _text(text: str) -> str:
     return excerpt(text, TITLE_CHARS)
 
 
-async def collect(hive: Hive, limit: int) -> tuple[list[InboxItem], int]:
+async def collect(
+    hive: Hive,
+    limit: int,
+    agents: list[m.AgentRow] | None = None,
+    questions: list[m.QuestionRow] | None = None,
+) -> tuple[list[InboxItem], int]:
     """The inbox, newest first (an engaged emergency stop always first), at most `limit`
-    items, and how many there are in all."""
+    items, and how many there are in all. `agents` and `questions` (the operator's open
+    ones) save reading them again when the caller has them (`snapshot`)."""
     items: list[InboxItem] = []
-    for q in await hive.questions.list("operator", include_closed=False):
+    if questions is None:
+        questions = await hive.questions.list("operator", include_closed=False)
+    for q in questions:
         escalated = q.target != "operator"
         title = (
             f"{q.asker} asked {q.target}, who has not answered: {_text(q.question)}"
@@ -80,8 +89,7 @@ async def collect(hive: Hive, limit: int) -> tuple[list[InboxItem], int]:
                 command=f"hive ctl retry-message {msg.id} / drop-message {msg.id}",
             )
         )
-    rows = {row.name: row for row in await hive.registry.rows()}
-    for row in rows.values():
+    for row in agents if agents is not None else await hive.registry.rows():
         if row.failed:
             items.append(
                 InboxItem(

@@ -52,7 +52,7 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     inputs, inputs_note = await meta_inputs.list_inputs(hive)
     open_questions = await hive.questions.list(None, include_closed=False)
     open_questions = sorted(open_questions[-OPEN_QUESTIONS:], key=lambda q: q.id)
-    needs_you, _ = await inbox.collect(hive, INBOX_ITEMS)
+    needs_you, _ = await inbox.collect(hive, INBOX_ITEMS, agents, questions)
     usage = await hive.store.read(hive.budgets.usage_rows)
     federation, remote = None, []
     if hive.federation is not None:
