@@ -35,7 +35,6 @@ from daemon_process import running_daemon
 from report import Report, parse_args
 
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import HiveError, SyncClient
 
 RULES = """
@@ -188,7 +187,7 @@ def main() -> int:
             for _ in range(rounds):
                 wait(lambda: all_mid_turn(admin, who), f"all {agents} turns", 120)
                 t0 = time.time()
-                row = call(admin, oc.EmergencyStop(reason="bench"), oc.EstopInfo).estop
+                row = call(admin, m.EmergencyStop(reason="bench"), m.EstopInfo).estop
                 replies.append(time.time() - t0)
                 parks.append(row.park_seconds or 0.0)
                 stopped.append(len(row.stopped))
@@ -201,7 +200,7 @@ def main() -> int:
                 slow = [x for x in msgs if x.body.startswith("slow job")]
                 assert {(x.state, x.failures) for x in slow} == {("queued", 0)}, "lost or failed"
                 t1 = time.time()
-                call(admin, oc.Thaw(), oc.EstopInfo)
+                call(admin, m.Thaw(), m.EstopInfo)
                 wait(lambda: all_mid_turn(admin, who), f"all {agents} turns again", 120)
                 thaws.append(time.time() - t1)
             events.close()

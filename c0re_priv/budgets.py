@@ -29,8 +29,7 @@ from typing import Literal
 import msgspec
 import trio
 
-from protocol.messages import MessageRow
-from protocol.operator_controls import (
+from protocol.messages import (
     BUDGET_KEYS,
     AgentHeld,
     AgentReleased,
@@ -42,6 +41,7 @@ from protocol.operator_controls import (
     BudgetLimitRow,
     BudgetLimits,
     BudgetScope,
+    MessageRow,
     SetBudget,
     UsageRow,
 )
@@ -335,7 +335,6 @@ class Budgets:
 
         usage, alerts = await self._store.read(read)
         return Budget(
-            id=0,
             warn_fraction=self.warn_fraction(),
             limits=self.limit_rows(),
             usage=usage,

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import trio
 
 from protocol.federation import is_remote
-from protocol.messages import MessageRow
-from protocol.operator_controls import EscalationStep, QuestionEscalated
+from protocol.messages import EscalationStep, MessageRow, QuestionEscalated
 
 from .broker import OPERATOR, SYSTEM, Broker, insert_message
 from .config import HiveSettings

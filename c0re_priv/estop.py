@@ -26,7 +26,7 @@ import msgspec
 import trio
 
 from protocol import messages as m
-from protocol.operator_controls import AgentHeld, AgentReleased, EstopChanged, EstopRow
+from protocol.messages import AgentHeld, AgentReleased, EstopChanged, EstopRow
 
 from .broker import Broker
 from .config import HiveSettings
@@ -54,7 +54,6 @@ class EmergencyStop:
         broker: Broker,
         holds: Holds,
         settings: HiveSettings,
-        lifecycle: Callable[[], Lifecycle | None],
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -63,7 +62,8 @@ class EmergencyStop:
         self._broker = broker
         self._holds = holds
         self._settings = settings
-        self._lifecycle = lifecycle
+        self.lifecycle: Lifecycle | None = None
+        """The container supervisor, handed over by the wiring (`Hive.supervise`) once it runs."""
         self._now = now
         self._lock = trio.Lock()
         self.row = EstopRow(engaged=False)
@@ -154,7 +154,7 @@ class EmergencyStop:
         self, targets: list[str], revoked: dict[str, list[str]]
     ) -> dict[str, trio.Event]:
         """Send `park` to every connected harness that was working; return whom to wait for."""
-        lifecycle = self._lifecycle()
+        lifecycle = self.lifecycle
         waiting: dict[str, trio.Event] = {}
         self._confirmed_at = {}
         for name in targets:
@@ -166,7 +166,7 @@ class EmergencyStop:
             if s is None or s.controls is None or not connected or s.stopping:
                 continue  # no harness to tell: its leases are back, and it gets no more
             try:
-                s.controls.send_nowait(m.ControlFrame(id=0, action="park", leases=revoked[name]))
+                s.controls.send_nowait(m.ControlFrame(action="park", leases=revoked[name]))
             except trio.WouldBlock:
                 log.warning(
                     "%s: its control queue is full; it will be stopped if it works on", name
@@ -183,7 +183,7 @@ class EmergencyStop:
             event.set()
 
     async def _stop_containers(self, names: list[str]) -> None:
-        lifecycle = self._lifecycle()
+        lifecycle = self.lifecycle
         if lifecycle is None:
             return
         for name in names:
@@ -217,7 +217,7 @@ class EmergencyStop:
             for name in held:
                 self._bus.publish(AgentReleased(name=name, hold="estop", reason="thawed"))
                 self._broker.notify(name)
-            lifecycle = self._lifecycle()
+            lifecycle = self.lifecycle
             if lifecycle is not None:
                 for name in row.stopped:
                     record = registry.agents.get(name)

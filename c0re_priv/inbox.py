@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from protocol import messages as m
-from protocol.operator_controls import InboxItem
+from protocol.messages import InboxItem
 
 from .attachments import excerpt
 

@@ -21,7 +21,6 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import HiveClient, HiveError
 
 from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations
@@ -170,30 +169,30 @@ class Changes:
                 self.federation = True
             case m.MessageForwarded():
                 self.flow = self.federation = True
-            case oc.EstopChanged(estop=e):
+            case m.EstopChanged(estop=e):
                 self.estop = self.needs = self.roster = True
                 if e.engaged:
                     text = f"EMERGENCY STOP: {len(e.parked)} agents parked"
                     self.toasts.append((None, text + (f" ({e.reason})" if e.reason else ""), "bad"))
                 else:
                     self.toasts.append((None, "the emergency stop was thawed", "ok"))
-            case oc.AgentHeld(name=name, hold=hold, reason=reason):
+            case m.AgentHeld(name=name, hold=hold, reason=reason):
                 self.agents.add(name)
                 self.needs = self.budget = True
                 if hold == "budget":
                     self.toasts.append((name, f"{name} paused: {reason}", "bad"))
-            case oc.AgentReleased(name=name, hold=hold, reason=reason):
+            case m.AgentReleased(name=name, hold=hold, reason=reason):
                 self.agents.add(name)
                 self.needs = self.budget = True
                 if hold == "budget":
                     self.toasts.append((name, f"{name} may work again: {reason}", "ok"))
-            case oc.BudgetAlerted(alert=a):
+            case m.BudgetAlerted(alert=a):
                 self.needs = self.budget = True
                 if a.state == "open":
                     self.toasts.append((a.agent, a.text, "warn" if a.level == "warn" else "bad"))
-            case oc.BudgetChanged():
+            case m.BudgetChanged():
                 self.needs = self.budget = self.roster = True
-            case oc.QuestionEscalated(question=q, step=step, to=to):
+            case m.QuestionEscalated(question=q, step=step, to=to):
                 self._question(q.asker, q.target)
                 where = "raised again to" if step == "raised" else "escalated to"
                 self.toasts.append(

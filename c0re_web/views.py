@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
-import msgspec
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,8 +28,8 @@ from starlette.responses import (
 )
 
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import HiveError
+from protocol.validate import InvalidRequest, build
 
 from .auth import SESSION_COOKIE, Auth
 from .daemon import DaemonLink
@@ -85,8 +84,8 @@ async def panel(request: Request, req: m.Request, reply_type: type[R]) -> R | st
 def convert(data: dict[str, Any], typ: type[T]) -> T:
     """Build a protocol request from form or path input; the Struct's constraints validate it."""
     try:
-        return msgspec.convert(data, typ, strict=False)
-    except msgspec.ValidationError as exc:
+        return build(typ, data, from_text=True)
+    except InvalidRequest as exc:
         raise HiveError("invalid", str(exc)) from None
 
 
@@ -444,8 +443,8 @@ async def update_meta_inputs(request: Request) -> Response:
 async def estop(request: Request) -> Response:
     """The emergency stop; answers (its panel) once every cancelled turn has ended."""
     form = await request.form()
-    req = convert({"reason": str(form.get("reason", "")).strip()}, oc.EmergencyStop)
-    row = (await call(request, req, oc.EstopInfo)).estop
+    req = convert({"reason": str(form.get("reason", "")).strip()}, m.EmergencyStop)
+    row = (await call(request, req, m.EstopInfo)).estop
     note = (
         f"EMERGENCY STOP: {len(row.parked)} agents parked, "
         f"{len(row.cancelled)} running turns cancelled"
@@ -455,12 +454,12 @@ async def estop(request: Request) -> Response:
 
 
 async def thaw(request: Request) -> Response:
-    row = (await call(request, oc.Thaw(), oc.EstopInfo)).estop
+    row = (await call(request, m.Thaw(), m.EstopInfo)).estop
     note = f"thawed: {', '.join(row.resumed) or 'no agent'} may work again"
     return fragment(request, web(request).render.part("estop_panel", row), note)
 
 
-def budget_request(form: FormData) -> oc.SetBudget:
+def budget_request(form: FormData) -> m.SetBudget:
     """`who` is `hive`, `each_agent` or `agent:<name>`; an empty `value` is no limit."""
     who = str(form.get("who", "hive"))
     scope, _, agent = who.partition(":")
@@ -473,13 +472,13 @@ def budget_request(form: FormData) -> oc.SetBudget:
             raise HiveError("invalid", f"{text!r} is not a number") from None
     return convert(
         {"scope": scope, "agent": agent or None, "limits": {str(form.get("key", "")): value}},
-        oc.SetBudget,
+        m.SetBudget,
     )
 
 
 async def set_budget(request: Request) -> Response:
     req = budget_request(await request.form())
-    await call(request, req, oc.Budget)
+    await call(request, req, m.Budget)
     ((key, value),) = req.limits.items()
     who = req.agent or ("each agent" if req.scope == "each_agent" else "the hive")
     shown = "no limit" if value is None else f"{value:g}"
@@ -488,5 +487,5 @@ async def set_budget(request: Request) -> Response:
 
 async def dismiss_budget_alert(request: Request) -> Response:
     aid = request.path_params["aid"]
-    await call(request, convert({"id": aid}, oc.DismissBudgetAlert), m.Ok)
+    await call(request, convert({"id": aid}, m.DismissBudgetAlert), m.Ok)
     return fragment(request, "", f"budget alert #{aid} dismissed")

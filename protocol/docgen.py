@@ -13,13 +13,11 @@ import msgspec
 import msgspec.inspect as mi
 
 from . import messages as m
-from . import operator_controls as oc
 
 INTRO = """\
 # hyperhive protocol reference
 
-Generated from `protocol/messages.py` (and the feature modules it takes in, such as
-`protocol/operator_controls.py`) by `python -m protocol.docgen`; do not edit by hand.
+Generated from the Structs in `protocol/messages/` by `python -m protocol.docgen`; do not edit by hand.
 
 ## Transport
 
@@ -170,12 +168,12 @@ def render() -> str:
         m.AskRow,
         m.ApprovalThread,
         m.QuestionThread,
-        oc.EstopRow,
-        oc.BudgetLimits,
-        oc.BudgetLimitRow,
-        oc.UsageRow,
-        oc.BudgetAlertRow,
-        oc.InboxItem,
+        m.EstopRow,
+        m.BudgetLimits,
+        m.BudgetLimitRow,
+        m.UsageRow,
+        m.BudgetAlertRow,
+        m.InboxItem,
     )
     for row in rows:
         out.append(f"### {row.__name__}\n")

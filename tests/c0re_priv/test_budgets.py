@@ -22,7 +22,6 @@ import msgspec
 import pytest
 
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import SyncClient
 from tests.claude_code import claude_bin
 from tests.conftest import DaemonProcess
@@ -94,8 +93,8 @@ def work(daemon: DaemonProcess, to: str, body: str) -> int:
     return mid
 
 
-def budget(daemon: DaemonProcess) -> oc.Budget:
-    return msgspec.json.decode(ctl(daemon, "budget", "--json"), type=oc.Budget)
+def budget(daemon: DaemonProcess) -> m.Budget:
+    return msgspec.json.decode(ctl(daemon, "budget", "--json"), type=m.Budget)
 
 
 @pytest.fixture

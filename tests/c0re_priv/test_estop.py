@@ -23,7 +23,6 @@ import msgspec
 import pytest
 
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import SyncClient
 from tests.conftest import DaemonProcess
 
@@ -136,7 +135,7 @@ def test_estop_and_thaw_with_agents_mid_turn(hive: DaemonProcess) -> None:
 
         # ---- the stop: every running turn cancelled, no failure counted, all parked
         stopped = msgspec.json.decode(
-            ctl(d, "estop", "--reason", "runaway spend", "--json"), type=oc.EstopRow
+            ctl(d, "estop", "--reason", "runaway spend", "--json"), type=m.EstopRow
         )
         assert stopped.engaged and stopped.reason == "runaway spend"
         assert stopped.parked == sorted([*WORKERS, "dan"])  # every agent but the manager
@@ -174,7 +173,7 @@ def test_estop_and_thaw_with_agents_mid_turn(hive: DaemonProcess) -> None:
         assert rows(d)["ann"].held == "emergency stop"
 
         # ---- thaw: exactly what the stop held works again; dan stays paused
-        thawed = msgspec.json.decode(ctl(d, "thaw", "--json"), type=oc.EstopRow)
+        thawed = msgspec.json.decode(ctl(d, "thaw", "--json"), type=m.EstopRow)
         assert not thawed.engaged and thawed.resumed == sorted(WORKERS)
         wait_until(lambda: mid_turn(d, WORKERS), "the slow jobs to start again", d)
         assert rows(d)["dan"].paused and rows(d)["dan"].container == "stopped"
@@ -182,7 +181,7 @@ def test_estop_and_thaw_with_agents_mid_turn(hive: DaemonProcess) -> None:
         # ---- a harness that does not park in time has its container stopped
         frozen = harness_pid(d, "ben")
         os.kill(frozen, signal.SIGSTOP)
-        again = msgspec.json.decode(ctl(d, "estop", "--json"), type=oc.EstopRow)
+        again = msgspec.json.decode(ctl(d, "estop", "--json"), type=m.EstopRow)
         assert again.cancelled == sorted(WORKERS) and again.stopped == ["ben"]
         assert not Path(f"/proc/{frozen}").exists() or _zombie(frozen)
         r = rows(d)
@@ -190,7 +189,7 @@ def test_estop_and_thaw_with_agents_mid_turn(hive: DaemonProcess) -> None:
         now = messages(d)
         assert {(now[i].state, now[i].failures) for i in slow.values()} == {("queued", 0)}
 
-        thawed = msgspec.json.decode(ctl(d, "thaw", "--json"), type=oc.EstopRow)
+        thawed = msgspec.json.decode(ctl(d, "thaw", "--json"), type=m.EstopRow)
         assert thawed.stopped == ["ben"] and thawed.resumed == sorted(WORKERS)
         wait_until(
             lambda: all(messages(d)[i].state == "acked" for i in (*slow.values(), extra)),

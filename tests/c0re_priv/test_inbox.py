@@ -14,11 +14,10 @@ import trio
 from c0re_priv import lifecycle
 from c0re_priv.config import BudgetSettings
 from c0re_priv.containers.process import ProcessBackend
-from c0re_priv.hive import run_hive
+from c0re_priv.daemon import run_hive
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import HiveClient
-from protocol.operator_controls import BudgetLimits
+from protocol.messages import BudgetLimits
 from tests.conftest import make_config, paths_in
 
 
@@ -42,7 +41,7 @@ async def test_everything_that_waits_on_the_operator_newest_first(short_tmp, nur
         HiveClient.connect(str(paths.agent_sock("bob"))) as bob,
         HiveClient.connect(str(paths.agent_sock("boss"))) as boss,
     ):
-        assert (await admin.expect(oc.GetInbox(), oc.Inbox)).items == []
+        assert (await admin.expect(m.GetInbox(), m.Inbox)).items == []
 
         # a failed agent
         await admin.expect(m.Start(name="carol"), m.AgentInfo)
@@ -65,9 +64,9 @@ async def test_everything_that_waits_on_the_operator_newest_first(short_tmp, nur
             m.Ask(target="operator", question="ship it?", options=["yes", "no"]), m.Asked
         )
         # the emergency stop
-        await admin.expect(oc.EmergencyStop(reason="drill"), oc.EstopInfo)
+        await admin.expect(m.EmergencyStop(reason="drill"), m.EstopInfo)
 
-        inbox = await admin.expect(oc.GetInbox(), oc.Inbox)
+        inbox = await admin.expect(m.GetInbox(), m.Inbox)
         kinds = [i.kind for i in inbox.items]
         assert kinds[0] == "estop" and inbox.estop.engaged
         assert sorted(kinds) == sorted(
@@ -99,7 +98,7 @@ async def test_everything_that_waits_on_the_operator_newest_first(short_tmp, nur
         assert warn.command.startswith("hive ctl budget set cost_per_day_usd VALUE --agent bob")
         assert by_key["estop:"].actions == ["thaw"] and "drill" in by_key["estop:"].title
 
-        limited = await admin.expect(oc.GetInbox(limit=3), oc.Inbox)
+        limited = await admin.expect(m.GetInbox(limit=3), m.Inbox)
         assert len(limited.items) == 3 and limited.total == len(inbox.items)
 
         # the same from the terminal
@@ -116,17 +115,17 @@ async def test_everything_that_waits_on_the_operator_newest_first(short_tmp, nur
             [sys.executable, "-m", "c0re_priv", "ctl", "inbox", "--json", "--run-dir", run_dir],
             capture_stdout=True,
         )
-        assert msgspec.json.decode(got.stdout, type=oc.Inbox).total == inbox.total
+        assert msgspec.json.decode(got.stdout, type=m.Inbox).total == inbox.total
 
         # acting on them empties it
-        await admin.expect(oc.Thaw(), oc.EstopInfo)
+        await admin.expect(m.Thaw(), m.EstopInfo)
         await admin.expect(m.AnswerQuestion(question_id=asked.question_id, answer="yes"), m.Ok)
         await admin.expect(m.Deny(id=spawn.approval.id), m.ApprovalInfo)
         await admin.expect(m.DropMessage(id=dead.ref or 0), m.Ok)
-        await admin.expect(oc.DismissBudgetAlert(id=warn.ref or 0), m.Ok)
+        await admin.expect(m.DismissBudgetAlert(id=warn.ref or 0), m.Ok)
         await admin.expect(
-            oc.SetBudget(scope="each_agent", limits={"cost_per_day_usd": 10.0}), oc.Budget
+            m.SetBudget(scope="each_agent", limits={"cost_per_day_usd": 10.0}), m.Budget
         )
-        left = (await admin.expect(oc.GetInbox(), oc.Inbox)).items
+        left = (await admin.expect(m.GetInbox(), m.Inbox)).items
         assert [i.key for i in left] == ["failed_agent:carol"]
     assert hive.holds.budget == {}

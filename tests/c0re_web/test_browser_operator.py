@@ -18,7 +18,6 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from protocol import messages as m
-from protocol import operator_controls as oc
 from tests.c0re_web import test_browser
 from tests.c0re_web.test_browser import CHROMIUM, WebHive, open_live, web_hive
 
@@ -205,7 +204,7 @@ def test_a_limit_is_set_from_the_budget_panel(hive_web, page):
     form.get_by_role("button", name="Set limit").click()
     expect(page.locator("#toasts")).to_contain_text("the hive: tokens_total = 1e+06")
     expect(page.locator("#usage-_hive")).to_contain_text("/ 1,000,000")
-    got = call(hive_web, oc.GetBudget(), oc.Budget)
+    got = call(hive_web, m.GetBudget(), m.Budget)
     assert ("hive", "tokens_total", 1_000_000, "operator") in {
         (r.scope, r.key, r.value, r.source) for r in got.limits
     }

@@ -23,16 +23,13 @@ COLLECTION_SIZE = 3
 MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
 
 
-FEATURE_MODULES = ("protocol.operator_controls",)
-"""Modules whose Structs `protocol.messages` takes into its namespace and unions."""
-
-
 def protocol_structs() -> list[type[msgspec.Struct]]:
-    """Every Struct class of `protocol.messages` (its own and its feature modules')."""
+    """Every Struct class the `protocol.messages` package defines (in any of its feature
+    modules) and re-exports."""
     return [
         obj
         for _, obj in inspect.getmembers(m, inspect.isclass)
-        if issubclass(obj, msgspec.Struct) and obj.__module__ in (m.__name__, *FEATURE_MODULES)
+        if issubclass(obj, msgspec.Struct) and obj.__module__.startswith(m.__name__ + ".")
     ]
 
 

@@ -2,9 +2,8 @@
 budgets that pause by themselves, questions escalated before they go stale, and the inbox of
 everything that waits on the operator (docs/operating.md, "Operator controls").
 
-`protocol.messages` imports these into its own namespace and its unions, so they are verbs,
-replies and events like any other; this module only keeps the feature's Structs together.
-It imports nothing but the base shapes it builds on.
+Like every feature module of `protocol.messages`, its verbs join the role unions
+(`roles`), its events `AnyEvent` (`events`), and the package re-exports every name.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from .messages import AgentName, Event, QuestionRow, Reply, Request, RowId
+from .base import AgentName, Event, Reply, Request, RowId
+from .questions import QuestionRow
 
 BudgetKey = Literal["tokens_per_day", "tokens_total", "cost_per_day_usd", "cost_total_usd"]
 """A limit: tokens (input + output, as the runtime reports them) or cost in USD, per rolling
@@ -191,8 +191,8 @@ class SetBudget(Request, tag="set_budget"):
     scope: BudgetScope
     agent: AgentName | None = None
     """The agent, for `scope = "agent"` (and only then)."""
-    limits: dict[BudgetKey, LimitValue | None] = {}  # noqa: RUF012 (a Struct copies defaults)
-    reset: list[BudgetKey] = []  # noqa: RUF012
+    limits: dict[BudgetKey, LimitValue | None] = {}
+    reset: list[BudgetKey] = []
     warn_fraction: Annotated[float, Meta(gt=0, le=1)] | None = None
 
 

@@ -23,7 +23,6 @@ from c0re_priv.config import HiveConfig
 from c0re_priv.escalation import Step, chain, due_at
 from c0re_priv.hive import Hive
 from protocol import messages as m
-from protocol import operator_controls as oc
 from protocol.client import HiveClient, HiveError, SyncClient
 from tests.conftest import DaemonProcess, make_config
 
@@ -116,7 +115,7 @@ async def test_a_question_climbs_three_levels_and_its_asker_is_told_each_time(hi
     assert q.escalation == ["bob", "boss", "operator"]
     mine = (await admin.expect(m.ListQuestions(), m.Questions)).questions
     assert [x.id for x in mine] == [qid]  # the operator's questions now include it
-    inbox = (await admin.expect(oc.GetInbox(), oc.Inbox)).items
+    inbox = (await admin.expect(m.GetInbox(), m.Inbox)).items
     assert [i.ref for i in inbox if i.kind == "question"] == [qid]
 
     told = [r.body for r in await inbox_of(hive, "alice") if r.from_ == "system"]
