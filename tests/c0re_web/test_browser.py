@@ -93,7 +93,7 @@ def web_hive(hive_toml: str, files: Mapping[str, str] | None = None) -> Iterator
         [
             sys.executable,
             "-m",
-            "c0re_priv",
+            "c0re_web",
             "web",
             "--run-dir",
             str(root / "run"),
