@@ -178,6 +178,12 @@ def render() -> str:
         m.TreeEntry,
         m.MergeRequestRow,
         m.MergeRequestNote,
+        m.EstopRow,
+        m.BudgetLimits,
+        m.BudgetLimitRow,
+        m.UsageRow,
+        m.BudgetAlertRow,
+        m.InboxItem,
     )
     for row in rows:
         out.append(f"### {row.__name__}\n")

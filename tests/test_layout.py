@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec.inspect as mi
 
-from c0re_priv.config import AgentConfig, HiveSettings
+from c0re_priv.config import AgentConfig, BudgetSettings, HiveSettings
 from c0re_priv.handlers import STREAMING, UNARY
 from protocol import docgen
 from protocol import messages as m
@@ -40,12 +40,13 @@ meta_repo containers.host containers.spawn containers.uids private_state store a
 nats_link containers.base containers.bwrap containers.nixos containers.process
 containers.cgroups containers open_threads registry roster broker agent_files tombstones questions
 reminders forge_git forge merge_requests lifecycle federation agent_configs meta_inputs approvals
+holds estop budgets escalation
 hive
-snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
+inbox snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
 handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard handlers.federation
-handlers.forge handlers server daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
-ctl.reminders ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl.forge
-ctl
+handlers.forge handlers.operator_controls handlers server daemon up ctl.common ctl.agents
+ctl.events ctl.messaging ctl.questions ctl.reminders ctl.operator_controls ctl.lifecycle
+ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl.forge ctl
 cli __main__
 """
 DAEMON_ORDER = _DAEMON_ORDER.split()
@@ -204,7 +205,7 @@ def test_every_forge_key_is_documented():
 
 def test_every_config_key_is_documented():
     doc = (ROOT / "docs" / "operating.md").read_text()
-    for cls in (HiveSettings, AgentConfig):
+    for cls in (HiveSettings, AgentConfig, BudgetSettings, m.BudgetLimits):
         info = mi.type_info(cls)
         assert isinstance(info, mi.StructType)
         for field in info.fields:

@@ -18,6 +18,7 @@ from . import (
     forge,
     lifecycle,
     messaging,
+    operator_controls,
     questions,
     reminders,
     session,
@@ -35,6 +36,7 @@ TABLE: tuple[Verb, ...] = (
     *dashboard.VERBS,
     *federation.VERBS,
     *forge.VERBS,
+    *operator_controls.VERBS,
 )
 UNARY: dict[type, UnaryHandler] = {v.request: v.handler for v in TABLE if not v.streaming}
 STREAMING: dict[type, StreamHandler] = {v.request: v.handler for v in TABLE if v.streaming}

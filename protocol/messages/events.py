@@ -36,6 +36,14 @@ from .messaging import (
     MessageRequeued,
     MessageSent,
 )
+from .operator_controls import (
+    AgentHeld,
+    AgentReleased,
+    BudgetAlerted,
+    BudgetChanged,
+    EstopChanged,
+    QuestionEscalated,
+)
 from .questions import QuestionAnswered, QuestionAsked, QuestionCancelled
 from .reminders import ReminderCancelled, ReminderDelivered, ReminderFailed, ReminderScheduled
 
@@ -99,6 +107,12 @@ AnyEvent: TypeAlias = (
     | MergeRequestUpdated
     | MergeRequestMerged
     | MergeRequestClosed
+    | EstopChanged
+    | AgentHeld
+    | AgentReleased
+    | BudgetAlerted
+    | BudgetChanged
+    | QuestionEscalated
 )
 
 

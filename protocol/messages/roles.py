@@ -100,6 +100,17 @@ from .messaging import (
     WaitForWork,
     Work,
 )
+from .operator_controls import (
+    Budget,
+    DismissBudgetAlert,
+    EmergencyStop,
+    EstopInfo,
+    GetBudget,
+    GetInbox,
+    Inbox,
+    SetBudget,
+    Thaw,
+)
 from .questions import (
     Answer,
     AnswerQuestion,
@@ -173,6 +184,9 @@ AnyReply: TypeAlias = (
     | RepoBlob
     | MergeRequestInfo
     | MergeRequests
+    | EstopInfo
+    | Budget
+    | Inbox
 )
 
 
@@ -260,6 +274,12 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     UpdateMetaInputs,
     FederationStatus,
     *FORGE_OPERATOR_REQUESTS,
+    EmergencyStop,
+    Thaw,
+    GetBudget,
+    SetBudget,
+    DismissBudgetAlert,
+    GetInbox,
 )
 
 

@@ -278,3 +278,25 @@ async def test_a_forge_page_just_loaded_is_watched_before_its_stream_connects(hu
     hub.expect("carol")
     assert hub.watched_pages() == {"mr:7", "agent:carol"}
     assert hub.watched_agents() == {"carol"}
+
+
+async def test_the_emergency_stop_redraws_its_banner_and_the_inbox_and_nothing_else(hub):
+    """What its event carries is drawn at once; the inbox after its read (`GetInbox`)."""
+    estop = m.EstopRow(engaged=True, at=101.0, reason="drill", parked=["alice"])
+    changes = hub.mirror.apply([at(101, m.EstopChanged(estop=estop))])
+    assert changes.read_needs and not changes.read_budget
+    changes.needs = True  # what `_read` sets once `GetInbox` answered
+    hub.mirror.inbox = [
+        m.InboxItem(key="estop", kind="estop", ref=None, agent=None, at=101.0, title="stopped")
+    ]
+    patches = {p.key: p for p in hub._dashboard(changes)}
+    assert set(patches) == {
+        "section:estop-panel",
+        "section:needs-you",
+        "section:needs-count",
+        f"toast:{hub.mirror.seq}:0",
+    }
+    assert "drill" in patches["section:estop-panel"].html
+    assert 'data-target="#needs-count"' in patches["section:needs-count"].html
+    assert ">1</template>" in patches["section:needs-count"].html
+    assert 'data-kind="estop"' in patches["section:needs-you"].html
