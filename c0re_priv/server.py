@@ -266,6 +266,12 @@ class SocketHub:
             "admin", paths.admin_sock, 0o660, "admin", None, self.hive.settings.admin_group
         )
         await self._listen("web", paths.web_sock, 0o660, "web", None, self.hive.settings.web_group)
+        if self.hive.settings.host_sock:
+            from .host_sock import HostSock  # it imports this module
+
+            # the original's JSON-line door, with admin.sock's permissions (docs/host-sock.md)
+            sock = await bind_unix(paths.host_sock, 0o660, self.hive.settings.admin_group)
+            await self._nursery.start(HostSock(self.hive).serve, sock, paths.host_sock)
 
     async def open_agent(self, name: str) -> None:
         if f"agent:{name}" in self._scopes:

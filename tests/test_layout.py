@@ -96,3 +96,25 @@ def test_every_reply_struct_is_in_the_reply_union():
         if isinstance(cls, type) and issubclass(cls, m.Reply) and cls is not m.Reply
     }
     assert declared - set(typing.get_args(m.AnyReply)) == set()
+
+
+def test_the_host_sock_doc_names_every_cmd_and_every_field():
+    from protocol import host_v1 as h
+
+    doc = (ROOT / "docs" / "host-sock.md").read_text()
+    for cls in (
+        *h.HOST_REQUESTS,
+        h.Scope,
+        h.HostResponse,
+        h.AgentStatusRow,
+        h.HiveUrls,
+        h.Approval,
+    ):
+        info = mi.type_info(cls)
+        assert isinstance(info, mi.StructType)
+        tag = info.tag
+        assert tag is None or f"`{tag}`" in doc, f"cmd {tag} undocumented"
+        for field in info.fields:
+            assert f"`{field.encode_name}`" in doc, (
+                f"{cls.__name__}.{field.encode_name} undocumented"
+            )

@@ -1,0 +1,397 @@
+"""`host.sock`: the original hyperhive's JSON-line host socket, a fifth door with admin.sock's power.
+
+Existing host tools (`hivectl`, desktop plugins) speak `protocol.host_v1` here. Every cmd is
+carried out by admin verbs — requests of `ADMIN_REQUESTS`, run by the very handlers that
+serve `admin.sock` — and `ADMIN_VERBS` below says which verbs each cmd may use, so this door
+can do nothing `hive ctl` cannot and no verb is implemented twice (`urls` only reads the
+configuration). The socket has admin.sock's mode and group. A connection's lines are answered
+in order, one at a time; a bad line is answered and the connection goes on;
+`subscribe_agent_status` turns the connection into a feed of changed rows until the client
+hangs up. Peers are bounded: a line cap, one request at a time per connection,
+`MAX_CONNECTIONS` connections. This module must never change state except through an admin
+verb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import trio
+
+from protocol import host_v1 as h
+from protocol import messages as m
+
+from .errors import Fail
+from .handlers import UNARY, Caller
+from .server import PEER_GONE, RECV_CHUNK, unlink_socket
+
+if TYPE_CHECKING:
+    from .hive import Hive
+    from .server import Connection
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 64
+"""Connections served at once; one more is answered `rate_limited` and closed."""
+ROW_EVENTS = frozenset(
+    {
+        "agent_added",
+        "agent_state_changed",
+        "status_changed",
+        "needs_login",
+        "logged_in",
+        "reminder_scheduled",
+        "reminder_delivered",
+        "reminder_failed",
+        "reminder_cancelled",
+        "approval_resolved",
+    }
+)
+"""The events after which an `AgentStatusRow` may read differently."""
+
+ADMIN_VERBS: dict[type[h.HostRequest], frozenset[type[m.Request]]] = {
+    h.List: frozenset({m.ListAgents}),
+    h.AgentStatus: frozenset({m.ListAgents}),
+    h.SubscribeAgentStatus: frozenset({m.ListAgents}),
+    h.SetPaused: frozenset({m.SetPaused}),
+    h.Start: frozenset({m.ListAgents, m.Start}),
+    h.Stop: frozenset({m.ListAgents, m.Stop}),
+    h.Restart: frozenset({m.Restart}),
+    h.Urls: frozenset(),
+    h.Pending: frozenset({m.ListApprovals}),
+    h.Approve: frozenset({m.Approve}),
+    h.Deny: frozenset({m.Deny}),
+}
+"""The door's table: the admin verbs each cmd is carried out with, and no others."""
+
+HOST_KIND: dict[m.ApprovalKind, h.HostApprovalKind] = {
+    "spawn": "spawn",
+    "init_config": "init_config",
+    "apply_commit": "merge_config_pr",
+    "update_meta_inputs": "update_meta_inputs",
+}
+
+R = TypeVar("R", bound=m.Reply)
+
+
+class AdminDoor:
+    """Runs admin verbs for one cmd, refusing any verb its row of `ADMIN_VERBS` lacks."""
+
+    def __init__(self, hive: Hive, cmd: type[h.HostRequest]) -> None:
+        self.hive = hive
+        self.cmd = cmd
+        self.allowed = ADMIN_VERBS[cmd]
+
+    async def call(self, req: m.Request, expect: type[R]) -> R:
+        verb = type(req)
+        if verb not in self.allowed or verb not in m.ADMIN_REQUESTS:
+            raise AssertionError(f"{h.cmd_of(self.cmd)} may not use {m.op_of(verb)}")
+        # the unary admin verbs used here never touch the caller's connection (only
+        # `cancel` and the harness's verbs do), so there is none to give them
+        caller = Caller(self.hive, "admin", None, cast("Connection", None), 0)
+        reply = await UNARY[verb](caller, req)
+        assert isinstance(reply, expect), reply
+        return reply
+
+
+# ------------------------------------------------------------------ rows
+
+
+def home_url(web_url: str) -> str | None:
+    if not web_url:
+        return None
+    return web_url if web_url.endswith("/") else web_url + "/"
+
+
+def status_row(row: m.AgentRow, home: str | None) -> h.AgentStatusRow:
+    running = row.container == "running"
+    # a stopped agent's status line is what it said before it stopped: stale, so not shown
+    has_status = running and bool(row.status_text) and row.status_set_at is not None
+    return h.AgentStatusRow(
+        name=row.name,
+        running=running,
+        failed=row.failed,
+        needs_update=row.needs_update,
+        needs_login=row.needs_login,
+        paused=row.paused,
+        parent=row.parent or None,
+        deployed_sha=row.deployed_sha[:12] if row.deployed_sha else None,
+        active_model=row.active_model or None,
+        status_text=row.status_text if has_status else None,
+        status_set_at=h.rfc3339(row.status_set_at) if has_status else None,
+        url=f"{home}agent/{row.name}/" if home is not None else None,
+        pending_reminders=row.reminders_pending,
+    )
+
+
+def approval(row: m.ApprovalRow) -> h.Approval:
+    return h.Approval(
+        id=row.id,
+        agent=row.agent,
+        kind=HOST_KIND[row.kind],
+        commit_ref=row.ref or "",
+        fetched_sha=row.sha,
+        requested_at=h.rfc3339(row.requested_at),
+        status=row.status,
+        description=row.description or None,
+        resolved_at=h.rfc3339(row.resolved_at),
+        note=row.note,
+    )
+
+
+# ------------------------------------------------------------------ cmds
+
+
+async def status_rows(door: AdminDoor) -> list[h.AgentStatusRow]:
+    home = home_url(door.hive.settings.web_url)
+    agents = await door.call(m.ListAgents(), m.Agents)
+    return [status_row(row, home) for row in agents.agents]
+
+
+async def names_in(door: AdminDoor, scope: h.Scope) -> list[str]:
+    """The agents a scope names, each once, all of them registered; never "everything"."""
+    wider = [k for k in ("agents", "ci", "forge", "gateway", "matrix") if getattr(scope, k)]
+    if wider:
+        raise Fail(
+            "invalid",
+            f"scope.{wider[0]} is not served here: name the agents in scope.agent_names",
+        )
+    if not scope.agent_names:
+        raise Fail("invalid", "scope.agent_names is empty; an empty scope never means every agent")
+    known = {row.name for row in (await door.call(m.ListAgents(), m.Agents)).agents}
+    names = list(dict.fromkeys(scope.agent_names))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise Fail("not_found", f"no agent named {', '.join(map(repr, unknown))}")
+    return names
+
+
+async def each(names: list[str], act: Callable[[str], Awaitable[object]]) -> h.HostResponse:
+    """Act on every name in turn; one failure does not stop the others, and is reported."""
+    failed: list[tuple[str, Fail]] = []
+    for name in names:
+        try:
+            await act(name)
+        except Fail as exc:
+            failed.append((name, exc))
+    if not failed:
+        return h.HostResponse(ok=True)
+    if len(names) == 1:
+        return h.failure(failed[0][1].code, failed[0][1].message)
+    return h.failure(failed[0][1].code, "; ".join(f"{n}: {exc.message}" for n, exc in failed))
+
+
+async def answer_list(door: AdminDoor, req: h.List) -> h.HostResponse:
+    agents = await door.call(m.ListAgents(), m.Agents)
+    return h.HostResponse(ok=True, agents=[row.name for row in agents.agents])
+
+
+async def answer_agent_status(door: AdminDoor, req: h.AgentStatus) -> h.HostResponse:
+    return h.HostResponse(ok=True, agent_statuses=await status_rows(door))
+
+
+async def answer_set_paused(door: AdminDoor, req: h.SetPaused) -> h.HostResponse:
+    await door.call(m.SetPaused(name=req.name, paused=req.paused), m.AgentInfo)
+    return h.HostResponse(ok=True)
+
+
+async def answer_start(door: AdminDoor, req: h.Start) -> h.HostResponse:
+    names = await names_in(door, req.scope)
+    return await each(names, lambda name: door.call(m.Start(name=name), m.AgentInfo))
+
+
+async def answer_stop(door: AdminDoor, req: h.Stop) -> h.HostResponse:
+    names = await names_in(door, req.scope)
+    return await each(
+        names, lambda name: door.call(m.Stop(name=name, graceful=req.graceful), m.AgentInfo)
+    )
+
+
+async def answer_restart(door: AdminDoor, req: h.Restart) -> h.HostResponse:
+    await door.call(m.Restart(name=req.name), m.AgentInfo)
+    return h.HostResponse(ok=True)
+
+
+async def answer_urls(door: AdminDoor, req: h.Urls) -> h.HostResponse:
+    home = home_url(door.hive.settings.web_url)
+    domain = urlsplit(home).hostname if home is not None else None
+    return h.HostResponse(ok=True, urls=h.HiveUrls(domain=domain, home=home))
+
+
+async def answer_pending(door: AdminDoor, req: h.Pending) -> h.HostResponse:
+    rows = await door.call(m.ListApprovals(status="pending", limit=1000), m.Approvals)
+    return h.HostResponse(ok=True, approvals=[approval(r) for r in reversed(rows.approvals)])
+
+
+async def answer_approve(door: AdminDoor, req: h.Approve) -> h.HostResponse:
+    done = (await door.call(m.Approve(id=req.id), m.ApprovalInfo)).approval
+    if done.status == "failed":
+        return h.failure("internal", f"approval #{done.id} failed: {done.outcome}")
+    return h.HostResponse(ok=True)
+
+
+async def answer_deny(door: AdminDoor, req: h.Deny) -> h.HostResponse:
+    await door.call(m.Deny(id=req.id), m.ApprovalInfo)
+    return h.HostResponse(ok=True)
+
+
+Answer = Callable[[AdminDoor, Any], Awaitable[h.HostResponse]]
+ANSWERS: dict[type[h.HostRequest], Answer] = {
+    h.List: answer_list,
+    h.AgentStatus: answer_agent_status,
+    h.SetPaused: answer_set_paused,
+    h.Start: answer_start,
+    h.Stop: answer_stop,
+    h.Restart: answer_restart,
+    h.Urls: answer_urls,
+    h.Pending: answer_pending,
+    h.Approve: answer_approve,
+    h.Deny: answer_deny,
+}
+"""Every cmd but `subscribe_agent_status`, which takes the connection over (`HostConnection`)."""
+
+
+# ------------------------------------------------------------------ transport
+
+
+class HostConnection:
+    """One client: its lines answered in order until it hangs up or subscribes."""
+
+    def __init__(self, hive: Hive, stream: trio.SocketStream) -> None:
+        self.hive = hive
+        self.stream = stream
+
+    async def send(self, response: h.HostResponse) -> None:
+        await self.stream.send_all(h.encode_response(response))
+
+    async def serve(self) -> None:
+        lines = h.LineSplitter(h.LINE_MAX)
+        while True:
+            data = await self.stream.receive_some(RECV_CHUNK)
+            if not data:
+                return
+            for line in lines.feed(data):
+                if isinstance(line, h.TooLong):
+                    log.warning("host.sock: refused a line over %d bytes", line.limit)
+                    await self.send(
+                        h.failure("too_large", f"a request line is at most {line.limit} bytes")
+                    )
+                    continue
+                if not line.strip():
+                    continue  # a stray newline is not a request
+                try:
+                    req = h.decode_line(line)
+                except h.LineError as exc:
+                    log.warning("host.sock: %s: %s", exc.code, exc.message)
+                    await self.send(h.failure(exc.code, exc.message))
+                    continue
+                if isinstance(req, h.SubscribeAgentStatus):
+                    await self.subscribe()
+                    return  # a subscribed connection reads no further requests
+                await self.send(await self.answer(req))
+
+    async def answer(self, req: h.HostRequest) -> h.HostResponse:
+        door = AdminDoor(self.hive, type(req))
+        try:
+            return await ANSWERS[type(req)](door, req)
+        except Fail as exc:
+            return h.failure(exc.code, exc.message)
+        except Exception:
+            log.exception("host.sock: internal error handling %s", h.cmd_of(type(req)))
+            return h.failure("internal", "internal error; see daemon log")
+
+    async def subscribe(self) -> None:
+        """A bare success, then one response per agent whose row changed, until hangup.
+
+        Rows are compared, not events forwarded: a burst of events costs one read, and a
+        subscriber the event bus dropped (it fell behind) subscribes again and still sends
+        every row that differs from what it sent last — a slow reader misses intermediate
+        states, never the latest one, and never slows the daemon.
+        """
+        door = AdminDoor(self.hive, h.SubscribeAgentStatus)
+        bus = self.hive.bus
+        sub, _ = bus.subscribe(ROW_EVENTS, None)
+        try:
+            sent = {row.name: row for row in await status_rows(door)}
+            await self.send(h.HostResponse(ok=True))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._until_hangup, nursery.cancel_scope)
+                while True:
+                    if not await _next_events(sub.recv):
+                        sub.close()
+                        sub, _ = bus.subscribe(ROW_EVENTS, None)
+                    rows = {row.name: row for row in await status_rows(door)}
+                    for name, row in rows.items():
+                        if sent.get(name) != row:
+                            await self.send(h.HostResponse(ok=True, agent_statuses=[row]))
+                    sent = rows
+        finally:
+            sub.close()
+
+    async def _until_hangup(self, scope: trio.CancelScope) -> None:
+        """Read and drop what a subscriber sends; its hangup ends the subscription."""
+        with contextlib.suppress(*PEER_GONE):
+            while await self.stream.receive_some(RECV_CHUNK):
+                pass
+        scope.cancel()
+
+
+async def _next_events(events: trio.MemoryReceiveChannel[Any]) -> bool:
+    """Wait for at least one event and take every one already queued; False once dropped."""
+    try:
+        await events.receive()
+        while True:
+            events.receive_nowait()
+    except trio.WouldBlock:
+        return True
+    except trio.EndOfChannel:
+        return False
+
+
+class HostSock:
+    """Serves `host.sock` inside the daemon's nursery; unlinks it when cancelled."""
+
+    def __init__(self, hive: Hive) -> None:
+        self.hive = hive
+        self.connections = 0
+
+    async def serve(
+        self,
+        sock: trio.socket.SocketType,
+        path: Path,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as connections:
+                task_status.started()
+                await trio.serve_listeners(self._handle, [listener], handler_nursery=connections)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            unlink_socket(path)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = HostConnection(self.hive, stream)
+        try:
+            if self.connections > MAX_CONNECTIONS:
+                await conn.send(
+                    h.failure("rate_limited", f"host.sock serves {MAX_CONNECTIONS} connections")
+                )
+                return
+            await conn.serve()
+        except PEER_GONE:
+            pass  # a reset is how some clients hang up
+        except Exception:  # one broken connection must never take the daemon down
+            log.exception("host.sock: connection failed")
+        finally:
+            self.connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()

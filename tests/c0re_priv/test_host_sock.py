@@ -1,0 +1,461 @@
+"""`host.sock`, the original hyperhive's JSON-line host socket, against a real daemon: request
+lines replayed as its host tools write them, response lines compared field by field.
+
+Agents are registered but not running here; `test_host_sock_live.py` starts and stops real
+bwrap agents under a subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from c0re_priv.hive import Hive, run_hive
+from c0re_priv.host_sock import ADMIN_VERBS, ANSWERS, MAX_CONNECTIONS
+from protocol import host_v1 as h
+from protocol import messages as m
+from protocol.client import HiveClient
+from tests.c0re_priv.host_lines import (
+    SHA12,
+    SHA40,
+    TIME,
+    HostLines,
+    compare,
+    containing,
+    ok,
+    refused,
+    row,
+)
+from tests.conftest import make_config, paths_in
+
+WEB = "https://hive.example.org"
+
+
+@pytest.fixture
+def config():  # type: ignore[no-untyped-def]
+    return make_config(
+        web_url=WEB,
+        agents={"boss": {"role": "manager"}, "alice": {"model": "model-a"}, "bob": {}},
+    )
+
+
+@pytest.fixture
+async def host(hive: Hive) -> AsyncIterator[HostLines]:
+    client = await HostLines.connect(str(hive.paths.host_sock))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def url(name: str) -> str:
+    return f"{WEB}/agent/{name}/"
+
+
+async def replay(client: HostLines, transcript: list[tuple[bytes, dict[str, Any]]]) -> None:
+    """Write each request line, read one response line, compare it field by field."""
+    for line, expected in transcript:
+        got = await client.ask(line)
+        compare(got, expected, f"answer to {line!r}")
+
+
+# ------------------------------------------------------------------ the verbs
+
+
+async def test_list_status_and_urls_answer_as_the_original_does(hive, host):
+    await replay(
+        host,
+        [
+            (b'{"cmd":"list"}\n', ok(agents=["alice", "bob", "boss"])),
+            (
+                b'{"cmd":"agent_status"}\n',
+                ok(
+                    agent_statuses=[
+                        row("alice", url=url("alice")),
+                        row("bob", url=url("bob")),
+                        row("boss", url=url("boss")),
+                    ]
+                ),
+            ),
+            (
+                b'{"cmd":"urls"}\n',
+                ok(urls={"domain": "hive.example.org", "home": f"{WEB}/"}),
+            ),
+        ],
+    )
+    status = await host.ask({"cmd": "agent_status"})
+    shas = {r["deployed_sha"] for r in status["agent_statuses"]}
+    assert shas == {hive.configs.deployed["alice"].sha[:12]}  # all three run the first commit
+
+
+async def test_a_stopped_agents_status_line_is_not_shown(hive, host):
+    async with HiveClient.connect(str(hive.paths.agent_sock("alice"))) as alice:
+        await alice.expect(m.SetStatus(text="reviewing PR 12"), m.Ok)
+        await alice.expect(m.Remind(body="look again", in_seconds=3600), m.Reminded)
+    got = await host.ask({"cmd": "agent_status"})
+    # its container is not running: what it said before is stale (the live test shows it)
+    compare(got["agent_statuses"][0], row("alice", url=url("alice"), pending_reminders=1))
+
+
+async def test_without_a_dashboard_address_urls_are_null(nursery, short_tmp):
+    config = make_config(agents={"alice": {}})
+    hive: Hive = await nursery.start(
+        lambda task_status: run_hive(
+            config, paths_in(short_tmp, config), handle_signals=False, task_status=task_status
+        )
+    )
+    client = await HostLines.connect(str(hive.paths.host_sock))
+    await replay(
+        client,
+        [
+            (b'{"cmd":"urls"}\n', ok(urls={"domain": None, "home": None})),
+            (b'{"cmd":"agent_status"}\n', ok(agent_statuses=[row("alice")])),
+        ],
+    )
+    await client.aclose()
+
+
+async def test_pause_and_resume_go_through_the_admin_verb(hive, host):
+    await replay(
+        host,
+        [
+            (b'{"cmd":"set_paused","name":"bob","paused":true}\n', ok()),
+            (
+                b'{"cmd":"start","scope":{"agent_names":["bob"]}}\n',
+                refused("conflict", "bob is paused; unpause it first"),
+            ),
+            (b'{"cmd":"set_paused","name":"bob","paused":true}\n', ok()),  # idempotent
+        ],
+    )
+    assert hive.registry.agents["bob"].paused
+    got = await host.ask({"cmd": "agent_status"})
+    compare(got["agent_statuses"][1], row("bob", url=url("bob"), paused=True))
+    await replay(host, [(b'{"cmd":"set_paused","name":"bob","paused":false}\n', ok())])
+    assert not hive.registry.agents["bob"].paused
+
+
+# ------------------------------------------------------------------ the scope rule
+
+
+async def test_a_scope_never_means_everything(hive, host):
+    await replay(
+        host,
+        [
+            (
+                b'{"cmd":"start","scope":{}}\n',
+                refused("invalid", containing("agent_names is empty", "never means every")),
+            ),
+            (
+                b'{"cmd":"stop","scope":{"agent_names":[]},"graceful":true}\n',
+                refused("invalid", containing("agent_names is empty")),
+            ),
+            (
+                b'{"cmd":"start","scope":{"agent_names":[],"agents":true}}\n',
+                refused("invalid", containing("scope.agents is not served here")),
+            ),
+            (
+                b'{"cmd":"start","scope":{"agent_names":["alice"],"forge":true}}\n',
+                refused("invalid", containing("scope.forge")),
+            ),
+            (
+                b'{"cmd":"stop","scope":{"agent_names":["alice","nobody"]},"graceful":false}\n',
+                refused("not_found", "no agent named 'nobody'"),
+            ),
+            (
+                b'{"cmd":"start","scope":{"agent_names":["Alice"]}}\n',
+                refused("invalid", containing("start:", "$.scope.agent_names[0]")),
+            ),
+            # the original's default keys, all false, next to real names: accepted
+            (
+                b'{"cmd":"stop","scope":{"agent_names":["alice","alice"],"agents":false,'
+                b'"ci":false,"forge":false,"gateway":false,"matrix":false},"graceful":true}\n',
+                ok(),
+            ),
+        ],
+    )
+    assert all(s.scope is None for s in hive.lifecycle.agents.values())  # nothing was started
+
+
+# ------------------------------------------------------------------ approvals
+
+
+async def propose(hive: Hive, boss: HiveClient, name: str, model: str) -> m.Proposed:
+    text = (await boss.expect(m.ReadAgentConfig(agent=name), m.AgentConfigText)).text
+    changed = "\n".join(
+        f'model = "{model}"' if line.startswith("model = ") else line for line in text.splitlines()
+    )
+    return await boss.expect(m.ProposeConfig(agent=name, agent_toml=changed + "\n"), m.Proposed)
+
+
+async def test_pending_approve_and_deny(hive, host):
+    async with HiveClient.connect(str(hive.paths.agent_sock("boss"))) as boss:
+        proposed = await propose(hive, boss, "bob", "model-b")
+        apply = (
+            await boss.expect(
+                m.RequestApplyCommit(agent="bob", sha="proposals/bob"), m.ApprovalInfo
+            )
+        ).approval
+        init = (await boss.expect(m.RequestInitConfig(name="carol"), m.ApprovalInfo)).approval
+    assert proposed.sha
+    await replay(
+        host,
+        [
+            (
+                b'{"cmd":"pending"}\n',
+                ok(
+                    approvals=[
+                        {
+                            "id": apply.id,
+                            "agent": "bob",
+                            "kind": "merge_config_pr",
+                            "commit_ref": "proposals/bob",
+                            "fetched_sha": proposed.sha,
+                            "requested_at": TIME,
+                            "status": "pending",
+                            "description": apply.description,
+                            "resolved_at": None,
+                            "note": None,
+                        },
+                        {
+                            "id": init.id,
+                            "agent": "carol",
+                            "kind": "init_config",
+                            "commit_ref": "",
+                            "fetched_sha": None,
+                            "requested_at": TIME,
+                            "status": "pending",
+                            "description": containing("agents/carol/agent.toml"),
+                            "resolved_at": None,
+                            "note": None,
+                        },
+                    ]
+                ),
+            ),
+            (f'{{"cmd":"approve","id":{apply.id}}}\n'.encode(), ok()),
+            (f'{{"cmd":"deny","id":{init.id}}}\n'.encode(), ok()),
+            (b'{"cmd":"pending"}\n', ok(approvals=[])),
+            (
+                f'{{"cmd":"approve","id":{apply.id}}}\n'.encode(),
+                refused(
+                    "conflict", f"approval #{apply.id} is approved already; it can be resolved once"
+                ),
+            ),
+            (
+                f'{{"cmd":"deny","id":{init.id}}}\n'.encode(),
+                refused("conflict", containing("is denied already")),
+            ),
+            (b'{"cmd":"deny","id":999999}\n', refused("not_found", "no approval #999999")),
+            (b'{"cmd":"approve","id":-1}\n', refused("invalid", containing("$.id"))),
+        ],
+    )
+    status = await host.ask({"cmd": "agent_status"})
+    bob = status["agent_statuses"][1]
+    assert bob["deployed_sha"] == proposed.sha[:12] and bob["needs_update"] is False
+    assert SHA12.matches(bob["deployed_sha"]) and SHA40.matches(proposed.sha)
+
+
+async def test_an_approval_that_fails_to_be_carried_out_is_not_ok(hive, host, admin):
+    async with HiveClient.connect(str(hive.paths.agent_sock("boss"))) as boss:
+        spawn = (
+            await boss.expect(m.RequestSpawn(name="dave", role_description="x"), m.ApprovalInfo)
+        ).approval
+    # the operator registers the name by hand before approving: the spawn can no longer happen
+    await admin.expect(m.AddAgent(name="dave"), m.AgentInfo)
+    got = await host.ask({"cmd": "approve", "id": spawn.id})
+    compare(got, refused("internal", containing(f"approval #{spawn.id} failed")))
+    listed = await admin.expect(m.GetApproval(id=spawn.id), m.ApprovalInfo)
+    assert listed.approval.status == "failed"
+
+
+async def test_a_spawned_agent_names_its_parent(hive, host, admin):
+    async with HiveClient.connect(str(hive.paths.agent_sock("boss"))) as boss:
+        spawn = (
+            await boss.expect(m.RequestSpawn(name="erin", role_description="x"), m.ApprovalInfo)
+        ).approval
+    got = await host.ask({"cmd": "approve", "id": spawn.id})
+    assert got == {"version": 1, "ok": True, "error": None}, got
+    status = await host.ask({"cmd": "agent_status"})
+    (erin,) = [r for r in status["agent_statuses"] if r["name"] == "erin"]
+    assert erin["parent"] == "boss"
+    await admin.expect(m.Stop(name="erin", graceful=False), m.AgentInfo)
+
+
+# ------------------------------------------------------------------ robustness
+
+
+async def test_bad_lines_are_answered_and_the_connection_goes_on(hive, host):
+    await replay(
+        host,
+        [
+            (
+                b'{"cmd":"list","extra":{"nested":[1,2]},"version":7}\n',
+                ok(agents=["alice", "bob", "boss"]),
+            ),
+            (b'{"cmd":"frobnicate"}\n', refused("unknown_op", "unknown cmd 'frobnicate'")),
+            (b"not json at all\n", refused("bad_frame", containing("not JSON"))),
+            (b"[1, 2, 3]\n", refused("invalid", 'a request is a JSON object with a "cmd"')),
+            (b'{"name":"alice"}\n', refused("invalid", 'a request needs a "cmd" string')),
+            (b'{"cmd":7}\n', refused("invalid", 'a request needs a "cmd" string')),
+            (
+                b'{"cmd":"set_paused","name":"alice"}\n',
+                refused("invalid", containing("set_paused:", "paused")),
+            ),
+            (
+                b'{"cmd":"restart","name":"nobody"}\n',
+                refused("not_found", "no agent named 'nobody'"),
+            ),
+            (b'\xff\xfe{"cmd":"list"}\n', refused("bad_frame", containing("not JSON"))),
+            (b"[" * 5000 + b"\n", refused("bad_frame", containing("nested too deeply"))),
+            (b'{"cmd":"list"}\r\n', ok(agents=["alice", "bob", "boss"])),
+        ],
+    )
+
+
+async def test_blank_lines_are_skipped_and_pipelined_lines_answered_in_order(hive, host):
+    await host.write(b'\n  \n{"cmd":"list"}\n{"cmd":"nope"}\n\n{"cmd":"urls"}\n')
+    compare(await host.response(), ok(agents=["alice", "bob", "boss"]))
+    compare(await host.response(), refused("unknown_op", "unknown cmd 'nope'"))
+    compare(await host.response(), ok(urls={"domain": "hive.example.org", "home": f"{WEB}/"}))
+
+
+async def test_a_line_over_the_cap_is_refused_without_being_held(hive, host):
+    huge = b'{"cmd":"list","pad":"' + b"x" * (h.LINE_MAX * 3) + b'"}\n'
+    await host.write(huge[: h.LINE_MAX // 2])
+    await host.write(huge[h.LINE_MAX // 2 :] + b'{"cmd":"list"}\n')
+    compare(
+        await host.response(), refused("too_large", f"a request line is at most {h.LINE_MAX} bytes")
+    )
+    compare(await host.response(), ok(agents=["alice", "bob", "boss"]))
+    exact = b'{"cmd":"list","pad":"' + b"y" * (h.LINE_MAX - 23) + b'"}'
+    assert len(exact) == h.LINE_MAX
+    compare(await host.ask(exact + b"\n"), ok(agents=["alice", "bob", "boss"]))
+
+
+async def test_a_client_that_hangs_up_mid_line_or_mid_answer_harms_nobody(hive, host):
+    for data in (b'{"cmd":"li', b'{"cmd":"agent_status"}\n' * 50):
+        rude = await HostLines.connect(str(hive.paths.host_sock))
+        await rude.write(data)
+        await rude.aclose()
+    compare(await host.ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+
+
+async def test_connections_are_bounded(hive, host):
+    held = [await HostLines.connect(str(hive.paths.host_sock)) for _ in range(MAX_CONNECTIONS - 1)]
+    try:
+        extra = await HostLines.connect(str(hive.paths.host_sock))
+        compare(
+            await extra.response(),
+            refused("rate_limited", f"host.sock serves {MAX_CONNECTIONS} connections"),
+        )
+        assert await extra.stream.receive_some(10) == b""  # and closed
+        await extra.aclose()
+        compare(await held[-1].ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+    finally:
+        for c in held:
+            await c.aclose()
+    await trio.sleep(0.1)
+    again = await HostLines.connect(str(hive.paths.host_sock))
+    compare(await again.ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+    await again.aclose()
+
+
+# ------------------------------------------------------------------ the socket itself
+
+
+async def test_the_socket_has_admin_socks_permissions(hive):
+    host_mode = os.stat(hive.paths.host_sock)
+    admin_mode = os.stat(hive.paths.admin_sock)
+    assert stat.S_ISSOCK(host_mode.st_mode)
+    assert stat.S_IMODE(host_mode.st_mode) == stat.S_IMODE(admin_mode.st_mode) == 0o660
+    assert (host_mode.st_uid, host_mode.st_gid) == (admin_mode.st_uid, admin_mode.st_gid)
+
+
+async def test_the_socket_follows_admin_group(nursery, short_tmp):
+    import grp
+
+    group = grp.getgrgid(os.getgid() if os.getgid() != 0 else 0)
+    others = [g for g in grp.getgrall() if g.gr_gid != os.getgid()]
+    if os.geteuid() != 0 and not others:
+        pytest.skip("no second group to hand the socket to")
+    group = others[0] if os.geteuid() == 0 else group
+    config = make_config(admin_group=group.gr_name)
+    hive: Hive = await nursery.start(
+        lambda task_status: run_hive(
+            config, paths_in(short_tmp, config), handle_signals=False, task_status=task_status
+        )
+    )
+    assert os.stat(hive.paths.host_sock).st_gid == group.gr_gid
+    assert os.stat(hive.paths.admin_sock).st_gid == group.gr_gid
+
+
+async def test_it_can_be_turned_off(nursery, short_tmp):
+    config = make_config(host_sock=False)
+    hive: Hive = await nursery.start(
+        lambda task_status: run_hive(
+            config, paths_in(short_tmp, config), handle_signals=False, task_status=task_status
+        )
+    )
+    assert hive.paths.admin_sock.exists()
+    assert not hive.paths.host_sock.exists()
+
+
+async def test_the_socket_is_unlinked_at_shutdown(short_tmp):
+    config = make_config()
+    async with trio.open_nursery() as nursery:
+        hive: Hive = await nursery.start(
+            lambda task_status: run_hive(
+                config, paths_in(short_tmp, config), handle_signals=False, task_status=task_status
+            )
+        )
+        subscriber = await HostLines.connect(str(hive.paths.host_sock))
+        compare(await subscriber.ask({"cmd": "subscribe_agent_status"}), ok())
+        nursery.cancel_scope.cancel()
+    assert not hive.paths.host_sock.exists()
+    assert await subscriber.stream.receive_some(10) == b""
+    await subscriber.aclose()
+
+
+# ------------------------------------------------------------------ the door's table
+
+
+def test_every_cmd_is_answered_and_uses_admin_verbs_only():
+    assert set(ADMIN_VERBS) == set(h.HOST_REQUESTS)
+    assert set(ANSWERS) == set(h.HOST_REQUESTS) - {h.SubscribeAgentStatus}
+    for cmd, verbs in ADMIN_VERBS.items():
+        assert verbs <= set(m.ADMIN_REQUESTS), cmd
+        assert not verbs & {m.AddAgent, m.RemoveAgent, m.Destroy, m.SetAgentLogin}, cmd
+
+
+async def test_a_cmd_cannot_reach_a_verb_outside_its_row(hive):
+    from c0re_priv.host_sock import AdminDoor
+
+    door = AdminDoor(hive, h.List)
+    with pytest.raises(AssertionError, match="list may not use destroy"):
+        await door.call(m.Destroy(name="alice"), m.Ok)
+    assert "alice" in hive.registry.agents
+
+
+def test_the_wire_names_match_the_original():
+    assert sorted(h.CMDS) == sorted(
+        [
+            "list",
+            "agent_status",
+            "subscribe_agent_status",
+            "set_paused",
+            "start",
+            "stop",
+            "restart",
+            "urls",
+            "pending",
+            "approve",
+            "deny",
+        ]
+    )
+    line = h.encode_response(h.HostResponse(ok=True, agents=[]))
+    assert json.loads(line) == {"version": 1, "ok": True, "error": None, "agents": []}
