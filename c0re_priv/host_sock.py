@@ -323,6 +323,7 @@ class HostConnection:
                 nursery.start_soon(self._until_hangup, nursery.cancel_scope)
                 while True:
                     if not await _next_events(sub.recv):
+                        log.info("host.sock: a subscriber fell behind; comparing every row")
                         sub.close()
                         sub, _ = bus.subscribe(ROW_EVENTS, None)
                     rows = {row.name: row for row in await status_rows(door)}

@@ -8,6 +8,7 @@ bwrap agents under a subscription.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -459,3 +460,39 @@ def test_the_wire_names_match_the_original():
     )
     line = h.encode_response(h.HostResponse(ok=True, agents=[]))
     assert json.loads(line) == {"version": 1, "ok": True, "error": None, "agents": []}
+
+
+# ------------------------------------------------------------------ a slow subscriber
+
+
+async def test_a_subscriber_that_stops_reading_neither_slows_the_daemon_nor_ends_stale(
+    hive, host, admin, caplog
+):
+    caplog.set_level(logging.INFO, logger="c0re_priv.host_sock")
+    compare(await host.ask({"cmd": "subscribe_agent_status"}), ok())
+    # far more changes than the socket buffers and the event bus keeps for one subscriber:
+    # the daemon blocks writing to this client, the bus drops it, it subscribes again
+    toggles = 3000
+    with trio.fail_after(120):
+        for i in range(toggles):
+            await admin.expect(m.SetPaused(name="bob", paused=i % 2 == 0), m.AgentInfo)
+        await admin.expect(m.SetPaused(name="alice", paused=True), m.AgentInfo)
+    # meanwhile every other client was served as usual
+    other = await HostLines.connect(str(hive.paths.host_sock))
+    compare(await other.ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+    roster = {r["name"]: r for r in (await other.ask({"cmd": "agent_status"}))["agent_statuses"]}
+    await other.aclose()
+    assert roster["bob"]["paused"] is False and roster["alice"]["paused"] is True
+
+    pushes: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}
+    while last.get("alice") != roster["alice"] or last.get("bob") != roster["bob"]:
+        push = await host.response(timeout=30)
+        (one,) = push["agent_statuses"]
+        last[one["name"]] = one
+        pushes.append(one)
+    assert len(pushes) < toggles  # intermediate states were coalesced, the latest was not lost
+    assert "a subscriber fell behind" in caplog.text  # the event bus did drop it
+    with trio.move_on_after(0.5):
+        extra = await host.response()
+        pytest.fail(f"pushed after the latest state: {extra}")
