@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -259,11 +259,99 @@ ANSWERS: dict[type[h.HostRequest], Answer] = {
 # ------------------------------------------------------------------ transport
 
 
+class RosterWatch:
+    """Every agent's row for every subscriber, read once per change, not once per subscriber.
+
+    One task, alive while anyone subscribes (in the host socket's nursery), follows the
+    events after which a row may read differently and rereads the rows after each burst of
+    them; each change bumps `version`. Subscribers wait for a version past the one they
+    sent and compare rows. A subscriber that is slow to read simply finds a later version
+    when it comes back, so it never holds anything up; if the watcher itself falls behind
+    the event bus, it subscribes again and rereads.
+    """
+
+    def __init__(self, hive: Hive, nursery: trio.Nursery) -> None:
+        self.hive = hive
+        self._nursery = nursery
+        self.rows: dict[str, h.AgentStatusRow] = {}
+        self.version = 0
+        self.broken = False
+        self._changed = trio.Event()
+        self._users = 0
+        self._scope: trio.CancelScope | None = None
+        self._lock = trio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def joined(self) -> AsyncIterator[RosterWatch]:
+        """Be a subscriber: the watcher runs (with fresh rows) for as long as anyone is one."""
+        async with self._lock:
+            self._users += 1
+            try:
+                if self._scope is None:
+                    await self._nursery.start(self._watch)
+            except BaseException:
+                self._users -= 1
+                raise
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._scope is not None:
+                self._scope.cancel()
+                self._scope = None
+
+    async def wait_past(self, version: int) -> int:
+        """Wait for a version after `version`; return it (`rows` is that version's)."""
+        while self.version == version and not self.broken:
+            await self._changed.wait()
+        if self.broken:
+            raise RuntimeError("the agent status watcher failed; see the daemon log")
+        return self.version
+
+    async def _watch(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        door = AdminDoor(self.hive, h.SubscribeAgentStatus)
+        bus = self.hive.bus
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            self.broken = False
+            sub, _ = bus.subscribe(ROW_EVENTS, None)
+            try:
+                self._publish(await status_rows(door))
+                task_status.started()
+                while True:
+                    if not await _next_events(sub.recv):
+                        log.info("host.sock: the status watcher fell behind; rereading every row")
+                        sub.close()
+                        sub, _ = bus.subscribe(ROW_EVENTS, None)
+                    self._publish(await status_rows(door))
+            except Exception:
+                # its subscribers hang up; the next subscriber starts a fresh watcher
+                log.exception("host.sock: the agent status watcher failed")
+                self.broken = True
+                self._changed.set()
+                if self._scope is scope:
+                    self._scope = None
+            finally:
+                sub.close()
+
+    def _publish(self, rows: list[h.AgentStatusRow]) -> None:
+        latest = {row.name: row for row in rows}
+        if latest == self.rows and self.version:
+            return
+        self.rows = latest
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 class HostConnection:
     """One client: its lines answered in order until it hangs up or subscribes."""
 
-    def __init__(self, hive: Hive, stream: trio.SocketStream) -> None:
+    def __init__(self, hive: Hive, roster: RosterWatch, stream: trio.SocketStream) -> None:
         self.hive = hive
+        self.roster = roster
         self.stream = stream
 
     async def send(self, response: h.HostResponse) -> None:
@@ -308,31 +396,21 @@ class HostConnection:
     async def subscribe(self) -> None:
         """A bare success, then one response per agent whose row changed, until hangup.
 
-        Rows are compared, not events forwarded: a burst of events costs one read, and a
-        subscriber the event bus dropped (it fell behind) subscribes again and still sends
-        every row that differs from what it sent last — a slow reader misses intermediate
-        states, never the latest one, and never slows the daemon.
+        Rows are compared, not events forwarded (see `RosterWatch`): a slow reader misses
+        intermediate states, never the latest one, and never slows the daemon.
         """
-        door = AdminDoor(self.hive, h.SubscribeAgentStatus)
-        bus = self.hive.bus
-        sub, _ = bus.subscribe(ROW_EVENTS, None)
-        try:
-            sent = {row.name: row for row in await status_rows(door)}
+        async with self.roster.joined() as roster:
+            sent, version = roster.rows, roster.version
             await self.send(h.HostResponse(ok=True))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._until_hangup, nursery.cancel_scope)
                 while True:
-                    if not await _next_events(sub.recv):
-                        log.info("host.sock: a subscriber fell behind; comparing every row")
-                        sub.close()
-                        sub, _ = bus.subscribe(ROW_EVENTS, None)
-                    rows = {row.name: row for row in await status_rows(door)}
+                    version = await roster.wait_past(version)
+                    rows = roster.rows
                     for name, row in rows.items():
                         if sent.get(name) != row:
                             await self.send(h.HostResponse(ok=True, agent_statuses=[row]))
                     sent = rows
-        finally:
-            sub.close()
 
     async def _until_hangup(self, scope: trio.CancelScope) -> None:
         """Read and drop what a subscriber sends; its hangup ends the subscription."""
@@ -360,6 +438,7 @@ class HostSock:
     def __init__(self, hive: Hive) -> None:
         self.hive = hive
         self.connections = 0
+        self.roster: RosterWatch
 
     async def serve(
         self,
@@ -371,6 +450,7 @@ class HostSock:
         listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as connections:
+                self.roster = RosterWatch(self.hive, connections)
                 task_status.started()
                 await trio.serve_listeners(self._handle, [listener], handler_nursery=connections)
         finally:
@@ -380,7 +460,7 @@ class HostSock:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        conn = HostConnection(self.hive, stream)
+        conn = HostConnection(self.hive, self.roster, stream)
         try:
             if self.connections > MAX_CONNECTIONS:
                 await conn.send(

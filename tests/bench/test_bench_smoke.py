@@ -37,6 +37,16 @@ ROWS = {
         "GetAgentOpenThreads(alice), admin socket",
         "Ping, admin socket, while alice loops GetOpenThreads",
     ],
+    "host_sock.py": [
+        "ListAgents, admin.sock, SyncClient",
+        "agent_status, host.sock, one connection",
+        "agent_status, host.sock, a connection per request",
+        "list, host.sock, one connection",
+        "agent_state_changed event, admin.sock Subscribe",
+        "row pushed to 1 subscriber",
+        "row pushed to 16 subscribers",
+        "row pushed to 60 subscribers",
+    ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
         "burst delivered in chunks (reminder_batch)",
