@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -525,3 +527,46 @@ async def test_one_watcher_serves_every_subscriber_and_ends_with_the_last(hive, 
         ok(agent_statuses=[row("alice", url=url("alice"), paused=True)]),
     )
     await third.aclose()
+
+
+@pytest.mark.parametrize(
+    "web_url",
+    ["javascript:alert(1)", "hive.example.org", "https://", "http://a b/", "https://h/?q=1"],
+)
+def test_web_url_must_be_a_plain_http_address(tmp_path, web_url):
+    from c0re_priv.config import ConfigError, load_config
+
+    path = tmp_path / "hive.toml"
+    path.write_text(f"[hive]\nweb_url = {json.dumps(web_url)}\n")
+    with pytest.raises(ConfigError, match="web_url"):
+        load_config(path)
+
+
+def test_web_url_and_host_sock_load_from_hive_toml(tmp_path):
+    from c0re_priv.config import load_config
+
+    path = tmp_path / "hive.toml"
+    path.write_text('[hive]\nweb_url = "https://hive.example.org/hive"\nhost_sock = false\n')
+    settings = load_config(path).hive
+    assert (settings.web_url, settings.host_sock) == ("https://hive.example.org/hive", False)
+
+
+async def test_the_docs_example_session_is_what_the_daemon_says(nursery, short_tmp):
+    """docs/host-sock.md's `→`/`←` lines, replayed byte for byte."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "host-sock.md").read_text()
+    pairs = re.findall(r"^→ (.*)\n← (.*)$", doc, flags=re.MULTILINE)
+    assert len(pairs) >= 3
+    config = make_config(
+        web_url="http://127.0.0.1:8765/",
+        agents={"manager": {"role": "manager"}, "alice": {}, "bob": {}},
+    )
+    hive: Hive = await nursery.start(
+        lambda task_status: run_hive(
+            config, paths_in(short_tmp, config), handle_signals=False, task_status=task_status
+        )
+    )
+    client = await HostLines.connect(str(hive.paths.host_sock))
+    for request, response in pairs:
+        await client.write(request.encode() + b"\n")
+        assert (await client.line()).decode() == response
+    await client.aclose()
