@@ -4,6 +4,7 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh"
 ensure_debian_packages git:git bwrap:bubblewrap chromium:chromium nix-instantiate:nix-bin
 ensure_venv test
+ensure_claude_code
 cd "$HIVE_ROOT"
 echo "== ruff" && "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
 echo "== mypy --strict" && "$VENV/bin/mypy"

@@ -1,4 +1,4 @@
-"""`hive agent mcp`: the hyperhive MCP tools, served on stdio to the agent's runtime.
+"""`python -m ag3nt mcp`: the hyperhive MCP tools, served on stdio to the agent's runtime.
 
 Every tool is one protocol verb on this agent's socket, with the verb's field names as its
 arguments: the socket decides who the caller is, so no tool takes a "from" or an "owner".
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,8 +29,10 @@ from typing import Any, TypeVar
 
 import anyio
 import msgspec
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import ValidationError
 
 from protocol import messages as m
 from protocol.client import ConnectionLost, HiveClient, HiveError
@@ -115,7 +118,7 @@ class Tools:
         try:
             return msgspec.convert(args, verb)
         except msgspec.ValidationError as exc:
-            raise ToolError(f"invalid: {exc}") from None
+            raise ToolError(invalid_from_msgspec(exc)) from None
 
     async def _with_client(self, fn: Callable[[HiveClient], Awaitable[R]]) -> R:
         try:
@@ -372,11 +375,64 @@ MANAGER_TOOLS: tuple[str, ...] = (
 """Tools that exist only on a manager's socket (its verbs are in `MANAGER_REQUESTS`)."""
 
 
+MSGSPEC_PATH = re.compile(r"^(?P<what>.*?) - at `\$\.?(?P<path>[^`]*)`$", re.S)
+
+
+def invalid_from_msgspec(exc: msgspec.ValidationError) -> str:
+    """`Expected `int`, got `str` - at `$.max`` → `invalid: max: expected `int`, got `str``."""
+    text = str(exc)
+    found = MSGSPEC_PATH.match(text)
+    if found is None:
+        return f"invalid: {text}"
+    what = found["what"]
+    return f"invalid: {found['path'] or 'arguments'}: {what[:1].lower()}{what[1:]}"
+
+
+def invalid_from_pydantic(exc: ValidationError) -> str:
+    """The MCP library's argument check, said the way every other bad argument is:
+    `invalid: <field>: <what is wrong>` (no library name, no documentation link, and the
+    rejected value only by its type)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "arguments"
+        if err["type"] == "missing":
+            parts.append(f"{field}: required")
+            continue
+        got = type(err.get("input")).__name__
+        msg = str(err["msg"])
+        parts.append(f"{field}: {msg[:1].lower()}{msg[1:]} (got {got})")
+    return "invalid: " + "; ".join(parts)
+
+
+class HiveMCPServer(MCPServer):
+    """`MCPServer` whose tool errors read as docs/agent-tools.md says: `invalid: <field> …` for
+    a bad argument, `<code>: <message>` for a daemon error, without the library's
+    "Error executing tool …" prefix. Crashes are left to the library (which hides their text)."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):
+                text = invalid_from_pydantic(cause)
+            elif isinstance(cause, ToolError):
+                text = str(cause)  # ours: "invalid: …" or "<code>: <message>"
+            else:
+                raise  # an unknown tool and the like: the library's own answer
+            log.info("tool %s: %s", name, text[:200])
+            return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
 def build_server(socket_path: str, role: str) -> MCPServer:
     """An `MCPServer` with the tools this socket's role may use."""
     tools = Tools(socket_path)
     instructions = INSTRUCTIONS + (MANAGER_INSTRUCTIONS if role == "manager" else "")
-    server = MCPServer("hyperhive", instructions=instructions)
+    server = HiveMCPServer("hyperhive", instructions=instructions)
     names = AGENT_TOOLS + (MANAGER_TOOLS if role == "manager" else ())
     for name in names:
         server.add_tool(getattr(tools, name), name=name, structured_output=False)

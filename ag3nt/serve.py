@@ -1,13 +1,13 @@
-"""`hive agent serve`: build the agent's context and runtime, then run the harness."""
+"""`python -m ag3nt serve`: build the agent's context and runtime, then run the harness."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import anyio
 
+from .cli import command_prefix
 from .harness import Harness
 from .runtimes.base import AgentContext, Runtime
 
@@ -33,7 +33,7 @@ def run_harness(
     factory = make_runtime(runtime)
     if factory is None:
         raise SystemExit(
-            f"hive agent serve: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})"
+            f"ag3nt serve: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})"
         )
     ctx = AgentContext(
         name="",
@@ -41,7 +41,7 @@ def run_harness(
         model=model,
         socket=socket,
         state_dir=state_dir,
-        hive_command=[sys.executable, "-m", "c0re_priv"],
+        ag3nt_command=command_prefix(),
         rules_file=rules,
     )
     harness = Harness(ctx, factory)

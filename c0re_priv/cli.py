@@ -1,7 +1,8 @@
 """`hive`: the one command-line entry point (daemon, operator control, agent harness).
 
-Subcommands import what they run lazily, so `hive ctl …` and `hive agent …` load only the
-protocol client (and the harness), never the daemon's store or broker.
+Subcommands import what they run lazily, so `hive ctl …` loads only the protocol client, never
+the daemon's store or broker. `hive agent …` is an alias of `python -m ag3nt …`, the
+in-container entry point the daemon itself launches.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from protocol.client import HiveError, SyncClient
 app = typer.Typer(help="hyperhive: a host for a swarm of AI coding agents.", no_args_is_help=True)
 ctl = typer.Typer(help="Operator control over the admin socket.", no_args_is_help=True)
 agent_ctl = typer.Typer(help="Register and remove agents.", no_args_is_help=True)
-agent_app = typer.Typer(help="In-container harness commands.", no_args_is_help=True)
 app.add_typer(ctl, name="ctl")
 ctl.add_typer(agent_ctl, name="agent")
-app.add_typer(agent_app, name="agent")
 
 StateDir = Annotated[
     Path | None,
@@ -1048,35 +1047,16 @@ def ctl_update_meta_inputs(
 # ------------------------------------------------------------------ in-container harness
 
 
-@agent_app.command("mcp")
-def agent_mcp(
-    socket: Annotated[Path, typer.Option(envvar="HIVE_AGENT_SOCKET", help="This agent's socket.")],
-) -> None:
-    """Serve the hyperhive MCP tools on stdio (started by the agent's runtime)."""
-    from ag3nt.mcp_server import run_stdio
+@app.command(
+    "agent",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def agent(ctx: typer.Context) -> None:
+    """In-container commands (`serve`, `mcp`): an alias of `python -m ag3nt`."""
+    from ag3nt.cli import main as ag3nt_main
 
-    run_stdio(str(socket))
-
-
-@agent_app.command("serve")
-def agent_serve(
-    socket: Annotated[Path, typer.Option(envvar="HIVE_AGENT_SOCKET", help="This agent's socket.")],
-    runtime: Annotated[str, typer.Option(help="scripted or claude.")] = "scripted",
-    rules: Annotated[Path | None, typer.Option(help="Rules file for the scripted runtime.")] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="The agent's state dir (default: $HOME).")
-    ] = None,
-    model: Annotated[str, typer.Option(envvar="HIVE_AGENT_MODEL", help="Model to use.")] = "",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Run the harness: lease messages, drive one runtime turn each, ack them."""
-    import os
-
-    from ag3nt.serve import run_harness
-
-    _setup_logging(verbose)
-    home = state_dir or Path(os.environ.get("HOME") or Path.cwd())
-    run_harness(socket, runtime, home, rules, model)
+    ag3nt_main(ctx.args, prog_name="hive agent")
 
 
 def main() -> None:

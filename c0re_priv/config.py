@@ -92,6 +92,12 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
         ]
     )
     claude_credentials: str = ""
+    claude_base_url: Annotated[str, Meta(pattern=r"^(https?://[^\s]+)?$", max_length=2048)] = ""
+    """ANTHROPIC_BASE_URL for every claude agent: an Anthropic-compatible gateway or proxy."""
+    claude_env: dict[EnvName, Annotated[str, Meta(max_length=4096)]] = {}
+    """Extra environment for every claude agent (an agent's own `env` wins)."""
+    claude_bin: Annotated[str, Meta(pattern=r"^(/.*)?$", max_length=4096)] = ""
+    """Absolute path of the Claude Code CLI inside the containers (HIVE_CLAUDE_BIN)."""
     reminder_burst: Annotated[int, Meta(ge=1)] = 10
     reminder_refill_per_minute: Annotated[float, Meta(gt=0)] = 6.0
     reminder_max_pending: Annotated[int, Meta(ge=1)] = 100

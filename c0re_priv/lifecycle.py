@@ -75,11 +75,11 @@ class Supervised:
 
 
 def harness_command(runtime: str, socket: Path, rules: Path | None) -> list[str]:
+    """The harness's command line: `python -m ag3nt serve`, which never imports this package."""
     argv = [
         sys.executable,
         "-m",
-        "c0re_priv",
-        "agent",
+        "ag3nt",
         "serve",
         "--socket",
         str(socket),
@@ -212,9 +212,16 @@ class Lifecycle:
         )
 
     def claude_env(self, name: str) -> dict[str, str]:
-        """What a `claude` agent gets to log in: the daemon's own credentials named in
-        `claude_pass_env`, overridden by a token the operator gave this agent."""
-        env = {k: os.environ[k] for k in self.hive.settings.claude_pass_env if os.environ.get(k)}
+        """What a `claude` agent gets to reach its model: the hive's `claude_env`, its endpoint
+        (`claude_base_url`) and CLI (`claude_bin`), the daemon's own credentials named in
+        `claude_pass_env`, and over all of them a token the operator gave this agent."""
+        settings = self.hive.settings
+        env = dict(settings.claude_env)
+        if settings.claude_base_url:
+            env["ANTHROPIC_BASE_URL"] = settings.claude_base_url
+        if settings.claude_bin:
+            env["HIVE_CLAUDE_BIN"] = settings.claude_bin
+        env |= {k: os.environ[k] for k in settings.claude_pass_env if os.environ.get(k)}
         token = self.login_token(name)
         if token:
             env["CLAUDE_CODE_OAUTH_TOKEN"] = token

@@ -12,6 +12,7 @@ let
   cfg = config.services.hyperhive;
   toml = pkgs.formats.toml { };
   hive = "${cfg.package}/bin/hive";
+  ag3nt = "${cfg.package}/bin/ag3nt"; # in-container entry point: never loads the daemon package
 
   agentState = name: "${cfg.stateDir}/agents/${name}/state";
   agentSocket = name: "${cfg.runDir}/agents/${name}.sock";
@@ -64,7 +65,7 @@ let
           HOME = agentState name;
         };
         serviceConfig = {
-          ExecStart = "${hive} agent serve --runtime ${a.runtime} --socket ${agentSocket name} --state-dir ${agentState name}";
+          ExecStart = "${ag3nt} serve --runtime ${a.runtime} --socket ${agentSocket name} --state-dir ${agentState name}";
           WorkingDirectory = agentState name;
           Restart = "on-failure";
           RestartSec = 5;

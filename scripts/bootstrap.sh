@@ -56,3 +56,35 @@ ensure_venv() {
     echo "$want" > "$stamp"
   fi
 }
+
+# The Claude Code CLI the tests drive (against a scripted Messages API on loopback). Pinned:
+# this version ships its native binary inside an npm package (the platform optional
+# dependency @anthropic-ai/claude-code-linux-x64 and siblings), and its postinstall only copies
+# that binary into place, so it installs from the npm registry alone and runs with no network.
+CLAUDE_CODE_VERSION="2.1.328"
+CLAUDE_CODE_PREFIX="$VENV/claude-code"
+
+claude_code_bin() {
+  echo "$CLAUDE_CODE_PREFIX/node_modules/.bin/claude"
+}
+
+ensure_claude_code() {
+  # Installs @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION into $VENV/claude-code (never
+  # globally), with node and npm from Debian when they are missing.
+  local bin
+  bin="$(claude_code_bin)"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "^$CLAUDE_CODE_VERSION "; then
+    return 0
+  fi
+  ensure_debian_packages node:nodejs npm:npm
+  echo "installing Claude Code $CLAUDE_CODE_VERSION into $CLAUDE_CODE_PREFIX" >&2
+  rm -rf "$CLAUDE_CODE_PREFIX"
+  mkdir -p "$CLAUDE_CODE_PREFIX"
+  # engines asks for node 22; the package's only script (install.cjs) runs on older ones too
+  npm install --prefix "$CLAUDE_CODE_PREFIX" --no-audit --no-fund --no-save --loglevel=error \
+    --engine-strict=false "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >&2
+  if ! "$bin" --version | grep -q "^$CLAUDE_CODE_VERSION "; then
+    echo "Claude Code $CLAUDE_CODE_VERSION did not install a working binary at $bin" >&2
+    return 1
+  fi
+}

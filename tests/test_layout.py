@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -118,3 +119,69 @@ def test_the_host_sock_doc_names_every_cmd_and_every_field():
             assert f"`{field.encode_name}`" in doc, (
                 f"{cls.__name__}.{field.encode_name} undocumented"
             )
+
+
+def test_what_runs_inside_a_container_never_imports_the_daemon(tmp_path: Path):
+    """The harness command the daemon launches and the MCP server command the claude runtime
+    writes into `--mcp-config`, each run through its real entry point (`python -m ag3nt`) up to
+    the event loop, load no `c0re_priv` module."""
+    from ag3nt.runtimes.base import AgentContext
+    from ag3nt.runtimes.claude import ClaudeRuntime
+    from c0re_priv.lifecycle import harness_command
+
+    sock = tmp_path / "alice.sock"
+    ctx = AgentContext(
+        name="alice",
+        role="agent",
+        model="",
+        socket=sock,
+        state_dir=tmp_path / "alice",
+        ag3nt_command=[sys.executable, "-m", "ag3nt"],
+    )
+    runtime = ClaudeRuntime(ctx)
+    runtime._write_mcp_config()
+    server = json.loads(runtime.mcp_config.read_text())["mcpServers"]["hyperhive"]
+    commands = {
+        "harness (claude)": harness_command("claude", sock, None),
+        "harness (scripted)": harness_command("scripted", sock, tmp_path / "rules.toml"),
+        "mcp server": [server["command"], *server["args"]],
+    }
+    probe = (
+        "import json, runpy, sys, anyio\n"
+        "argv = json.loads(sys.argv[1])\n"
+        "assert argv[1:3] == ['-m', 'ag3nt'], argv\n"
+        "ran = []\n"
+        "anyio.run = lambda fn, *a, **k: ran.append(fn)  # stop at the event loop\n"
+        "import ag3nt.serve\n"
+        "if '--runtime' in argv:  # the runtime the harness would build\n"
+        "    assert ag3nt.serve.make_runtime(argv[argv.index('--runtime') + 1])\n"
+        "sys.argv = ['ag3nt', *argv[3:]]\n"
+        "try:\n"
+        "    runpy.run_module('ag3nt', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "assert ran, 'the command never reached its event loop'\n"
+        "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] == 'c0re_priv')))\n"
+    )
+    for what, argv in commands.items():
+        assert argv[0] == sys.executable and argv[1:3] == ["-m", "ag3nt"], (what, argv)
+        out = subprocess.run(
+            [sys.executable, "-c", probe, json.dumps(argv)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        assert out.returncode == 0, (what, out.stderr)
+        assert json.loads(out.stdout.splitlines()[-1]) == [], what
+
+
+def test_hive_agent_is_an_alias_of_python_m_ag3nt():
+    got = subprocess.run(
+        [sys.executable, "-m", "c0re_priv", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "serve" in got.stdout and "mcp" in got.stdout and "hive agent" in got.stdout

@@ -40,8 +40,8 @@ class AgentContext:
     model: str
     socket: Path
     state_dir: Path
-    hive_command: list[str]
-    """argv prefix that runs `hive` (e.g. [sys.executable, "-m", "c0re_priv"])."""
+    ag3nt_command: list[str]
+    """argv prefix that runs `python -m ag3nt` (its `mcp` command is the agent's MCP server)."""
     rules_file: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 

@@ -3,16 +3,17 @@
 It owns three things: the CLI process of the running turn (started in its own process group,
 so a cancelled turn takes the CLI and everything it started down with it), the agent's Claude
 session (its id kept in `<state_dir>/.hive/claude-session.json` and resumed on every turn, so
-it survives harness restarts), and the MCP config that points the CLI at `hive agent mcp` on
+it survives harness restarts), and the MCP config that points the CLI at `python -m ag3nt mcp` on
 this agent's socket (`<state_dir>/.hive/mcp.json`). It reads the CLI's stream-json output line
 by line into `TurnStats`, and turns the failures the harness treats differently into
 `LoginRequired` and `RateLimited`; a prompt that outgrew the context is compacted once and
 retried. It never talks to the daemon itself: whatever the agent says goes through the MCP
-tools. Written against anyio, so it runs under asyncio (as `hive agent serve` does) and trio.
+tools. Written against anyio, so it runs under asyncio (as `python -m ag3nt serve` does) and trio.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -58,6 +60,26 @@ ARGV_PROMPT_LIMIT = 64 * 1024
 MAX_LINE_BYTES = 32 * 1024 * 1024
 STDERR_TAIL_CHARS = 1500
 RESULT_LIMIT = 4000
+LOGIN_RETRY_LIMIT = 2
+"""`api_retry` events for an authentication failure after which the run is given up: with an
+API key the CLI retries a 401 ten times with backoff (minutes); one retry is enough for it to
+refresh an OAuth token."""
+CLI_ENV_DEFAULTS = {
+    # the hyperhive tools are the agent's only voice: offered with their schemas on the first
+    # request, not deferred behind ToolSearch (docs/runtimes.md, "Tool search")
+    "ENABLE_TOOL_SEARCH": "false",
+    # the host is read-only inside a sandbox: the CLI cannot update itself there
+    "DISABLE_AUTOUPDATER": "1",
+}
+"""Set for every CLI run unless the agent's environment sets them itself."""
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(70)  # the harness died before the death signal was armed\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+"""Runs before the CLI, in its process: arm SIGKILL for when the harness dies, then exec it."""
 
 LOGIN_TEXT = re.compile(
     r"invalid api key|run /login|not logged in|oauth token (?:has )?(?:expired|been revoked|revoked)"
@@ -105,6 +127,14 @@ class RunRecord:
     rate_limit_rejected: bool = False
     rate_limit_resets_at: float | None = None
     compacted: bool = False
+    """The CLI compacted the session itself (`system/compact_boundary`)."""
+    api_retries: list[dict[str, Any]] = field(default_factory=list)
+    """The CLI's own retries of a failed API call (`system/api_retry`), at most the last 20."""
+    login_retries: int = 0
+    given_up: str = ""
+    """Why the runtime stopped the CLI before it ended by itself (empty when it did not)."""
+    on_hopeless: Callable[[], None] | None = None
+    """Called once when the stream shows the run cannot succeed (see LOGIN_RETRY_LIMIT)."""
     texts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     stray: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     """stdout lines that were not JSON (kept for the diagnosis)."""
@@ -131,6 +161,8 @@ class RunRecord:
                 self.init_session_id = event["session_id"]
             elif event.get("subtype") == "compact_boundary":
                 self.compacted = True
+            elif event.get("subtype") == "api_retry":
+                self._api_retry(event)
         elif kind == "assistant":
             self._assistant(event)
         elif kind == "result":
@@ -146,6 +178,18 @@ class RunRecord:
             self.error_texts.append(
                 _text_of(event.get("error") or event.get("message") or event)[:1000]
             )
+
+    def _api_retry(self, event: dict[str, Any]) -> None:
+        self.api_retries = [*self.api_retries[-19:], event]
+        if event.get("error") == "authentication_failed" or event.get("error_status") == 401:
+            self.login_retries += 1
+            if self.login_retries == LOGIN_RETRY_LIMIT:
+                self.given_up = (
+                    f"the API refused the login {self.login_retries} times "
+                    f"(HTTP {event.get('error_status')}, {event.get('error')})"
+                )
+                if self.on_hopeless is not None:
+                    self.on_hopeless()
 
     def _assistant(self, event: dict[str, Any]) -> None:
         if isinstance(event.get("error"), str):
@@ -207,14 +251,32 @@ class RunRecord:
             bool(self.result.get("is_error")) or self.result.get("subtype", "success") != "success"
         )
 
+    @property
+    def api_error_status(self) -> int | None:
+        status = None if self.result is None else self.result.get("api_error_status")
+        return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+    @property
+    def terminal_reason(self) -> str:
+        reason = None if self.result is None else self.result.get("terminal_reason")
+        return reason if isinstance(reason, str) else ""
+
     def evidence(self) -> str:
         """Everything a failure could be diagnosed from, newest last."""
-        parts = [*self.error_texts, *self.texts, self.result_text, *self.stray, self.stderr_tail]
+        parts = [
+            *self.error_texts,
+            *self.texts,
+            self.result_text,
+            *self.stray,
+            self.stderr_tail,
+            self.given_up,
+        ]
         return "\n".join(p for p in parts if p)
 
     def summary(self) -> str:
         """One short line saying what the CLI answered."""
         for text in (
+            self.given_up,
             self.result_text,
             *reversed(self.error_texts),
             *reversed(self.texts),
@@ -263,10 +325,17 @@ def diagnose(run: RunRecord) -> Cause | None:
     """None when the run succeeded; otherwise the most specific cause the output shows."""
     if not run.failed:
         return None
-    if "authentication_failed" in run.assistant_errors:
+    # what the CLI says in structure first (error fields, statuses), its words after
+    if run.login_retries >= LOGIN_RETRY_LIMIT or "authentication_failed" in run.assistant_errors:
+        return Cause.LOGIN
+    if run.api_error_status == 401:
         return Cause.LOGIN
     if run.rate_limit_rejected or "rate_limit" in run.assistant_errors:
         return Cause.RATE_LIMIT
+    if run.api_error_status == 429:
+        return Cause.RATE_LIMIT
+    if run.terminal_reason == "prompt_too_long":
+        return Cause.TOO_LONG
     text = run.evidence()
     if LOGIN_TEXT.search(text):
         return Cause.LOGIN
@@ -285,9 +354,10 @@ def rate_limit_retry_after(run: RunRecord, default: float, now: float | None = N
     reset = run.rate_limit_resets_at
     if reset is None:
         reset = reset_time_from_text(run.evidence(), now)
-    if reset is None or reset <= now:
+    if reset is None:
         return default
-    return min(reset - now + RESET_MARGIN, MAX_RATE_LIMIT_WAIT)
+    # a reset that passed while the CLI was exiting needs only the margin, not the default
+    return min(max(reset - now, 0.0) + RESET_MARGIN, MAX_RATE_LIMIT_WAIT)
 
 
 def reset_time_from_text(text: str, now: float) -> float | None:
@@ -455,6 +525,8 @@ class ClaudeRuntime:
             await self._compact_ahead(totals, notes)
             run = await self._run(turn.prompt, totals)
             cause = diagnose(run)
+            if run.compacted:
+                notes.append("the CLI compacted the session itself")
             if cause is Cause.NO_SESSION and run.resumed:
                 notes.append(f"session {run.resumed[:8]} was gone; started a fresh one")
                 self._forget()
@@ -632,7 +704,8 @@ class ClaudeRuntime:
             self.session_id = run.session_id or self.session_id
             if not compacting and run.context_tokens:
                 self.context_tokens = run.context_tokens
-                if self._after_compact and not run.failed:
+                if (self._after_compact or run.compacted) and not run.failed:
+                    # measured after a compaction (ours, or the CLI's own mid-run)
                     self.compact_floor, self._after_compact = run.context_tokens, False
             self._save_session()
         return run
@@ -695,9 +768,11 @@ class ClaudeRuntime:
         self._write_mcp_config()
         run = RunRecord()
         stderr = _Tail(STDERR_TAIL_CHARS)
+        if not os.access(argv[0], os.X_OK):  # the shim would report it less clearly
+            raise TurnFailed(f"could not start the Claude Code CLI ({argv[0]}): not executable")
         try:
             proc = await anyio.open_process(
-                argv,
+                die_with_this_thread(argv),
                 stdin=PIPE if stdin_data is not None else DEVNULL,
                 stdout=PIPE,
                 stderr=PIPE,
@@ -708,6 +783,7 @@ class ClaudeRuntime:
         except OSError as exc:
             raise TurnFailed(f"could not start the Claude Code CLI ({argv[0]}): {exc}") from exc
         self._proc = proc
+        run.on_hopeless = lambda: _signal_group(proc.pid, signal.SIGTERM)
         try:
             async with anyio.create_task_group() as tg:
                 out_done, err_done = anyio.Event(), anyio.Event()
@@ -743,7 +819,7 @@ class ClaudeRuntime:
     # ---------------------------------------------------------------- files and env
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, **self.ctx.extra_env}
+        return {**CLI_ENV_DEFAULTS, **os.environ, **self.ctx.extra_env}
 
     def _binary(self) -> str:
         env = self._env()
@@ -762,8 +838,8 @@ class ClaudeRuntime:
         c = self.ctx
         server = {
             "type": "stdio",
-            "command": c.hive_command[0],
-            "args": [*c.hive_command[1:], "agent", "mcp", "--socket", str(c.socket)],
+            "command": c.ag3nt_command[0],
+            "args": [*c.ag3nt_command[1:], "mcp", "--socket", str(c.socket)],
             # the server inherits the CLI's environment; the file holds no secret of extra_env
             "env": {"HIVE_AGENT_SOCKET": str(c.socket)},
         }
@@ -804,6 +880,22 @@ def _write_json(path: Path, value: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
     tmp.replace(path)
+
+
+def die_with_this_thread(argv: list[str]) -> list[str]:
+    """`argv`, run so that it is SIGKILLed when the harness dies, even by SIGKILL.
+
+    A parent-death signal fires when the *thread* that forked the child ends, not the process.
+    Under asyncio (how the harness runs) the child is forked by the event loop's thread, which
+    lives as long as the harness, so the signal is armed. Under trio the fork happens in a
+    worker thread that retires when idle and would kill the CLI mid-turn, so there (tests
+    only) the CLI gets no death signal and is ended by the process-group kill alone.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return argv
+    return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -2,9 +2,10 @@
 
 A rules file (TOML) says: on a message matching X, call MCP tool Y with arguments built from
 the message. The tool is really called through the agent's own MCP server
-(`hive agent mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
+(`python -m ag3nt mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
 path a Claude agent does: one MCP server for the runtime's life (`serve`), as Claude Code
-keeps one per session, so a turn costs tool calls, not an interpreter start. The first rule that matches fires; a message no rule matches
+keeps one per session, so a turn costs tool calls, not an interpreter start. The first rule
+that matches fires; a message no rule matches
 ends the turn with no action (it is still acked: it was seen).
 
     [[rule]]
@@ -196,8 +197,8 @@ class ScriptedRuntime:
 
     def _server(self) -> StdioServerParameters:
         return StdioServerParameters(
-            command=self.ctx.hive_command[0],
-            args=[*self.ctx.hive_command[1:], "agent", "mcp", "--socket", str(self.ctx.socket)],
+            command=self.ctx.ag3nt_command[0],
+            args=[*self.ctx.ag3nt_command[1:], "mcp", "--socket", str(self.ctx.socket)],
             env=dict(self.ctx.extra_env) or None,
         )
 

@@ -42,7 +42,7 @@ class Agent:
 async def mcp_agent(daemon: DaemonProcess, name: str) -> AsyncIterator[Agent]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "c0re_priv", "agent", "mcp", "--socket", str(daemon.paths.agent_sock(name))],
+        args=["-m", "ag3nt", "mcp", "--socket", str(daemon.paths.agent_sock(name))],
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -134,16 +134,44 @@ def test_bad_arguments_and_refusals_are_tool_errors_that_lose_nothing(
             mcp_agent(daemon_process, "alice") as alice,
             mcp_agent(daemon_process, "bob") as bob,
         ):
-            assert "invalid" in await alice.error("recv_batch", max=1000)
-            assert "not_found" in await alice.error("send", to="nobody", body="lost?")
-            assert "invalid" in await alice.error("remind", body="x")
-            assert "not_found" in await alice.error("cancel_ask", id=999)
+            assert (await alice.error("recv_batch", max=1000)).startswith("invalid: max: ")
+            assert await alice.error("send", to="nobody", body="lost?") == (
+                "not_found: no agent named 'nobody'"
+            )
+            assert (await alice.error("remind", body="x")).startswith("invalid: ")
+            assert (await alice.error("cancel_ask", id=999)).startswith("not_found: ")
             # nothing half-sent: bob's queue is still empty, alice can still talk
             assert (await bob.ok("recv")) == "(empty)"
             await alice.ok("send", to="bob", body="still here")
             assert "still here" in await bob.ok("recv", wait_seconds=5)
 
     run(main)
+
+
+def test_a_bad_argument_is_named_as_the_docs_say_not_in_the_librarys_words(
+    daemon_process: DaemonProcess,
+) -> None:
+    """Arguments the MCP library rejects before a tool runs (wrong type, missing) answer
+    `invalid: <field>: …` like every other bad argument: no library name, no link."""
+
+    async def main() -> None:
+        async with mcp_agent(daemon_process, "alice") as alice:
+            wrong_type = await alice.error("send", to="bob", body="x", in_reply_to="seven")
+            missing = await alice.error("send", to="bob")
+            both = await alice.error("recv_batch", max="many", wait_seconds=[1])
+            too_many = await alice.error("recv_batch", max=1000)
+            for text in (wrong_type, missing, both, too_many):
+                assert text.startswith("invalid: "), text
+                assert "http" not in text and "pydantic" not in text.lower(), text
+                assert "Error executing tool" not in text, text
+            assert wrong_type.startswith("invalid: in_reply_to: ") and "(got str)" in wrong_type
+            assert "seven" not in wrong_type  # the rejected value is the caller's data
+            assert missing == "invalid: body: required"
+            assert "max: " in both and "wait_seconds: " in both
+            assert too_many.startswith("invalid: max: expected `int` <= ")
+
+    run(main)
+    assert not [r for r in admin_messages(daemon_process) if r.from_ == "alice"]
 
 
 def test_oversize_body_is_written_to_a_file_and_the_message_points_at_it(

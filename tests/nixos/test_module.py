@@ -152,7 +152,8 @@ def test_each_agent_gets_a_container_with_its_state_and_shared_at_the_same_paths
         assert others == set(), "an agent sees only its own socket"
         harness = c["config"]["systemd"]["services"]["hive-agent"]
         assert harness["environment"]["HIVE_AGENT_SOCKET"] == sock
-        assert harness["serviceConfig"]["ExecStart"].split()[1:4] == ["agent", "serve", "--runtime"]
+        exec_start = harness["serviceConfig"]["ExecStart"].split()
+        assert exec_start[0].endswith("/bin/ag3nt") and exec_start[1:3] == ["serve", "--runtime"]
     manager = containers["h-boss"]["bindMounts"]
     assert manager["/var/lib/hyperhive/agents/alice/state"]["isReadOnly"] is True
     assert "/var/lib/hyperhive/agents/boss/state" not in containers["h-alice"]["bindMounts"]
