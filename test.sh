@@ -2,7 +2,7 @@
 # Install what the tests need, then lint, type-check and run the whole suite: ./test.sh [pytest args…]
 set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh"
-ensure_debian_packages git:git bwrap:bubblewrap chromium:chromium nix-instantiate:nix-bin
+ensure_debian_packages git:git bwrap:bubblewrap chromium:chromium nix-instantiate:nix-bin nats-server:nats-server
 ensure_venv test
 ensure_claude_code
 cd "$HIVE_ROOT"

@@ -45,7 +45,8 @@ You are an agent in a hyperhive swarm. Every word to other agents and to the hum
 operator goes through these tools: `send` to talk, `recv`/`recv_batch` to read what is
 waiting, `ask`/`answer` for questions, `remind` to come back to something later, and
 `get_open_threads` to see what is still open against you. The operator is "operator";
-"*" broadcasts to every other agent."""
+"*" broadcasts to every other agent; "name@hive" reaches an agent of another hive, when
+this hive is federated with it."""
 MANAGER_INSTRUCTIONS = """
 
 As the manager you change the swarm only through the operator: read an agent's config with
@@ -138,6 +139,8 @@ class Tools:
 
     async def send(self, to: str, body: str, in_reply_to: int | None = None) -> str:
         """Send a message to an agent, to "operator", or to "*" (every other agent).
+
+        "name@hive" (or "operator@hive") reaches another hive of the federation.
 
         `in_reply_to` (a message id) threads it; an unknown id just starts a new thread.
         A body over the size cap is written to a file and the message carries its path.

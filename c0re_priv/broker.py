@@ -22,9 +22,11 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
+from protocol.federation import is_remote
 from protocol.messages import (
     Delivery,
     MessageAcked,
@@ -37,6 +39,7 @@ from protocol.messages import (
     MessageSent,
 )
 
+from . import federation_outbox
 from .attachments import spill_oversize
 from .config import HiveSettings, Paths
 from .errors import Fail
@@ -140,7 +143,21 @@ def insert_message(
     if thread is None:
         conn.execute("UPDATE messages SET thread = id WHERE id = ?", (msg.id,))
         msg.thread = msg.id
+    if is_remote(recipient):  # the transactional outbox: the envelope commits with the row
+        federation_outbox.enqueue_message(conn, msg)
     return msg
+
+
+class RemoteDirectory(Protocol):
+    """What the broker needs of the federation (docs/federation.md), when the hive has one."""
+
+    def resolve(self, address: str) -> str:
+        """Check `name@hive` (raising `Fail`); return it, or the plain name if it is local."""
+        ...
+
+    def poke(self) -> None:
+        """Envelopes were committed to the outbox: publish them now."""
+        ...
 
 
 @dataclass(eq=False)
@@ -175,6 +192,8 @@ class Broker:
         """The wall-clock time the reaper sleeps until: a lease expiring later needs no poke."""
         self._reaper_scanning = False
         """The reaper's scan may not see a lease made meanwhile: every lease pokes it then."""
+        self.remote: RemoteDirectory | None = None
+        """The federation's directory of other hives; `None` when this hive is alone."""
 
     # ---------------------------------------------------------------- signals
 
@@ -188,16 +207,38 @@ class Broker:
         return self._inbox_signal.setdefault(agent, trio.Event())
 
     def published(self, messages: Iterable[MessageRow]) -> None:
-        """Announce committed messages and wake their recipients."""
+        """Announce committed messages and wake their recipients (or the federation's publisher)."""
+        remote = False
         for msg in messages:
             self._bus.publish(MessageSent(message=msg))
-            if msg.state == "queued":
+            if is_remote(msg.to):
+                remote = True
+            elif msg.state == "queued":
                 self.notify(msg.to)
+        if remote:
+            self.poke_remote()
+
+    def poke_remote(self) -> None:
+        if self.remote is not None:
+            self.remote.poke()
 
     # ---------------------------------------------------------------- sending
 
     def recipients(self, sender: str, to: str) -> list[str]:
         """Who a message to `to` from `sender` reaches; typed errors name a bad recipient."""
+        if is_remote(to):
+            if self.remote is None:
+                raise Fail(
+                    "invalid",
+                    f"{to!r} is in another hive, and this hive is not federated"
+                    " (no [federation] in hive.toml)",
+                )
+            to = self.remote.resolve(to)
+        if is_remote(to):
+            sender_record = self._registry.agents.get(sender)
+            if sender_record is not None and not sender_record.may_send_to(to):
+                raise Fail("forbidden", f"{sender!r} may not send to {to!r}")
+            return [to]
         if to not in ("*", OPERATOR) and to not in self._registry.agents:
             raise Fail("not_found", f"no agent named {to!r}")
         sender_record = self._registry.agents.get(sender)
@@ -227,7 +268,9 @@ class Broker:
     ) -> tuple[list[MessageRow], str | None]:
         """Store one message per recipient; return them and the spill file, if any."""
         targets = self.recipients(sender, to)
-        body, spilled = await self.spill(sender, body)
+        spilled = None
+        if not any(is_remote(t) for t in targets):  # another hive applies its own cap
+            body, spilled = await self.spill(sender, body)
         now = self._now()
         oldest = self.oldest_visible()
         broadcast = to == "*"
@@ -354,18 +397,25 @@ class Broker:
         """Mark the message under `lease` delivered. Only its recipient can ack it."""
         agent = holder.agent
         now = self._now()
-        row = await self._store.write(
-            lambda c: c.execute(
+
+        def write(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = conn.execute(
                 "UPDATE messages SET state = 'acked', acked_at = ?, lease = NULL,"
                 " lease_expires = NULL WHERE lease = ? AND recipient = ? AND state = 'leased'"
-                " RETURNING id",
+                " RETURNING id, sender, remote_id",
                 (now, lease, agent),
             ).fetchone()
-        )
+            if row is not None and is_remote(row["sender"]):  # its hive learns it was delivered
+                federation_outbox.enqueue_receipt(conn, row["sender"], row["remote_id"], agent, now)
+            return row
+
+        row = await self._store.write(write)
         if row is None:
             raise Fail("not_found", "no such lease: already acked, expired, or not yours")
         self._forget(lease)
         self._bus.publish(MessageAcked(message_id=row[0], agent=agent))
+        if is_remote(row["sender"]):
+            self.poke_remote()
         return int(row[0])
 
     async def renew(self, holder: LeaseHolder, lease: str) -> float:

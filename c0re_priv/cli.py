@@ -295,28 +295,46 @@ def ctl_info(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOu
 
 @ctl.command("agents")
 def ctl_agents(
-    run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOut = False
+    all_: Annotated[
+        bool, typer.Option("--all", help="Also the agents of the other hives (read only).")
+    ] = False,
+    run_dir: RunDir = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
 ) -> None:
-    """List registered agents."""
+    """List registered agents (`--all`: and every federated hive's, as `name@hive`)."""
     with _admin(run_dir) as c:
-        agents = c.expect(m.ListAgents(), m.Agents).agents
+        got = c.expect(m.ListAgents(include_remote=all_), m.Agents)
+    agents = got.agents
+    rows = [
+        [
+            a.name,
+            a.role,
+            "yes" if a.running else "no",
+            str(a.queued),
+            str(a.leased),
+            _ago(a.last_seen),
+            a.status_text,
+        ]
+        for a in agents
+    ]
+    rows += [
+        [
+            r.address,
+            r.role,
+            "yes" if r.running else "no",
+            str(r.queued),
+            "-",
+            _ago(r.heard_at),
+            r.status_text,
+        ]
+        for r in got.remote
+    ]
     _emit(
-        agents,
+        {"agents": agents, "remote": got.remote} if all_ else agents,
         as_json,
         lambda: _table(
-            [
-                [
-                    a.name,
-                    a.role,
-                    "yes" if a.running else "no",
-                    str(a.queued),
-                    str(a.leased),
-                    _ago(a.last_seen),
-                    a.status_text,
-                ]
-                for a in agents
-            ],
-            ["NAME", "ROLE", "RUNNING", "QUEUED", "LEASED", "LAST SEEN", "STATUS"],
+            rows, ["NAME", "ROLE", "RUNNING", "QUEUED", "LEASED", "LAST SEEN", "STATUS"]
         ),
     )
 
@@ -1057,6 +1075,9 @@ def agent(ctx: typer.Context) -> None:
     from ag3nt.cli import main as ag3nt_main
 
     ag3nt_main(ctx.args, prog_name="hive agent")
+
+
+from . import federation_cli  # noqa: E402, F401  (its commands mount on `app` and `ctl`)
 
 
 def main() -> None:

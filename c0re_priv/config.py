@@ -106,8 +106,32 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     reminder_batch: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
 
+class FederationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[federation]`: this hive's link to the others over NATS JetStream (docs/federation.md)."""
+
+    hive: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,30}\Z")]
+    url: Annotated[str, Meta(min_length=1, max_length=2048)] = "nats://127.0.0.1:4222"
+    creds_file: str = ""
+    user: Annotated[str, Meta(max_length=256)] = ""
+    password_file: str = ""
+    token_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    namespace: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,30}\Z")] = "hyperhive"
+    provision: bool = True
+    max_age_days: Annotated[float, Meta(gt=0)] = 14.0
+    status_interval_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    publish_batch: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    fetch_batch: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    ack_wait_seconds: Annotated[float, Meta(ge=1)] = 30.0
+    retry_backoff_seconds: Annotated[float, Meta(gt=0)] = 1.0
+    retry_backoff_max_seconds: Annotated[float, Meta(gt=0)] = 60.0
+
+
 class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     hive: HiveSettings = msgspec.field(default_factory=HiveSettings)
+    federation: FederationSettings | None = None
     agents: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,30}\Z")], AgentConfig] = (
         msgspec.field(default_factory=dict)
     )

@@ -140,7 +140,17 @@ async def subscribe(c: Caller, req: m.Subscribe, emit: Emit) -> None:
 
 @unary(m.ListAgents)
 async def list_agents(c: Caller, req: m.ListAgents) -> m.Reply:
-    return m.Agents(id=0, agents=await c.hive.registry.rows())
+    remote = []
+    if req.include_remote and c.hive.federation is not None:
+        remote = await c.hive.federation.remote_agents()
+    return m.Agents(id=0, agents=await c.hive.registry.rows(), remote=remote)
+
+
+@unary(m.FederationStatus)
+async def federation_status(c: Caller, req: m.FederationStatus) -> m.Reply:
+    federation = c.hive.federation
+    row = await federation.row() if federation is not None else m.FederationRow(enabled=False)
+    return m.Federation(id=0, federation=row)
 
 
 @unary(m.ListQuestions)

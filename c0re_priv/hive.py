@@ -32,6 +32,7 @@ from .containers import Backend
 from .containers.host import hive_id
 from .errors import Fail
 from .events import EventBus
+from .federation import Federation
 from .lifecycle import Lifecycle
 from .questions import Questions
 from .registry import Registry
@@ -100,6 +101,21 @@ class Hive:
         self.registry.row_counts = reminder_counts
         self.configs = AgentConfigs(self)
         self.approvals = Approvals(self)
+        self.federation: Federation | None = None
+        """The link to other hives over NATS JetStream, when `[federation]` is configured."""
+        if config.federation is not None:
+            self.federation = Federation(
+                config.federation,
+                self.store,
+                self.bus,
+                self.registry,
+                self.broker,
+                self.questions,
+                self.settings,
+                paths,
+                now,
+            )
+            self.broker.remote = self.federation
         self.sockets: SocketHubLike | None = None
         self.lifecycle: Lifecycle | None = None
 
@@ -222,6 +238,8 @@ async def run_hive(
                 await services.start(hive.questions.run_expiry)
                 await services.start(hive.reminders.run_scheduler)
                 await services.start(hive.approvals.run_deployer)
+                if hive.federation is not None:  # reports started at once; NATS may be away
+                    await services.start(hive.federation.run)
                 log.info(
                     "hyperhive %s serving on %s (%d agents)",
                     hive.rev,

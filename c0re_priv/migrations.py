@@ -192,6 +192,66 @@ def m006_message_retries(db: sqlite_utils.Database) -> None:
     )
 
 
+def m007_federation(db: sqlite_utils.Database) -> None:
+    # docs/federation.md: a transactional outbox of envelopes to other hives, the ids of
+    # envelopes received (the dedup key), the other hives' last rosters, and the origin's ids
+    # of messages and questions that came from another hive (to thread replies, match answers)
+    add_column(db, "messages", "remote_id", "INTEGER")
+    add_column(db, "questions", "remote_id", "INTEGER")
+    execute_all(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS hive_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT OR IGNORE INTO hive_meta (key, value) VALUES ('epoch', lower(hex(randomblob(6))));
+        CREATE TABLE IF NOT EXISTS federation_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            to_hive TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            message_id INTEGER,
+            body BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            published_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_error TEXT
+        );
+        CREATE INDEX IF NOT EXISTS federation_outbox_pending ON federation_outbox (id)
+            WHERE published_at IS NULL;
+        CREATE TABLE IF NOT EXISTS federation_inbox (
+            envelope_id TEXT PRIMARY KEY,
+            origin TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            message_id INTEGER
+        );
+        CREATE INDEX IF NOT EXISTS federation_inbox_age ON federation_inbox (received_at);
+        CREATE TABLE IF NOT EXISTS remote_hives (
+            hive TEXT PRIMARY KEY,
+            epoch TEXT NOT NULL,
+            status_at REAL NOT NULL,
+            heard_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS remote_agents (
+            hive TEXT NOT NULL,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            runtime TEXT NOT NULL DEFAULT '',
+            running INTEGER NOT NULL DEFAULT 0,
+            container TEXT NOT NULL DEFAULT '',
+            status_text TEXT NOT NULL DEFAULT '',
+            status_set_at REAL,
+            queued INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hive, name)
+        );
+        CREATE INDEX IF NOT EXISTS messages_remote ON messages (remote_id)
+            WHERE remote_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS questions_remote ON questions (asker, remote_id)
+            WHERE remote_id IS NOT NULL
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "containers_and_turns", m002_containers_and_turns),
@@ -199,6 +259,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (4, "reminder_delivery_errors", m004_reminder_delivery_errors),
     (5, "approvals_and_deploys", m005_approvals_and_deploys),
     (6, "message_retries", m006_message_retries),
+    (7, "federation", m007_federation),
 ]
 
 

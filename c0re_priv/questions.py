@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import trio
 
+from protocol.federation import is_remote
 from protocol.messages import (
     AskRow,
     MessageRow,
@@ -26,6 +27,7 @@ from protocol.messages import (
     QuestionRow,
 )
 
+from . import federation_outbox
 from .broker import OPERATOR, SYSTEM, Broker, insert_message
 from .errors import Fail
 from .events import EventBus
@@ -92,7 +94,10 @@ class Questions:
         if target == asker:
             raise Fail("invalid", "an agent cannot ask itself")
         (recipient,) = self._broker.recipients(asker, target)
-        question, _ = await self._broker.spill(asker, question)
+        if recipient == asker:
+            raise Fail("invalid", "an agent cannot ask itself")
+        if not is_remote(recipient):  # another hive gets the whole text and applies its own cap
+            question, _ = await self._broker.spill(asker, question)
         now = self._now()
         expires = now + ttl_seconds if ttl_seconds is not None else None
 
@@ -133,7 +138,13 @@ class Questions:
 
     async def answer(self, answerer: str, question_id: int, answer: str) -> QuestionRow:
         """Answer as `answerer` (an agent, or `"operator"` for operator questions)."""
-        answer, _ = await self._broker.spill(answerer, answer)
+        asker = await self._store.read(
+            lambda c: c.execute(
+                "SELECT asker FROM questions WHERE id = ?", (question_id,)
+            ).fetchone()
+        )
+        if asker is None or not is_remote(asker[0]):  # another hive applies its own cap
+            answer, _ = await self._broker.spill(answerer, answer)
         now = self._now()
 
         def write(conn: sqlite3.Connection) -> tuple[QuestionRow, MessageRow]:
@@ -142,14 +153,14 @@ class Questions:
                 raise Fail("not_found", f"no question #{question_id} addressed to {answerer}")
             if row["state"] != "open":
                 raise Fail("conflict", f"question #{question_id} is already {row['state']}")
-            return self._close(conn, row, "answered", answer, answerer, now)
+            return self.close(conn, row, "answered", answer, answerer, now)
 
         q, msg = await self._store.write(write)
-        self._announce_answer(q, msg)
+        self.announce_answer(q, msg)
         return q
 
-    def _close(
-        self,
+    @staticmethod
+    def close(
         conn: sqlite3.Connection,
         row: sqlite3.Row,
         state: str,
@@ -177,7 +188,7 @@ class Questions:
         )
         return question_row(updated), msg
 
-    def _announce_answer(self, q: QuestionRow, msg: MessageRow) -> None:
+    def announce_answer(self, q: QuestionRow, msg: MessageRow) -> None:
         self._bus.publish(
             QuestionAnswered(
                 question_id=q.id,
@@ -198,12 +209,16 @@ class Questions:
             ).fetchone()
             if row is None:
                 raise Fail("not_found", f"no open question #{question_id} of yours")
+            if is_remote(row["target"]):  # its copy in the target's hive is withdrawn too
+                federation_outbox.enqueue_cancel(conn, row["target"], row["id"], asker)
             return row  # type: ignore[no-any-return]
 
         row = await self._store.write(write)
         self._bus.publish(
             QuestionCancelled(question_id=row["id"], asker=row["asker"], target=row["target"])
         )
+        if is_remote(row["target"]):
+            self._broker.poke_remote()
 
     async def list_mine(self, asker: str) -> list[AskRow]:
         rows = await self._store.read(
@@ -251,7 +266,7 @@ class Questions:
                     " AND expires_at <= ? ORDER BY expires_at LIMIT 256",
                     (now,),
                 ).fetchall()
-                closed = [self._close(conn, row, "expired", EXPIRED, SYSTEM, now) for row in due]
+                closed = [self.close(conn, row, "expired", EXPIRED, SYSTEM, now) for row in due]
                 nxt = conn.execute(
                     "SELECT min(expires_at) FROM questions"
                     " WHERE state = 'open' AND expires_at IS NOT NULL"
@@ -260,7 +275,7 @@ class Questions:
 
             closed, next_due = await self._store.write(expire)
             for q, msg in closed:
-                self._announce_answer(q, msg)
+                self.announce_answer(q, msg)
             if closed:
                 continue
             with trio.move_on_after(max(0.0, next_due - self._now())):

@@ -40,9 +40,14 @@ class AgentRecord:
     paused: bool = False
 
     def may_send_to(self, recipient: str) -> bool:
+        """`allowed_recipients`: names, `*` (every local agent), `name@hive`, `*@hive`, `*@*`."""
         if recipient == "operator" or self.allowed_recipients is None:
             return True
-        return recipient in self.allowed_recipients or "*" in self.allowed_recipients
+        allowed = self.allowed_recipients
+        if "@" in recipient:  # another hive's: only what names it (docs/federation.md)
+            hive = recipient.partition("@")[2]
+            return recipient in allowed or f"*@{hive}" in allowed or "*@*" in allowed
+        return recipient in allowed or "*" in allowed
 
     def row(self, queued: int = 0, leased: int = 0) -> AgentRow:
         return AgentRow(

@@ -48,6 +48,10 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     approvals = await hive.approvals.for_dashboard()
     graves = await trio.to_thread.run_sync(tombstones.list_all, hive)
     inputs, inputs_note = await meta_inputs.list_inputs(hive)
+    federation, remote = None, []
+    if hive.federation is not None:
+        federation = await hive.federation.row()
+        remote = await hive.federation.remote_agents()
     return m.HiveState(
         id=0,
         seq=seq,
@@ -65,4 +69,6 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         meta_inputs_note=inputs_note,
         meta_inputs_updatable=meta_inputs.unavailable(hive) is None,
         dead_messages=dead,
+        federation=federation,
+        remote_agents=remote,
     )

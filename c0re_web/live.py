@@ -68,6 +68,7 @@ class Changes:
     approvals: bool = False
     tombstones: bool = False
     meta_inputs: bool = False
+    federation: bool = False
     toasts: list[tuple[str | None, str, str]] = field(default_factory=list)
     """(agent or None, text, tone)."""
 
@@ -150,6 +151,14 @@ class Changes:
                 self.tombstones = True
             case m.MetaInputsChanged():
                 self.meta_inputs = True
+            case m.FederationChanged(link=link, detail=detail):
+                self.federation = True
+                if link == "disconnected":
+                    self.toasts.append((None, f"federation {link}: {detail}", "warn"))
+            case m.RemoteAgentsChanged():
+                self.federation = True
+            case m.MessageForwarded():
+                self.flow = self.federation = True
             case m.Note(agent=agent, text=text):
                 if agent is not None:
                     self.agents.add(agent)
@@ -341,6 +350,9 @@ class Hub:
             out.append(r.oob("innerHTML:#approvals", r.part("approval_list", state.approvals)))
         if changes.tombstones:
             out.append(r.oob("innerHTML:#tombstones", r.part("tombstone_list", state.tombstones)))
+        if changes.federation and state.federation is not None:
+            panel = r.part("federation_panel", state.federation, state.remote_agents)
+            out.append(r.oob("innerHTML:#federation", panel))
         if changes.meta_inputs:
             inputs = r.part(
                 "meta_inputs",

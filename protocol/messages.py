@@ -22,12 +22,15 @@ AGENT_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}\Z"
 AgentName = Annotated[str, Meta(pattern=AGENT_NAME_PATTERN, max_length=31)]
 """An agent's name: lowercase letter, then up to 30 of `[a-z0-9-]`. Never a path."""
 
-Recipient = Annotated[str, Meta(min_length=1, max_length=31)]
-"""An agent name, `"operator"` or `"*"` (every other agent)."""
+Recipient = Annotated[str, Meta(min_length=1, max_length=63)]
+"""An agent name, `"operator"`, `"*"` (every other agent), or `name@hive` in another hive
+(see docs/federation.md)."""
 
 Role = Literal["agent", "manager", "web", "admin"]
 AgentRole = Literal["agent", "manager"]
-MessageState = Literal["queued", "leased", "acked", "dead", "dropped"]
+MessageState = Literal["queued", "leased", "acked", "dead", "dropped", "forwarded"]
+"""`forwarded`: a message to another hive that JetStream has stored (`acked` once its
+recipient there acked it)."""
 MessageKind = Literal["message", "question", "answer", "system", "reminder"]
 ContainerState = Literal["stopped", "starting", "running", "stopping", "crashed", "failed"]
 ControlAction = Literal["cancel", "compact", "set_model", "new_session"]
@@ -114,6 +117,58 @@ class AgentRow(Struct, kw_only=True):
     reminders_pending: int = 0
     reminders_delivered: int = 0
     reminders_failed: int = 0
+
+
+class RemoteAgentRow(Struct, kw_only=True):
+    """An agent of another hive, as that hive last published it (read only)."""
+
+    address: str
+    """`name@hive`: what to send to."""
+    hive: str
+    name: str
+    role: AgentRole
+    model: str
+    runtime: str
+    running: bool
+    container: str
+    status_text: str
+    status_set_at: float | None
+    queued: int
+    heard_at: float
+    """When this hive last received that hive's status (its clock, not theirs)."""
+
+
+class RemoteHiveRow(Struct, kw_only=True):
+    hive: str
+    agents: int
+    status_at: float
+    """When that hive published its last status (its own clock)."""
+    heard_at: float
+    """When this hive received it."""
+
+
+class FederationRow(Struct, kw_only=True):
+    """The federation link of this hive, as `hive ctl federation` and the dashboard show it."""
+
+    enabled: bool
+    hive: str = ""
+    url: str = ""
+    link: Literal["disabled", "connecting", "connected", "disconnected"] = "disabled"
+    detail: str = ""
+    """The last connection error, or what the link is doing."""
+    outbox_pending: int = 0
+    """Envelopes committed here and not yet stored by JetStream."""
+    outbox_oldest_at: float | None = None
+    outbox_last_error: str | None = None
+    published: int = 0
+    """Envelopes published since this daemon started."""
+    received: int = 0
+    """Envelopes committed from other hives since this daemon started."""
+    duplicates: int = 0
+    """Envelopes received again and dropped by id since this daemon started."""
+    rejected: int = 0
+    """Envelopes terminated as unreadable or forged since this daemon started."""
+    hives: list[RemoteHiveRow] = []
 
 
 class MessageRow(Struct, kw_only=True):
@@ -347,7 +402,17 @@ class RemoveAgent(Request, tag="remove_agent"):
 
 
 class ListAgents(Request, tag="list_agents"):
-    """Every registered agent; answered by `Agents`."""
+    """Every registered agent; answered by `Agents`.
+
+    `include_remote`: also every agent of the other hives of the federation, as they last
+    published themselves (`Agents.remote`, read only).
+    """
+
+    include_remote: bool = False
+
+
+class FederationStatus(Request, tag="federation_status"):
+    """The federation link, the outbox and the known hives; answered by `Federation`."""
 
 
 class Whoami(Request, tag="whoami"):
@@ -850,6 +915,12 @@ class Info(Reply, tag="info"):
 
 class Agents(Reply, tag="agents"):
     agents: list[AgentRow]
+    remote: list[RemoteAgentRow] = []
+    """With `include_remote`: the other hives' agents, by hive then name."""
+
+
+class Federation(Reply, tag="federation"):
+    federation: FederationRow
 
 
 class AgentInfo(Reply, tag="agent"):
@@ -974,6 +1045,10 @@ class HiveState(Reply, tag="hive_state"):
     """This hive has meta inputs (nixos backend), so `UpdateMetaInputs` can run."""
     dead_messages: list[MessageRow] = []
     """Messages set aside after `max_attempts` failed turns, newest first."""
+    federation: FederationRow | None = None
+    """The federation link (`None`: this hive is not federated)."""
+    remote_agents: list[RemoteAgentRow] = []
+    """The other hives' agents, read only."""
 
 
 class AgentFile(Reply, tag="agent_file"):
@@ -1102,6 +1177,13 @@ class MessageDropped(Event, tag="message_dropped"):
     agent: str
 
 
+class MessageForwarded(Event, tag="message_forwarded"):
+    """A message to another hive (`to` is `name@hive`) was stored by JetStream."""
+
+    message_id: int
+    to: str
+
+
 class QuestionAsked(Event, tag="question_asked"):
     question: QuestionRow
 
@@ -1188,6 +1270,20 @@ class MetaInputsChanged(Event, tag="meta_inputs_changed"):
     inputs: list[MetaInputRow]
 
 
+class FederationChanged(Event, tag="federation_changed"):
+    """The federation link changed state (connected, disconnected, …)."""
+
+    link: str
+    detail: str
+
+
+class RemoteAgentsChanged(Event, tag="remote_agents_changed"):
+    """Another hive published its roster."""
+
+    hive: str
+    agents: list[RemoteAgentRow]
+
+
 AnyEvent: TypeAlias = (
     AgentAdded
     | AgentRemoved
@@ -1199,6 +1295,7 @@ AnyEvent: TypeAlias = (
     | MessageRequeued
     | MessageDead
     | MessageDropped
+    | MessageForwarded
     | QuestionAsked
     | QuestionAnswered
     | QuestionCancelled
@@ -1215,6 +1312,8 @@ AnyEvent: TypeAlias = (
     | TombstoneAdded
     | TombstoneRemoved
     | MetaInputsChanged
+    | FederationChanged
+    | RemoteAgentsChanged
 )
 EVENT_KINDS: frozenset[str] = frozenset(t.__struct_config__.tag for t in get_args(AnyEvent))
 
@@ -1259,6 +1358,7 @@ AnyReply: TypeAlias = (
     | Proposed
     | Tombstones
     | MetaInputs
+    | Federation
 )
 
 
@@ -1341,6 +1441,7 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     PurgeTombstone,
     ListMetaInputs,
     UpdateMetaInputs,
+    FederationStatus,
 )
 WEB_REQUESTS: tuple[type[Request], ...] = OPERATOR_REQUESTS
 ADMIN_REQUESTS: tuple[type[Request], ...] = (*OPERATOR_REQUESTS, AddAgent, RemoveAgent)

@@ -75,6 +75,18 @@ def test_protocol_reference_is_generated_from_the_structs():
     )
 
 
+def test_every_federation_key_is_documented():
+    from c0re_priv.config import FederationSettings
+
+    doc = (ROOT / "docs" / "federation.md").read_text()
+    info = mi.type_info(FederationSettings)
+    assert isinstance(info, mi.StructType)
+    for field in info.fields:
+        assert re.search(rf"^\| `{field.encode_name}` \|", doc, re.M), (
+            f"[federation] {field.encode_name} undocumented in docs/federation.md"
+        )
+
+
 def test_every_config_key_is_documented():
     doc = (ROOT / "docs" / "operating.md").read_text()
     for cls in (HiveSettings, AgentConfig):

@@ -47,6 +47,12 @@ ROWS = {
         "row pushed to 16 subscribers",
         "row pushed to 60 subscribers",
     ],
+    "federation.py": [
+        "local, alpha → alpha",
+        "cross-hive, alpha → beta over JetStream",
+        "local latency, s0 → r0",
+        "cross-hive latency, s0 → r0@beta",
+    ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
         "burst delivered in chunks (reminder_batch)",
