@@ -21,7 +21,8 @@ import os
 import subprocess
 import tomllib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import msgspec
 import trio
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from .hive import Hive
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("scripted", "claude")
+RUNTIMES: tuple[str, ...] = get_args(m.Runtime)
 DEPLOY_WAIT = 60.0
 """How long a deploy waits for the rebuilt (or spawned) agent's harness to report in."""
 LOG_TAIL = 20
@@ -172,34 +173,130 @@ class AgentConfigs:
     # ---------------------------------------------------------------- start-up
 
     async def open(self) -> None:
-        """Create the repo if needed and load what every registered agent runs."""
+        """Create the repo if needed and load what every registered agent runs.
+
+        When the repo cannot be opened (or read), nothing falls back to hive.toml: each agent
+        runs the config last deployed to it, kept in `<state>/deployed/` beside the commit,
+        and an agent with none is not started (`not_runnable` says why) until it opens.
+        """
+        reason: str | None = None
         if not self.repo.available:
-            self.unavailable = "git is not installed"
-            log.warning(
-                "meta repo disabled: %s; agents run their hive.toml config", self.unavailable
-            )
-            return
-        try:
-            await self.repo.open()
-        except (GitError, OSError, subprocess.CalledProcessError) as exc:
-            self.unavailable = f"cannot open {self.repo.path}: {exc}"
-            log.error("meta repo disabled: %s; agents run their hive.toml config", self.unavailable)
-            return
-        self.unavailable = None
-        rows = await self.hive.store.read(
-            lambda c: c.execute(
-                "SELECT name, deployed_sha FROM agents WHERE deployed_sha IS NOT NULL"
-            ).fetchall()
-        )
-        for name, sha in rows:
+            reason = "git is not installed"
+        else:
             try:
-                cfg, blob = await self._config_at(sha, name)
-            except (Fail, GitError) as exc:
-                log.warning("%s: its deployed config %s cannot be read: %s", name, sha[:12], exc)
-                continue
-            self.deployed[name] = Deployed(sha, blob, cfg)
-            self._install(name, cfg)
-        await self._refresh_main()
+                await self.repo.open()
+            except (GitError, OSError, subprocess.CalledProcessError) as exc:
+                reason = f"cannot open {self.repo.path}: {exc}"
+        rows: list[tuple[str, str]] = await self.hive.store.read(
+            lambda c: [
+                (r[0], r[1])
+                for r in c.execute(
+                    "SELECT name, deployed_sha FROM agents WHERE deployed_sha IS NOT NULL"
+                )
+            ]
+        )
+        if reason is None:
+            for name, sha in rows:
+                try:
+                    cfg, blob = await self._config_at(sha, name)
+                except (Fail, GitError) as exc:
+                    log.warning(
+                        "%s: its deployed config %s cannot be read from the meta repo: %s",
+                        name,
+                        sha[:12],
+                        exc,
+                    )
+                    continue
+                self.deployed[name] = Deployed(sha, blob, cfg)
+                self._install(name, cfg)
+                self._keep_if_missing(name, sha, blob, cfg)
+            try:
+                await self._refresh_main()
+            except GitError as exc:
+                reason = f"cannot read {self.repo.path}: {exc}"
+        kept = 0
+        for name, sha in rows:
+            if name not in self.deployed and (d := self._read_kept(name, sha)) is not None:
+                self.deployed[name] = d
+                self._install(name, d.config)
+                kept += 1
+        if reason is None:
+            self.unavailable = None
+            return
+        self.unavailable = reason
+        log.error(
+            "meta repo unavailable: %s; %d agent(s) run the config last deployed to them "
+            "(kept in %s), agents without one are not started, and approvals are refused "
+            "until it opens; hive.toml's [agents.*] are not used instead",
+            reason,
+            kept,
+            self.kept_dir,
+        )
+
+    def not_runnable(self, name: str) -> str | None:
+        """Why `name` must not be started now (it has no approved config), or None."""
+        if name in self.deployed:
+            return None
+        if self.unavailable is not None:
+            return (
+                f"it has no deployed config and the meta repo is unavailable "
+                f"({self.unavailable}); hive.toml is not used in its place"
+            )
+        return None
+
+    # ---------------------------------------------------------------- last deployed configs
+
+    @property
+    def kept_dir(self) -> Path:
+        return self.hive.paths.state_dir / "deployed"
+
+    def _keep(self, name: str, sha: str, blob: str, cfg: AgentToml) -> None:
+        """Keep what `name` runs outside git (atomically, 0600), for a daemon that starts
+        while the meta repo cannot be opened."""
+        self.kept_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.kept_dir / f"{name}.toml"
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        text = f"# deployed {sha} {blob}\n" + render(cfg, name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def _keep_if_missing(self, name: str, sha: str, blob: str, cfg: AgentToml) -> None:
+        """A hive deployed before copies were kept gets them at its next start."""
+        path = self.kept_dir / f"{name}.toml"
+        try:
+            with open(path) as fh:
+                if fh.readline() == f"# deployed {sha} {blob}\n":
+                    return
+        except OSError:
+            pass
+        try:
+            self._keep(name, sha, blob, cfg)
+        except OSError as exc:
+            log.warning("%s: cannot keep a copy of its deployed config: %s", name, exc)
+
+    def _read_kept(self, name: str, sha: str) -> Deployed | None:
+        path = self.kept_dir / f"{name}.toml"
+        try:
+            text = path.read_text()
+        except OSError:
+            log.error("%s: no kept copy of its deployed config %s at %s", name, sha[:12], path)
+            return None
+        first, _, body = text.partition("\n")
+        parts = first.split()
+        if parts[:2] != ["#", "deployed"] or len(parts) != 4 or parts[2] != sha:
+            log.error("%s: %s is not its deployed config %s", name, path, sha[:12])
+            return None
+        try:
+            cfg = parse(body, str(path))
+        except Fail as exc:
+            log.error("%s: %s", name, exc.message)
+            return None
+        return Deployed(sha, parts[3], cfg)
 
     async def seed_missing(self) -> None:
         """Give every registered agent without a deployed commit one: `main`'s agent.toml when
@@ -224,6 +321,7 @@ class AgentConfigs:
     async def forget(self, name: str, message: str) -> None:
         """An agent that was removed or destroyed: its dir leaves `main` (history keeps it)."""
         self.deployed.pop(name, None)
+        (self.kept_dir / f"{name}.toml").unlink(missing_ok=True)
         if name in self.seeds:
             self.hive.config.agents[name] = self.seeds[name]
         else:
@@ -281,7 +379,8 @@ class AgentConfigs:
         self.hive.config.agents[name] = msgspec.structs.replace(cfg, env=env)
 
     async def _record(self, name: str, sha: str, blob: str, cfg: AgentToml) -> None:
-        """`name` runs `cfg` from commit `sha` from now on (registry, sqlite, memory)."""
+        """`name` runs `cfg` from commit `sha` from now on (kept copy, sqlite, registry, memory)."""
+        await trio.to_thread.run_sync(self._keep, name, sha, blob, cfg)
         await self.hive.store.write(
             lambda c: c.execute("UPDATE agents SET deployed_sha = ? WHERE name = ?", (sha, name))
         )
@@ -334,7 +433,30 @@ class AgentConfigs:
         blob = await self.repo.blob_id(rev, toml_path(name))
         if data is None or blob is None:
             raise Fail("not_found", f"commit {rev[:12]} has no {toml_path(name)}")
-        return parse(data, f"{toml_path(name)} at {rev[:12]}"), blob
+        where = f"{toml_path(name)} at {rev[:12]}"
+        cfg = parse(data, where)
+        self.check_paths(name, cfg, where)
+        return cfg, blob
+
+    def check_paths(self, name: str, cfg: AgentConfig, where: str) -> None:
+        """A path in a config from the meta repo (which the manager writes) stays under the
+        roots allowed for it: `rules` is a file in the agent's own state dir, or exactly the
+        path the operator's hive.toml gives that agent. Anything else would have the daemon
+        bind a host file of the manager's choosing into a sandbox."""
+        if not cfg.rules:
+            return
+        seed = self.seeds.get(name)
+        if seed is not None and cfg.rules == seed.rules:
+            return
+        rules = Path(cfg.rules)
+        own = self.hive.paths.agent_state(name)
+        if rules.is_absolute() and ".." not in rules.parts and rules.is_relative_to(own):
+            return
+        raise Fail(
+            "invalid",
+            f"{where}: rules = {cfg.rules!r} is outside {name}'s state dir {own} "
+            "(and is not the path hive.toml gives it)",
+        )
 
     async def _main(self) -> str:
         main = await self.repo.head()
@@ -380,6 +502,7 @@ class AgentConfigs:
         """Commit `text` as `name`'s agent.toml on `proposals/<name>`, on top of `main`."""
         self.require()
         cfg = parse(text, "agent_toml")
+        self.check_paths(name, cfg, "agent_toml")
         current, _ = await self._current(name)
         if cfg.role != current.role:
             raise Fail("invalid", "role cannot be changed by a config commit")
@@ -469,7 +592,11 @@ class AgentConfigs:
         main = await self._main()
         if await self.repo.read(main, toml_path(name)) is not None:
             raise Fail("conflict", f"{toml_path(name)} exists on main already")
-        template = render(AgentToml(runtime=self.hive.registry.get(by).runtime, parent=by), name)
+        runtime = self.hive.registry.get(by).runtime
+        template = render(
+            AgentToml(runtime=runtime if runtime in RUNTIMES else "scripted", parent=by),  # type: ignore[arg-type]
+            name,
+        )
         return template, _file_diff(toml_path(name), None, template.encode())
 
     # ---------------------------------------------------------------- carrying out (approved)
@@ -580,6 +707,7 @@ class AgentConfigs:
         except FileExistsError:
             return
         with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # the agent's file, readable as its own are
             fh.write(text)
         uid = self.hive.registry.get(name).uid
         if uid is not None:

@@ -30,7 +30,7 @@ from protocol import messages as m
 from . import meta_inputs
 from .agent_configs import DeployFailed
 from .broker import SYSTEM
-from .errors import Fail
+from .errors import Fail, storage_full
 from .meta_repo import GitError
 
 if TYPE_CHECKING:
@@ -272,7 +272,8 @@ class Approvals:
             row: sqlite3.Row = c.execute("SELECT * FROM approvals WHERE id = ?", (id,)).fetchone()
             return row
 
-        return _row(await self.hive.store.write(write))
+        # the deployer must record what it did even on a full disk, and must not end there
+        return _row(await self.hive.store.write_when_space(write, "approvals"))
 
     # ---------------------------------------------------------------- carrying out
 
@@ -334,11 +335,25 @@ class Approvals:
             status, outcome = "failed", exc.message if isinstance(exc, Fail) else str(exc)
         except Exception as exc:
             # a bug in one deploy must not stop the deployer (and with it every later approval)
-            log.exception("approval #%d (%s %s) failed", id, row.kind, row.agent)
-            status, outcome = "failed", f"internal error ({type(exc).__name__}); see the daemon log"
+            if (full := storage_full(exc)) is not None:
+                log.warning(
+                    "approval #%d (%s %s) failed: %s", id, row.kind, row.agent, full.message
+                )
+                status, outcome = "failed", full.message
+            else:
+                log.exception("approval #%d (%s %s) failed", id, row.kind, row.agent)
+                status, outcome = (
+                    "failed",
+                    f"internal error ({type(exc).__name__}); see the daemon log",
+                )
         done = await self._finish(id, status, outcome)
         self.hive.bus.publish(m.ApprovalResolved(approval=done))
-        await self._tell(done)
+        try:
+            await self._tell(done)
+        except Exception as exc:
+            if (full := storage_full(exc)) is None:
+                raise
+            log.warning("approval #%d: its requester was not told: %s", id, full.message)
 
     async def _tell(self, row: m.ApprovalRow) -> None:
         """The requester hears the outcome as a `system` message (unless it is gone)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from .errors import Fail
+from .errors import Fail, storage_full
 from .safe_fs import UnsafePath, write_new_file
 
 EXCERPT_CHARS = 160
@@ -51,6 +51,9 @@ async def spill_oversize(
     except UnsafePath as exc:
         raise Fail("invalid", f"cannot store the full body under {path.parent}: {exc}") from exc
     except OSError as exc:
+        full = storage_full(exc)
+        if full is not None:
+            raise full from exc
         raise Fail("internal", f"cannot store the full body at {path}: {exc.strerror}") from exc
     pointer = f"{excerpt(body)} — full body at {path}"
     # The pointer itself must fit: an absurdly small cap still gets a usable message.

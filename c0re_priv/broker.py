@@ -607,7 +607,7 @@ class Broker:
                 return rows, nxt
 
             # the lease token is gone from the row once requeued: find holders by message id
-            expired, next_expiry = await self._store.write(expire)
+            expired, next_expiry = await self._store.write_when_space(expire, "lease reaper")
             if expired:
                 ids = {row["id"] for row in expired}
                 for token, holder in list(self._holders.items()):

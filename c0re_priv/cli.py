@@ -22,6 +22,8 @@ import typer
 from protocol import messages as m
 from protocol.client import HiveError, SyncClient
 
+from .terminal import VisibleFormatter, json_text, visible
+
 app = typer.Typer(help="hyperhive: a host for a swarm of AI coding agents.", no_args_is_help=True)
 ctl = typer.Typer(help="Operator control over the admin socket.", no_args_is_help=True)
 agent_ctl = typer.Typer(help="Register and remove agents.", no_args_is_help=True)
@@ -42,15 +44,18 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """Every line `hive` prints: agent-written text in it is shown, never obeyed."""
+    typer.echo(visible(text, multiline=True), err=err)
 
 
 def _die(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"hive: {message}", err=True)
+    _echo(f"hive: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -76,17 +81,17 @@ def _admin(run_dir: Path | None, timeout: float | None = 30.0) -> Iterator[SyncC
 
 def _emit(value: Any, as_json: bool, human: Callable[[], None]) -> None:
     if as_json:
-        typer.echo(msgspec.json.encode(value).decode())
+        typer.echo(json_text(value))
     else:
         human()
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        typer.echo(
-            "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        )
+    """Columns of one-line cells: a newline or tab an agent wrote is shown as `\\n`/`\\t`."""
+    cells = [[visible(str(cell)) for cell in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        _echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _ago(ts: float | None) -> str:
@@ -105,9 +110,11 @@ def _ago(ts: float | None) -> str:
 @contextmanager
 def _startup_errors() -> Iterator[None]:
     """Turn a failure to bind or open state into one clear line instead of a traceback."""
+    from .private_state import UnsafeState
     from .server import DaemonAlreadyRunning
+    from .store import CannotOpenStore
 
-    expected = (OSError, DaemonAlreadyRunning)
+    expected = (OSError, DaemonAlreadyRunning, UnsafeState, CannotOpenStore)
     try:
         yield
     except expected as exc:
@@ -168,7 +175,7 @@ def up(
     if not config.exists():
         runtime = _default_runtime()
         write_default_config(config, runtime)
-        typer.echo(f"wrote a default configuration to {config} (runtime: {runtime})")
+        _echo(f"wrote a default configuration to {config} (runtime: {runtime})")
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -182,20 +189,20 @@ def up(
         lifecycle = hive.lifecycle
         assert lifecycle is not None
         backend = lifecycle.backend
-        typer.echo(f"hyperhive {hive.rev} is up")
-        typer.echo(f"  state:    {paths.state_dir}")
-        typer.echo(f"  sockets:  {paths.run_dir}   (HIVE_RUN_DIR={paths.run_dir} hive ctl …)")
-        typer.echo(f"  backend:  {backend.name}: {backend.isolation}")
+        _echo(f"hyperhive {hive.rev} is up")
+        _echo(f"  state:    {paths.state_dir}")
+        _echo(f"  sockets:  {paths.run_dir}   (HIVE_RUN_DIR={paths.run_dir} hive ctl …)")
+        _echo(f"  backend:  {backend.name}: {backend.isolation}")
         if backend.name == "process":
-            typer.echo("  WARNING:  the process backend does not isolate agents at all", err=True)
+            _echo("  WARNING:  the process backend does not isolate agents at all", err=True)
         if (why := backend.unavailable()) is not None:
-            typer.echo(f"  WARNING:  agents cannot start: {why}", err=True)
+            _echo(f"  WARNING:  agents cannot start: {why}", err=True)
         for name in hive.registry.names():
             rec = hive.registry.agents[name]
-            typer.echo(
+            _echo(
                 f"  agent:    {name:<12} {rec.role:<8} {rec.runtime:<9} {lifecycle.log_file(name)}"
             )
-        typer.echo("Ctrl-C stops everything.")
+        _echo("Ctrl-C stops everything.")
 
     with _startup_errors():
         trio.run(run_up, cfg, paths, ready)
@@ -275,7 +282,7 @@ def ctl_ping(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOu
     _emit(
         {"ok": True, "rtt_ms": rtt, "server_time": pong.server_time},
         as_json,
-        lambda: typer.echo(f"pong in {rtt:.2f} ms"),
+        lambda: _echo(f"pong in {rtt:.2f} ms"),
     )
 
 
@@ -286,9 +293,9 @@ def ctl_info(run_dir: RunDir = None, state_dir: StateDir = None, as_json: JsonOu
         info = c.expect(m.ServerInfo(), m.Info)
 
     def human() -> None:
-        typer.echo(f"rev:       {info.rev}\nprotocol:  {info.protocol}")
-        typer.echo(f"uptime:    {info.uptime_seconds:.0f}s\nstate dir: {info.state_dir}")
-        typer.echo(f"run dir:   {info.run_dir}\nagents:    {info.agents}")
+        _echo(f"rev:       {info.rev}\nprotocol:  {info.protocol}")
+        _echo(f"uptime:    {info.uptime_seconds:.0f}s\nstate dir: {info.state_dir}")
+        _echo(f"run dir:   {info.run_dir}\nagents:    {info.agents}")
 
     _emit(info, as_json, human)
 
@@ -369,7 +376,7 @@ def ctl_agent_add(
             row = c.expect(req, m.AgentInfo).agent
         except HiveError as exc:
             _die(exc.message)
-    _emit(row, as_json, lambda: typer.echo(f"added {row.role} {row.name}"))
+    _emit(row, as_json, lambda: _echo(f"added {row.role} {row.name}"))
 
 
 @agent_ctl.command("rm")
@@ -386,7 +393,7 @@ def ctl_agent_rm(
             c.expect(req, m.Ok)
         except HiveError as exc:
             _die(exc.message)
-    _emit({"removed": name}, as_json, lambda: typer.echo(f"removed {name}"))
+    _emit({"removed": name}, as_json, lambda: _echo(f"removed {name}"))
 
 
 @ctl.command("events")
@@ -407,19 +414,19 @@ def ctl_events(
             for frame in c.frames(m.Subscribe(kinds=kinds, since_seq=since)):
                 if isinstance(frame, m.Resync | m.Subscribed):
                     if not as_json:
-                        typer.echo(f"# {type(frame).__name__.lower()} at seq {frame.seq}")
+                        _echo(f"# {type(frame).__name__.lower()} at seq {frame.seq}")
                     continue
                 if isinstance(frame, m.EventFrame):
                     ev = frame.event
                     if as_json:
-                        typer.echo(msgspec.json.encode(ev).decode())
+                        typer.echo(json_text(ev))
                     else:
                         fields = {
                             k: v
                             for k, v in msgspec.structs.asdict(ev).items()
                             if k not in ("seq", "at")
                         }
-                        typer.echo(
+                        _echo(
                             f"{ev.seq} {ev.__struct_config__.tag} {json.dumps(msgspec.to_builtins(fields))}"
                         )
                     seen += 1
@@ -451,7 +458,7 @@ def ctl_send(
     _emit(
         sent,
         as_json,
-        lambda: typer.echo(f"sent {len(sent.message_ids)} message(s): {sent.message_ids}"),
+        lambda: _echo(f"sent {len(sent.message_ids)} message(s): {sent.message_ids}"),
     )
 
 
@@ -581,7 +588,7 @@ def ctl_answer(
             c.expect(m.AnswerQuestion(question_id=question_id, answer=text), m.Ok)
         except HiveError as exc:
             _die(exc.message)
-    _emit({"answered": question_id}, as_json, lambda: typer.echo(f"answered #{question_id}"))
+    _emit({"answered": question_id}, as_json, lambda: _echo(f"answered #{question_id}"))
 
 
 @ctl.command("threads")
@@ -678,7 +685,7 @@ def ctl_retry_reminder(
             row = c.expect(req, m.ReminderInfo).reminder
         except HiveError as exc:
             _die(exc.message)
-    _emit(row, as_json, lambda: typer.echo(f"reminder #{row.id} of {row.owner} is pending again"))
+    _emit(row, as_json, lambda: _echo(f"reminder #{row.id} of {row.owner} is pending again"))
 
 
 # ------------------------------------------------------------------ lifecycle
@@ -710,10 +717,10 @@ def _agent_verb_request(req: m.Request, run_dir: Path | None, as_json: bool, don
         _emit(
             row,
             as_json,
-            lambda: typer.echo(f"{row.name}: {done} (container {row.container or '-'})"),
+            lambda: _echo(f"{row.name}: {done} (container {row.container or '-'})"),
         )
     else:
-        _emit({"name": name, "done": done}, as_json, lambda: typer.echo(f"{name}: {done}"))
+        _emit({"name": name, "done": done}, as_json, lambda: _echo(f"{name}: {done}"))
 
 
 @ctl.command("start")
@@ -762,7 +769,7 @@ def ctl_rebuild_all(
             agents = c.expect(m.RebuildAll(), m.Agents).agents
         except HiveError as exc:
             _die(exc.message)
-    _emit(agents, as_json, lambda: typer.echo("rebuilt: " + ", ".join(a.name for a in agents)))
+    _emit(agents, as_json, lambda: _echo("rebuilt: " + ", ".join(a.name for a in agents)))
 
 
 @ctl.command("pause")
@@ -822,7 +829,7 @@ def _show_fields(
 
     def human() -> None:
         for key, field_value in msgspec.structs.asdict(value).items():
-            typer.echo(f"{key:22} {field_value}")
+            typer.echo(f"{key:22} {visible(str(field_value))}")
 
     _emit(value, as_json, human)
 
@@ -940,18 +947,18 @@ def ctl_approvals(
 
 
 def _show_approval(a: m.ApprovalRow, diff: str = "") -> None:
-    typer.echo(f"approval #{a.id}: {a.kind} {a.agent} ({a.status})")
-    typer.echo(f"requested by {a.requested_by}, {_ago(a.requested_at)}")
+    _echo(f"approval #{a.id}: {a.kind} {a.agent} ({a.status})")
+    _echo(f"requested by {a.requested_by}, {_ago(a.requested_at)}")
     if a.sha:
-        typer.echo(f"commit {a.sha} (asked for as {a.ref}, pinned as tag approval-{a.id})")
-    typer.echo(a.description)
+        _echo(f"commit {a.sha} (asked for as {a.ref}, pinned as tag approval-{a.id})")
+    _echo(a.description)
     if a.note:
-        typer.echo(f"note: {a.note}")
+        _echo(f"note: {a.note}")
     if a.outcome:
-        typer.echo(f"outcome: {a.outcome}")
+        _echo(f"outcome: {a.outcome}")
     if diff:
-        typer.echo("")
-        typer.echo(diff.rstrip("\n"))
+        _echo("")
+        _echo(diff.rstrip("\n"))
 
 
 @ctl.command("approval")
@@ -1024,7 +1031,7 @@ def ctl_purge(
     if not yes and not typer.confirm(f"delete {name}'s tombstone for good?"):
         _die("not purged")
     _call(run_dir, req, m.Ok)
-    _emit({"purged": name}, as_json, lambda: typer.echo(f"{name}: tombstone purged"))
+    _emit({"purged": name}, as_json, lambda: _echo(f"{name}: tombstone purged"))
 
 
 def _show_inputs(got: m.MetaInputs, as_json: bool) -> None:
@@ -1035,7 +1042,7 @@ def _show_inputs(got: m.MetaInputs, as_json: bool) -> None:
                 ["INPUT", "URL", "REV", "MODIFIED"],
             )
         if got.note:
-            typer.echo(got.note)
+            _echo(got.note)
 
     _emit(got, as_json, human)
 

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from protocol.framing import DEFAULT_MAX_FRAME
-from protocol.messages import AgentRole, Recipient
+from protocol.messages import AgentRole, ModelName, RecipientName, Runtime
 
 ROOT_STATE_DIR = Path("/var/lib/hyperhive")
 ROOT_RUN_DIR = Path("/run/hyperhive")
@@ -36,9 +36,9 @@ EnvName = Annotated[str, Meta(pattern=r"^(?!HIVE_)[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 class AgentConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     role: AgentRole = "agent"
-    model: Annotated[str, Meta(max_length=128)] = ""
-    runtime: Annotated[str, Meta(max_length=32)] = "scripted"
-    allowed_recipients: list[Recipient] | None = None
+    model: ModelName = ""
+    runtime: Runtime = "scripted"
+    allowed_recipients: list[RecipientName] | None = None
     memory_mb: Annotated[int, Meta(ge=16)] | None = None
     cpus: Annotated[float, Meta(gt=0)] | None = None
     pids: Annotated[int, Meta(ge=8)] | None = None
@@ -104,6 +104,43 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     reminder_max_attempts: Annotated[int, Meta(ge=1)] = 5
     reminder_retry_seconds: Annotated[float, Meta(gt=0)] = 30.0
     reminder_batch: Annotated[int, Meta(ge=1, le=100_000)] = 64
+    # what one peer (an agent, the web process, the operator's `hive ctl`s) may hold of the
+    # daemon: see docs/security.md
+    agent_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 32
+    web_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    admin_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    peer_max_calls: Annotated[int, Meta(ge=1, le=100_000)] = 256
+    peer_buffer_bytes: Annotated[int, Meta(ge=8192, le=1 << 34)] | None = None
+    """Unset: 4 × `max_frame_bytes` (4 MiB by default); see `peer_buffer`."""
+    total_buffer_bytes: Annotated[int, Meta(ge=8192, le=1 << 38)] | None = None
+    """Unset: 16 × the peer budget (64 MiB by default); see `total_buffer`."""
+    frame_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    idle_timeout_seconds: Annotated[float, Meta(gt=0)] = 600.0
+    write_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    fd_reserve: Annotated[int, Meta(ge=16, le=1_000_000)] = 256
+
+    @property
+    def peer_buffer(self) -> int:
+        """Bytes of unfinished frames one peer may have buffered in the daemon."""
+        return self.peer_buffer_bytes or 4 * self.max_frame_bytes
+
+    @property
+    def total_buffer(self) -> int:
+        """The same for every peer but the operator, together."""
+        return self.total_buffer_bytes or 16 * self.peer_buffer
+
+    def __post_init__(self) -> None:
+        # a frame is only ever buffered whole or not at all: the budgets must hold one
+        if self.peer_buffer < self.max_frame_bytes + 4:
+            raise ValueError(
+                f"peer_buffer_bytes ({self.peer_buffer}) must be at least "
+                f"max_frame_bytes + 4 ({self.max_frame_bytes + 4})"
+            )
+        if self.total_buffer < self.peer_buffer:
+            raise ValueError(
+                f"total_buffer_bytes ({self.total_buffer}) must be at least "
+                f"peer_buffer_bytes ({self.peer_buffer})"
+            )
 
 
 class FederationSettings(Struct, kw_only=True, forbid_unknown_fields=True):

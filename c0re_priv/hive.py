@@ -18,12 +18,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 
 import trio
 
-from protocol.messages import PROTOCOL_VERSION
+from protocol.messages import PROTOCOL_VERSION, Runtime
 
+from . import private_state
 from .agent_configs import AgentConfigs
 from .approvals import Approvals
 from .broker import Broker
@@ -34,6 +35,7 @@ from .errors import Fail
 from .events import EventBus
 from .federation import Federation
 from .lifecycle import Lifecycle
+from .log_once import RateLimitedLog
 from .questions import Questions
 from .registry import Registry
 from .reminders import Reminders, reminder_counts
@@ -71,7 +73,12 @@ class Hive:
     """Every service of one daemon; built before serving, used by the request handlers."""
 
     def __init__(
-        self, config: HiveConfig, paths: Paths, now: Callable[[], float] = time.time
+        self,
+        config: HiveConfig,
+        paths: Paths,
+        now: Callable[[], float] = time.time,
+        *,
+        agents_traverse: bool = False,
     ) -> None:
         self.config = config
         self.now = now
@@ -82,17 +89,17 @@ class Hive:
         self.protocol = PROTOCOL_VERSION
         self.started_at = time.time()
         self._started_mono = time.monotonic()
-        for directory, mode in (
-            (paths.state_dir, 0o755),
-            (paths.run_dir, 0o751),
-            (paths.run_dir / "agents", 0o711),
-            (paths.agents_root, 0o755),
-        ):
-            directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(directory, mode)
+        self.agents_traverse = agents_traverse
+        """The `process` backend: agents' uids must reach their state dirs on the host."""
+        for fixed in private_state.prepare(paths, agents_traverse=agents_traverse):
+            log.warning("private state: %s", fixed)
         self.id = hive_id(paths.state_dir)
         """Names this hive's cgroups, uid claims and processes on a host shared with others."""
         self.store = Store.open(paths.db)
+        for fixed in private_state.secure_db(paths.db):  # -wal and -shm exist from here on
+            log.warning("private state: %s", fixed)
+        self.storage_log = RateLimitedLog(log)
+        """A full disk refuses every write alike: logged once a minute, not once per call."""
         self.bus = EventBus(self.settings.event_replay)
         self.registry = Registry(self.store, self.bus)
         self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths, now)
@@ -122,8 +129,15 @@ class Hive:
     def uptime(self) -> float:
         return time.monotonic() - self._started_mono
 
-    def ensure_agent_dirs(self, name: str) -> None:
-        self.paths.agent_state(name).mkdir(parents=True, exist_ok=True)
+    def ensure_agent_dirs(self, name: str, gid: int | None = None) -> None:
+        """`<agents_root>/<name>` private to the daemon, and the agent's state dir below it
+        (created searchable and readable, as the manager's read-only view of it needs)."""
+        for fixed in private_state.secure_agent_dir(self.paths, name, gid, self.agents_traverse):
+            log.warning("private state: %s", fixed)
+        state = self.paths.agent_state(name)
+        if not state.exists():
+            state.mkdir()
+            os.chmod(state, 0o755)
 
     async def add_agent(
         self,
@@ -133,8 +147,13 @@ class Hive:
         runtime: str,
         allowed_recipients: list[str] | None,
     ) -> None:
+        # the protocol's types already refuse these; checked again for every other way in
         if role not in ("agent", "manager"):
             raise Fail("invalid", f"unknown role {role!r}")
+        if runtime not in get_args(Runtime):
+            raise Fail(
+                "invalid", f"unknown runtime {runtime!r} (one of {', '.join(get_args(Runtime))})"
+            )
         await self.registry.add(name, role, model, runtime, allowed_recipients)  # type: ignore[arg-type]
         self.ensure_agent_dirs(name)
         if self.sockets is not None:
@@ -195,11 +214,26 @@ async def run_hive(
     """Run one daemon until cancelled or signalled; returns after a clean shutdown.
 
     `now` is the wall clock of the timed services; a test passes one derived from
-    `trio.current_time()` to drive them with trio's `MockClock`.
+    `trio.current_time()` to drive them with trio's `MockClock`. The daemon runs under its
+    own umask (`private_state.DAEMON_UMASK`): what it creates is private unless it says so.
     """
+    with private_state.daemon_umask():
+        await _run_hive(config, paths, handle_signals, backend, on_ready, now, task_status)
+
+
+async def _run_hive(
+    config: HiveConfig,
+    paths: Paths,
+    handle_signals: bool,
+    backend: Backend | None,
+    on_ready: Callable[[Hive], None] | None,
+    now: Callable[[], float],
+    task_status: trio.TaskStatus[Hive],
+) -> None:
     from .server import SocketHub
 
-    hive = Hive(config, paths, now)
+    backend_name = backend.name if backend is not None else config.hive.backend
+    hive = Hive(config, paths, now, agents_traverse=backend_name == "process")
     try:
         async with trio.open_nursery() as core:
             await core.start(hive.store.run_writer)

@@ -192,7 +192,7 @@ class Lifecycle:
             shared_dir=self.shared_dir,
             hide=(paths.state_dir, paths.run_dir),
             peers=peers,
-            ro_files=(rules,) if rules is not None and rules.is_file() else (),
+            ro_files=(rules,) if rules is not None and self._bindable(rules) else (),
             env={
                 **(self.claude_env(name) if record.runtime == "claude" else {}),
                 **cfg.env,
@@ -210,6 +210,13 @@ class Lifecycle:
             ),
             grace_seconds=self.hive.settings.stop_grace_seconds,
         )
+
+    def _bindable(self, path: Path) -> bool:
+        """A host file the operator named may be bound read-only into a sandbox; one inside
+        an agent-writable tree never is (its own state dir is visible there already, and a
+        symlink planted there would be resolved by root)."""
+        writable = (self.hive.paths.agents_root, self.shared_dir)
+        return not any(path.is_relative_to(root) for root in writable) and path.is_file()
 
     def claude_env(self, name: str) -> dict[str, str]:
         """What a `claude` agent gets to reach its model: the hive's `claude_env`, its endpoint
@@ -309,7 +316,7 @@ class Lifecycle:
         """As root, give each agent its own uid and hand it its state dir and socket."""
         record = self.hive.registry.get(name)
         if os.geteuid() != 0:
-            self.hive.paths.agent_state(name).mkdir(parents=True, exist_ok=True)
+            self.hive.ensure_agent_dirs(name)
             self.hand_over_claude_login(name, None)
             return
         try:
@@ -326,7 +333,7 @@ class Lifecycle:
             raise Fail("unavailable", str(exc)) from None
         uid = record.uid
         state = self.hive.paths.agent_state(name)
-        state.mkdir(parents=True, exist_ok=True)
+        self.hive.ensure_agent_dirs(name, gid=uid)
         os.chown(state, uid, uid)
         sock = self.hive.paths.agent_sock(name)
         if sock.exists():
@@ -346,6 +353,8 @@ class Lifecycle:
         record = self.hive.registry.get(name)
         if record.paused:
             raise Fail("conflict", f"{name} is paused; unpause it first")
+        if (why := self.hive.configs.not_runnable(name)) is not None:
+            raise Fail("unavailable", f"cannot start {name}: {why}")
         await self.ensure_uid(name)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
         spec = self.spec(name)

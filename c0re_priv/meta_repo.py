@@ -103,10 +103,13 @@ class MetaRepo:
                     env=self._env(),
                 )
             os.chmod(self.path, 0o700)
-        await self.git("config", "user.name", AUTHOR[0])
-        await self.git("config", "user.email", AUTHOR[1])
-        await self.git("config", "gc.auto", "0")
-        self.empty_tree = await self.out("hash-object", "-t", "tree", "-w", "--stdin")
+        # opening an existing repo writes nothing: it must open on a full disk too
+        for key, value in (("user.name", AUTHOR[0]), ("user.email", AUTHOR[1]), ("gc.auto", "0")):
+            done = await self.git("config", "--get", key, check=False)
+            if done.stdout.decode().strip() != value:
+                await self.git("config", key, value)
+        # git knows the empty tree without storing it
+        self.empty_tree = await self.out("hash-object", "-t", "tree", "--stdin")
 
     # ---------------------------------------------------------------- reads
 

@@ -273,7 +273,7 @@ class Questions:
                 ).fetchone()[0]
                 return closed, (nxt if nxt is not None else math.inf)
 
-            closed, next_due = await self._store.write(expire)
+            closed, next_due = await self._store.write_when_space(expire, "question expiry")
             for q, msg in closed:
                 self.announce_answer(q, msg)
             if closed:

@@ -370,7 +370,7 @@ class Reminders:
     async def tick(self) -> float:
         """One transaction's worth of due deliveries, then their events; the next due time."""
         s = self._settings
-        tick = await self._store.write(
+        tick = await self._store.write_when_space(
             partial(
                 deliver_due,
                 now=self._now(),
@@ -378,6 +378,7 @@ class Reminders:
                 max_attempts=s.reminder_max_attempts,
                 retry_seconds=s.reminder_retry_seconds,
             ),
+            "reminder scheduler",
             background=True,  # behind any message traffic that is waiting
         )
         self._broker.published(msg for _, msg in tick.delivered)

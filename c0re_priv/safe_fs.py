@@ -38,9 +38,13 @@ def open_dir(base: Path, parts: Sequence[str], *, create: bool = False, mode: in
             except FileNotFoundError:
                 if not create:
                     raise
+                made = False
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, mode, dir_fd=fd)
+                    made = True
                 nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+                if made:
+                    os.fchmod(nxt, mode)  # exactly `mode`, whatever the daemon's umask
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafePath(f"{part!r} is a symlink or not a directory") from exc
@@ -62,7 +66,8 @@ def write_new_file(
     mode: int = 0o644,
     owner: tuple[int, int] | None = None,
 ) -> None:
-    """Create `base/parts…/name` exclusively (never overwrite, never follow a link)."""
+    """Create `base/parts…/name` exclusively (never overwrite, never follow a link); a write
+    that fails (a full disk) leaves no partial file behind."""
     check_component(name)
     dir_fd = open_dir(base, parts, create=True)
     try:
@@ -75,10 +80,16 @@ def write_new_file(
             dir_fd=dir_fd,
         )
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a write may be short (a disk filling up): the file is all or nothing
+                view = view[os.write(fd, view) :]
             if owner is not None:
                 os.fchown(fd, *owner)
             os.fchmod(fd, mode)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
         finally:
             os.close(fd)
     finally:

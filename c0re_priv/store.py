@@ -20,11 +20,14 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from .errors import storage_full
+from .log_once import RateLimitedLog
 from .migrations import migrate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 1024
+FULL_RETRY_SECONDS = 5.0
 READERS = 4
 
 
@@ -47,6 +50,10 @@ class _Job(Generic[T]):
         self.error: BaseException | None = None
 
 
+class CannotOpenStore(Exception):
+    """The database cannot be opened; the message says why in one sentence."""
+
+
 class StoreClosed(Exception):
     """A write was queued after the writer stopped."""
 
@@ -63,18 +70,28 @@ class Store:
         self._closed = False
         self.batches = 0
         self.committed_jobs = 0
+        self.full_log = RateLimitedLog(log)
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (creating if needed) and migrate the database. Blocking; call before serving."""
+        """Open (creating if needed) and migrate the database. Blocking; call before serving.
+
+        Raises `CannotOpenStore` with one sentence (a full disk says so) when sqlite cannot.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _connect(path)
-        mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise RuntimeError(f"sqlite refused WAL mode for {path} (got {mode})")
-        writer.execute("PRAGMA synchronous=FULL")
-        migrate(writer)
-        readers = [_connect(path) for _ in range(READERS)]
+        try:
+            writer = _connect(path)
+            mode = writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise CannotOpenStore(f"sqlite refused WAL mode for {path} (got {mode})")
+            writer.execute("PRAGMA synchronous=FULL")
+            migrate(writer)
+            readers = [_connect(path) for _ in range(READERS)]
+        except sqlite3.Error as exc:
+            full = storage_full(exc)
+            if full is not None:
+                raise CannotOpenStore(f"cannot open {path}: {full.message}") from exc
+            raise CannotOpenStore(f"cannot open {path}: {exc}") from exc
         return cls(path, writer, readers)
 
     def close(self) -> None:
@@ -105,6 +122,22 @@ class Store:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    async def write_when_space(
+        self, fn: Callable[[sqlite3.Connection], T], what: str, background: bool = False
+    ) -> T:
+        """`write` for the daemon's own services (lease reaper, reminder scheduler): a full
+        disk is waited out, retrying every few seconds and saying so once a minute, instead
+        of ending the service and with it the daemon."""
+        while True:
+            try:
+                return await self.write(fn, background)
+            except Exception as exc:
+                full = storage_full(exc)
+                if full is None:
+                    raise
+                self.full_log.note(what, "%s waits for disk space: %s", what, full.message)
+            await trio.sleep(FULL_RETRY_SECONDS)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on a reader connection (sees every committed write)."""
@@ -166,7 +199,13 @@ class Store:
             await trio.to_thread.run_sync(self._run_batch, jobs)
         except BaseException as exc:  # the COMMIT itself failed: every job failed
             failure = exc
-            log.exception("group commit of %d writes failed", len(jobs))
+            full = storage_full(exc)
+            if full is not None:  # every write fails alike until space is freed: say it once
+                self.full_log.note(
+                    "full", "group commit of %d writes failed: %s", len(jobs), full.message
+                )
+            else:
+                log.exception("group commit of %d writes failed", len(jobs))
         for job in jobs:
             if failure is not None and job.error is None:
                 job.error = failure

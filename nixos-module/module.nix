@@ -17,6 +17,7 @@ let
   agentState = name: "${cfg.stateDir}/agents/${name}/state";
   agentSocket = name: "${cfg.runDir}/agents/${name}.sock";
   sharedDir = "${cfg.stateDir}/shared";
+  stateDirMode = if cfg.backend == "process" then "0711" else "0700";
 
   # One [agents.<name>] table of hive.toml (the daemon's AgentConfig keys).
   agentToml = name: a:
@@ -181,9 +182,11 @@ in
       environment.systemPackages = [ cfg.package ];
       environment.etc."hyperhive/hive.toml".source = hiveToml;
 
+      # the daemon's state is its own (it checks these modes at every start); only the
+      # process backend, with no sandbox, needs agents' uids to pass through to their dirs
       systemd.tmpfiles.rules = [
-        "d ${cfg.stateDir} 0711 root root -"
-        "d ${cfg.stateDir}/agents 0711 root root -"
+        "d ${cfg.stateDir} ${stateDirMode} root root -"
+        "d ${cfg.stateDir}/agents ${stateDirMode} root root -"
         "d ${sharedDir} 1777 root root -"
         "d ${cfg.runDir} 0751 root root -"
         "d ${cfg.runDir}/agents 0711 root root -"

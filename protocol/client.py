@@ -78,7 +78,10 @@ class HiveClient:
             raise ConnectionLost(f"cannot connect to {path}: {exc.strerror or exc}") from exc
         async with stream:
             decoder = FrameDecoder(max_frame)
-            await stream.send(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
+            with suppress(anyio.BrokenResourceError, OSError):
+                # a refused connection may be closed before our Hello is in, its answer
+                # (`rate_limited`: too many connections) already waiting to be read
+                await stream.send(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
             first, leftover = await _read_one(stream, decoder)
             answer = welcome_decoder.decode(first)
             if isinstance(answer, Error):
@@ -261,7 +264,8 @@ class SyncClient:
             self = cls(
                 sock, Welcome(protocol="", role="admin", agent=None, server_rev=""), max_frame
             )
-            sock.sendall(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
+            with suppress(OSError):  # refused: the answer may be waiting (see `HiveClient`)
+                sock.sendall(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
             answer = welcome_decoder.decode(self._next_body())
             if isinstance(answer, Error):
                 raise HiveError.from_reply(answer)

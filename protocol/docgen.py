@@ -53,6 +53,7 @@ Generated from `protocol/messages.py` by `python -m protocol.docgen`; do not edi
 | `rate_limited` | slow down; `retry_after_seconds` says for how long |
 | `conflict` | the object is not in a state that allows this (already answered, exists) |
 | `unavailable` | the daemon or a stream is going away; reconnect or resubscribe |
+| `storage_full` | the disk holding the daemon's state is full: nothing was stored (the daemon keeps serving); free space and retry |
 | `internal` | a bug or a host failure; the daemon log has the details |
 """
 

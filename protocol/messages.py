@@ -26,6 +26,17 @@ Recipient = Annotated[str, Meta(min_length=1, max_length=63)]
 """An agent name, `"operator"`, `"*"` (every other agent), or `name@hive` in another hive
 (see docs/federation.md)."""
 
+RecipientName = Annotated[str, Meta(pattern=r"^(\*|[a-z][a-z0-9-]{0,30})\Z", max_length=31)]
+"""An entry of `allowed_recipients`: an agent name, `"operator"` or `"*"`."""
+
+Runtime = Literal["scripted", "claude"]
+"""The runtimes a harness knows (`ag3nt/runtimes`); nothing else is ever passed to one."""
+
+MODEL_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._:@/+\[\]-]*)?\Z"
+ModelName = Annotated[str, Meta(pattern=MODEL_PATTERN, max_length=128)]
+"""A model name as a runtime takes it (`claude-sonnet-4-5`, `opus[1m]`); empty: the
+runtime's default. No spaces, no control characters, never starting with `-`."""
+
 Role = Literal["agent", "manager", "web", "admin"]
 AgentRole = Literal["agent", "manager"]
 MessageState = Literal["queued", "leased", "acked", "dead", "dropped", "forwarded"]
@@ -47,6 +58,7 @@ ErrorCode = Literal[
     "rate_limited",
     "conflict",
     "unavailable",
+    "storage_full",
     "internal",
 ]
 
@@ -390,9 +402,9 @@ class AddAgent(Request, tag="add_agent"):
 
     name: AgentName
     role: AgentRole = "agent"
-    model: Annotated[str, Meta(max_length=128)] = ""
-    runtime: Annotated[str, Meta(max_length=32)] = "scripted"
-    allowed_recipients: list[Recipient] | None = None
+    model: ModelName = ""
+    runtime: Runtime = "scripted"
+    allowed_recipients: list[RecipientName] | None = None
 
 
 class RemoveAgent(Request, tag="remove_agent"):
@@ -655,7 +667,7 @@ class SetModel(Request, tag="set_model"):
     """Switch the model an agent's harness uses from its next turn on."""
 
     name: AgentName
-    model: Annotated[str, Meta(min_length=1, max_length=128)]
+    model: Annotated[str, Meta(min_length=1, max_length=128, pattern=MODEL_PATTERN)]
 
 
 class NewSession(Request, tag="new_session"):
@@ -783,8 +795,8 @@ class RequestSpawn(Request, tag="request_spawn"):
     name: AgentName
     role_description: Annotated[str, Meta(max_length=2000)] = ""
     instructions: Annotated[str, Meta(max_length=65_536)] = ""
-    model: Annotated[str, Meta(max_length=128)] = ""
-    runtime: Annotated[str, Meta(max_length=32)] = ""
+    model: ModelName = ""
+    runtime: Runtime | Literal[""] = ""
 
 
 class RequestInitConfig(Request, tag="request_init_config"):

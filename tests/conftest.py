@@ -76,6 +76,8 @@ class DaemonProcess:
     root: Path
     config_file: Path
     proc: subprocess.Popen[bytes] | None = None
+    wrapper: tuple[str, ...] = ()
+    """Run the daemon under this command (e.g. `prlimit --nofile=1024:1024 --`)."""
 
     @property
     def paths(self) -> Paths:
@@ -85,6 +87,7 @@ class DaemonProcess:
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "c0re_priv",

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import trio
 
+from ..private_state import AGENT_UMASK, open_private_log
 from .spawn import Child, spawn
 
 
@@ -121,13 +122,15 @@ async def run_supervised_process(
 ) -> int:
     """Run `argv` in its own session, logging to the spec's log file; stop it when cancelled."""
     spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(spec.log_file, "ab") as log:  # noqa: ASYNC230 - opening a local log for append
+    # the log is the daemon's (0600): the agent's uid must not read it, whatever the umask
+    with os.fdopen(open_private_log(spec.log_file), "ab") as log:
         # forked on the trio thread: a death signal tied to a worker thread fires when trio
         # retires that thread (10 s idle), which killed every sandbox (see spawn.py)
         proc = spawn(
             argv,
             stdout=log,
             stderr=log,
+            umask=AGENT_UMASK,
             env={**os.environ, **spec.env},
             preexec=drop_privileges(spec.uid, spec.gid, enter_cgroup),
         )

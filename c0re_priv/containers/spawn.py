@@ -95,6 +95,7 @@ def spawn(
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
     start_new_session: bool = True,
+    umask: int = -1,
     preexec: Callable[[], None] | None = None,
 ) -> Child:
     """Fork and exec `argv` on the calling (trio) thread; see the module docstring.
@@ -117,6 +118,7 @@ def spawn(
         stderr=stderr,
         env=dict(env),
         start_new_session=start_new_session,
+        umask=umask,
         preexec_fn=child_setup,
     )
     return Child(popen)

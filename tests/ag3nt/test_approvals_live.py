@@ -101,11 +101,14 @@ async def test_a_deploy_that_fails_puts_the_old_config_back_and_says_why(live):
         HiveClient.connect(str(live.paths.agent_sock("boss"))) as boss,
     ):
         before = (await admin.expect(m.AgentStatus(name="alice"), m.AgentInfo)).agent
+        # a rules file that is not there (in alice's own state dir: the only other root
+        # a config from the meta repo may name)
+        missing = live.paths.agent_state("alice") / "nonexistent" / "rules.toml"
         proposed = await propose(
             boss,
             "alice",
             lambda t: "\n".join(
-                'rules = "/nonexistent/rules.toml"' if line.startswith("rules = ") else line
+                f'rules = "{missing}"' if line.startswith("rules = ") else line
                 for line in t.splitlines()
             ),
         )

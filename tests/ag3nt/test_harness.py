@@ -200,13 +200,29 @@ async def test_rebuild_all_brings_the_manager_up_before_anyone_else_and_reports_
 
 
 async def test_a_container_that_keeps_crashing_is_marked_failed_and_the_manager_is_told(live):
-    async with HiveClient.connect(str(live.paths.admin_sock)) as admin:
-        await admin.expect(m.AddAgent(name="crashy", runtime="no-such-runtime"), m.AgentInfo)
+    async with (
+        HiveClient.connect(str(live.paths.admin_sock)) as admin,
+        HiveClient.connect(str(live.paths.agent_sock("boss"))) as boss,
+    ):
+        await admin.expect(m.AddAgent(name="crashy"), m.AgentInfo)
+        # an approved config whose harness cannot even start: Python without its home (a
+        # runtime the harness does not know is refused before it gets this far)
+        text = (await boss.expect(m.ReadAgentConfig(agent="crashy"), m.AgentConfigText)).text
+        broken = "\n".join(
+            'env = { PYTHONHOME = "/nonexistent" }' if line.startswith("env = ") else line
+            for line in text.splitlines()
+        )
+        proposed = await boss.expect(m.ProposeConfig(agent="crashy", agent_toml=broken), m.Proposed)
+        asked = await boss.expect(
+            m.RequestApplyCommit(agent="crashy", sha=proposed.sha), m.ApprovalInfo
+        )
+        done = await admin.expect(m.Approve(id=asked.approval.id), m.ApprovalInfo)
+        assert done.approval.status == "approved", done.approval.outcome
         await admin.expect(m.Start(name="crashy"), m.AgentInfo)
         crash = await wait_for(
             admin, lambda r: r.to == "boss" and r.body.startswith("container_crash: crashy"), 40
         )
-        assert "unknown runtime" in crash.body
+        assert "No module named 'encodings'" in crash.body
         row = (await admin.expect(m.AgentStatus(name="crashy"), m.AgentInfo)).agent
         assert row.failed and row.container == "failed"
 

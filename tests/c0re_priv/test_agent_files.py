@@ -28,6 +28,7 @@ async def web(hive: Hive) -> AsyncIterator[HiveClient]:
 def state(hive: Hive) -> Path:
     path = hive.paths.agent_state("alice")
     (path / "notes").mkdir()
+    os.chmod(path / "notes", 0o755)  # as alice makes it: agents run under umask 022
     (path / "notes" / "plan.md").write_text("# plan\nship it\n")
     os.chmod(path / "notes" / "plan.md", 0o644)
     return path

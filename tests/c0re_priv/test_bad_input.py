@@ -407,6 +407,8 @@ async def test_a_first_frame_that_is_not_a_hello_is_invalid_and_closed(hive, cap
 async def test_a_peer_that_never_says_hello_is_hung_up_on(hive, caplog, monkeypatch):
     monkeypatch.setattr(server, "HELLO_TIMEOUT", 0.2)
     async with raw(hive.paths.web_sock) as peer:
+        err = await peer.error()  # told why, then hung up on
+        assert (err.id, err.code) == (0, "invalid") and "no Hello within" in err.message
         await peer.assert_closed()
     await assert_daemon_fine(hive, caplog)
 

@@ -64,6 +64,9 @@ def clock() -> MockClock:
 @asynccontextmanager
 async def daemon(root: Path, config: HiveConfig) -> AsyncIterator[Hive]:
     """A real daemon on `root` for the block; leaving the block shuts it down cleanly."""
+    # the clock jumps hours while the test's clients wait between calls: connections idle
+    # that long in mock time must not be closed under them
+    config.hive.idle_timeout_seconds = 1e9
     async with trio.open_nursery() as nursery:
         hive = await nursery.start(
             partial(run_hive, config, paths_in(root, config), handle_signals=False, now=mock_now)

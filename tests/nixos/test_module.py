@@ -113,6 +113,9 @@ def test_socket_permissions_and_groups(generated: dict[str, Any]) -> None:
     assert "d /run/hyperhive 0751 root root -" in rules
     assert "d /run/hyperhive/agents 0711 root root -" in rules
     assert "d /var/lib/hyperhive/shared 1777 root root -" in rules
+    # the daemon's state is private (nixos backend: no agent uid needs to pass through)
+    assert "d /var/lib/hyperhive 0700 root root -" in rules
+    assert "d /var/lib/hyperhive/agents 0700 root root -" in rules
     assert generated["users"]["groups"]["hive-admin"]["members"] == ["ops"]
     hive = generated["hiveToml"]["hive"]
     # the daemon gives admin.sock to hive-admin and web.sock to hive-web (both 0660)
