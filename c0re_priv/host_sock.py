@@ -7,9 +7,9 @@ can do nothing `hive ctl` cannot and no verb is implemented twice (`urls` only r
 configuration). The socket has admin.sock's mode and group. A connection's lines are answered
 in order, one at a time; a bad line is answered and the connection goes on;
 `subscribe_agent_status` turns the connection into a feed of changed rows until the client
-hangs up. Peers are bounded: a line cap, one request at a time per connection,
-`MAX_CONNECTIONS` connections. This module must never change state except through an admin
-verb.
+hangs up. The socket hub accepts its connections under the bounds of every peer (as its own
+peer, with `admin_max_connections`); lines are capped, and answered one at a time per
+connection. This module must never change state except through an admin verb.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -28,7 +27,8 @@ from protocol import messages as m
 
 from .errors import Fail
 from .handlers import UNARY, Caller
-from .server import PEER_GONE, RECV_CHUNK, unlink_socket
+from .server import PEER_GONE, RECV_CHUNK, Peer
+from .terminal import json_text, visible
 
 if TYPE_CHECKING:
     from .hive import Hive
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 64
-"""Connections served at once; one more is answered `rate_limited` and closed."""
 ROW_EVENTS = frozenset(
     {
         "agent_added",
@@ -346,24 +344,70 @@ class RosterWatch:
         self._changed = trio.Event()
 
 
-class HostConnection:
-    """One client: its lines answered in order until it hangs up or subscribes."""
+class HostGone(Exception):
+    """The daemon closes a host.sock connection on its own account (a timeout, a client that
+    stopped reading); `final` says whether the client can still be told why."""
 
-    def __init__(self, hive: Hive, roster: RosterWatch, stream: trio.SocketStream) -> None:
+    def __init__(self, code: m.ErrorCode, message: str, *, final: bool = True) -> None:
+        super().__init__(message)
+        self.code: m.ErrorCode = code
+        self.message = message
+        self.final = final
+
+
+class HostConnection:
+    """One client: its lines answered in order until it hangs up, subscribes or is dropped.
+
+    The peer bounds of every socket apply (`docs/security.md`): a line that has begun must
+    end within `frame_timeout_seconds`; with no request running the client may stay silent
+    for `idle_timeout_seconds` (a subscription is a request running, so it never is idle);
+    an answer or push not read within `write_timeout_seconds` drops the connection; the
+    bytes of an unfinished line count against the peer's budget, and each request holds one
+    of the peer's calls while it runs.
+    """
+
+    def __init__(
+        self, hive: Hive, roster: RosterWatch, stream: trio.SocketStream, peer: Peer
+    ) -> None:
         self.hive = hive
         self.roster = roster
         self.stream = stream
+        self.peer = peer
+        settings = hive.settings
+        self.frame_timeout = settings.frame_timeout_seconds
+        self.idle_timeout = settings.idle_timeout_seconds
+        self.write_timeout = settings.write_timeout_seconds
+        self._buffered = 0
 
     async def send(self, response: h.HostResponse) -> None:
-        await self.stream.send_all(h.encode_response(response))
+        # agent-written text (status lines, descriptions) reaches terminals: see terminal.py
+        line = json_text(response).encode() + b"\n"
+        with trio.move_on_after(self.write_timeout) as waited:
+            await self.stream.send_all(line)
+        if waited.cancelled_caught:
+            raise HostGone(
+                "unavailable", f"no answer read for {self.write_timeout:g}s", final=False
+            )
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        except HostGone as gone:
+            log.warning("host.sock: closing connection: %s", gone.message)
+            if gone.final:
+                with contextlib.suppress(HostGone, *PEER_GONE):
+                    await self.send(h.failure(gone.code, gone.message))
+        finally:
+            self.peer.budget.adjust(-self._buffered)
+            self._buffered = 0
+
+    async def _serve(self) -> None:
         lines = h.LineSplitter(h.LINE_MAX)
         while True:
-            data = await self.stream.receive_some(RECV_CHUNK)
-            if not data:
+            got = await self._read(lines)
+            if not got:
                 return
-            for line in lines.feed(data):
+            for line in got:
                 if isinstance(line, h.TooLong):
                     log.warning("host.sock: refused a line over %d bytes", line.limit)
                     await self.send(
@@ -375,13 +419,55 @@ class HostConnection:
                 try:
                     req = h.decode_line(line)
                 except h.LineError as exc:
-                    log.warning("host.sock: %s: %s", exc.code, exc.message)
+                    log.warning("host.sock: %s: %s", exc.code, visible(exc.message))
                     await self.send(h.failure(exc.code, exc.message))
                     continue
-                if isinstance(req, h.SubscribeAgentStatus):
-                    await self.subscribe()
-                    return  # a subscribed connection reads no further requests
-                await self.send(await self.answer(req))
+                async with self.peer.calls:
+                    if isinstance(req, h.SubscribeAgentStatus):
+                        await self.subscribe()
+                        return  # a subscribed connection reads no further requests
+                    response = await self.answer(req)
+                await self.send(response)
+
+    async def _read(self, lines: h.LineSplitter) -> list[bytes | h.TooLong]:
+        """Receive until at least one whole line (or a refused one) is in; `[]` at the end.
+
+        Raises `HostGone` when a begun line is not finished within the frame timeout, or the
+        client stays silent, with nothing begun, for the idle timeout.
+        """
+        now = trio.current_time()
+        line_deadline = now + self.frame_timeout
+        idle_deadline = now + self.idle_timeout
+        while True:
+            partial = lines.pending > 0
+            with trio.move_on_at(line_deadline if partial else idle_deadline) as waited:
+                data = await self.stream.receive_some(RECV_CHUNK)
+            if waited.cancelled_caught:
+                if partial:
+                    raise HostGone(
+                        "bad_frame",
+                        f"a line was not completed within {self.frame_timeout:g}s "
+                        f"({lines.pending} bytes of it arrived)",
+                    )
+                raise HostGone("unavailable", f"idle for {self.idle_timeout:g}s")
+            if not data:
+                return []
+            if not partial:  # a new line begins in this chunk
+                line_deadline = trio.current_time() + self.frame_timeout
+            got = lines.feed(data)
+            del data
+            self._account(lines.pending)
+            if got:
+                return got
+            if self.peer.budget.over():
+                with trio.move_on_at(line_deadline):
+                    await self.peer.budget.wait_until_under()
+
+    def _account(self, pending: int) -> None:
+        delta = pending - self._buffered
+        if delta:
+            self.peer.budget.adjust(delta)
+            self._buffered = pending
 
     async def answer(self, req: h.HostRequest) -> h.HostResponse:
         door = AdminDoor(self.hive, type(req))
@@ -397,7 +483,8 @@ class HostConnection:
         """A bare success, then one response per agent whose row changed, until hangup.
 
         Rows are compared, not events forwarded (see `RosterWatch`): a slow reader misses
-        intermediate states, never the latest one, and never slows the daemon.
+        intermediate states, never the latest one, and never slows the daemon; one that
+        reads nothing for the write timeout is dropped.
         """
         async with self.roster.joined() as roster:
             sent, version = roster.rows, roster.version
@@ -432,47 +519,22 @@ async def _next_events(events: trio.MemoryReceiveChannel[Any]) -> bool:
         return False
 
 
-class HostSock:
-    """Serves `host.sock` inside the daemon's nursery; unlinks it when cancelled."""
+class HostDoor:
+    """`host.sock` as a door of the socket hub: the hub accepts, bounds and counts its
+    connections; this serves each one, and keeps the one status watcher they share."""
 
-    def __init__(self, hive: Hive) -> None:
+    def __init__(self, hive: Hive, nursery: trio.Nursery) -> None:
         self.hive = hive
-        self.connections = 0
-        self.roster: RosterWatch
+        self.roster = RosterWatch(hive, nursery)
 
-    async def serve(
-        self,
-        sock: trio.socket.SocketType,
-        path: Path,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        listener = trio.SocketListener(sock)
-        try:
-            async with trio.open_nursery() as connections:
-                self.roster = RosterWatch(self.hive, connections)
-                task_status.started()
-                await trio.serve_listeners(self._handle, [listener], handler_nursery=connections)
-        finally:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
-            unlink_socket(path)
+    def refusal(self, message: str) -> bytes:
+        return h.encode_response(h.failure("rate_limited", message))
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        conn = HostConnection(self.hive, self.roster, stream)
+    async def handle(self, stream: trio.SocketStream, peer: Peer) -> None:
+        conn = HostConnection(self.hive, self.roster, stream, peer)
         try:
-            if self.connections > MAX_CONNECTIONS:
-                await conn.send(
-                    h.failure("rate_limited", f"host.sock serves {MAX_CONNECTIONS} connections")
-                )
-                return
             await conn.serve()
         except PEER_GONE:
             pass  # a reset is how some clients hang up
         except Exception:  # one broken connection must never take the daemon down
             log.exception("host.sock: connection failed")
-        finally:
-            self.connections -= 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()

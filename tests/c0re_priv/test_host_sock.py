@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from c0re_priv.hive import Hive, run_hive
-from c0re_priv.host_sock import ADMIN_VERBS, ANSWERS, MAX_CONNECTIONS
+from c0re_priv.host_sock import ADMIN_VERBS, ANSWERS
 from protocol import host_v1 as h
 from protocol import messages as m
 from protocol.client import HiveClient
@@ -347,24 +347,89 @@ async def test_a_client_that_hangs_up_mid_line_or_mid_answer_harms_nobody(hive, 
     compare(await host.ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
 
 
-async def test_connections_are_bounded(hive, host):
-    held = [await HostLines.connect(str(hive.paths.host_sock)) for _ in range(MAX_CONNECTIONS - 1)]
+async def start_hive(nursery: trio.Nursery, root: Path, **settings: Any) -> Hive:
+    config = make_config(agents={"alice": {}, "bob": {}}, **settings)
+    hive: Hive = await nursery.start(
+        lambda task_status: run_hive(
+            config, paths_in(root, config), handle_signals=False, task_status=task_status
+        )
+    )
+    return hive
+
+
+async def test_connections_are_bounded_apart_from_admin_socks(nursery, short_tmp):
+    hive = await start_hive(nursery, short_tmp, admin_max_connections=4)
+    path = str(hive.paths.host_sock)
+    held = [await HostLines.connect(path) for _ in range(4)]
     try:
-        extra = await HostLines.connect(str(hive.paths.host_sock))
+        extra = await HostLines.connect(path)
         compare(
             await extra.response(),
-            refused("rate_limited", f"host.sock serves {MAX_CONNECTIONS} connections"),
+            refused("rate_limited", "too many connections to this socket (4 open, the limit is 4)"),
         )
         assert await extra.stream.receive_some(10) == b""  # and closed
         await extra.aclose()
-        compare(await held[-1].ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+        compare(await held[-1].ask({"cmd": "list"}), ok(agents=["alice", "bob"]))
+        # host.sock's connections are its own allowance: admin.sock still takes the operator
+        async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
+            await admin.expect(m.Ping(), m.Pong)
     finally:
         for c in held:
             await c.aclose()
-    await trio.sleep(0.1)
-    again = await HostLines.connect(str(hive.paths.host_sock))
-    compare(await again.ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+    with trio.fail_after(5):
+        while hive.sockets.peers["host"].connections:  # type: ignore[union-attr]
+            await trio.sleep(0.01)
+    again = await HostLines.connect(path)
+    compare(await again.ask({"cmd": "list"}), ok(agents=["alice", "bob"]))
     await again.aclose()
+
+
+async def test_an_idle_connection_is_closed_but_a_subscription_never_is(nursery, short_tmp):
+    hive = await start_hive(nursery, short_tmp, idle_timeout_seconds=0.5)
+    idle = await HostLines.connect(str(hive.paths.host_sock))
+    compare(await idle.ask({"cmd": "list"}), ok(agents=["alice", "bob"]))
+    subscriber = await HostLines.connect(str(hive.paths.host_sock))
+    compare(await subscriber.ask({"cmd": "subscribe_agent_status"}), ok())
+    compare(await idle.response(timeout=5), refused("unavailable", "idle for 0.5s"))
+    assert await idle.stream.receive_some(10) == b""
+    await trio.sleep(1.0)  # twice the idle timeout
+    async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
+        await admin.expect(m.SetPaused(name="bob", paused=True), m.AgentInfo)
+    compare(await subscriber.response(), ok(agent_statuses=[row("bob", paused=True)]))
+    await subscriber.aclose()
+    await idle.aclose()
+
+
+async def test_a_line_not_finished_in_time_is_dropped(nursery, short_tmp):
+    hive = await start_hive(nursery, short_tmp, frame_timeout_seconds=0.5)
+    slow = await HostLines.connect(str(hive.paths.host_sock))
+    await slow.write(b'{"cmd":"li')
+    with trio.move_on_after(0.3):
+        await slow.write(b"s")  # a byte now and then does not keep it alive
+    compare(
+        await slow.response(timeout=5),
+        refused("bad_frame", "a line was not completed within 0.5s (11 bytes of it arrived)"),
+    )
+    assert await slow.stream.receive_some(10) == b""
+    await slow.aclose()
+
+
+async def test_a_subscriber_that_reads_nothing_is_dropped(nursery, short_tmp):
+    hive = await start_hive(nursery, short_tmp, write_timeout_seconds=0.5)
+    deaf = await HostLines.connect(str(hive.paths.host_sock))
+    compare(await deaf.ask({"cmd": "subscribe_agent_status"}), ok())
+    async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
+        with trio.fail_after(60):
+            # until the socket buffers are full and a push waits past the write timeout
+            i = 0
+            while hive.sockets.peers["host"].connections:  # type: ignore[union-attr]
+                await admin.expect(m.SetPaused(name="bob", paused=i % 2 == 0), m.AgentInfo)
+                i += 1
+        await admin.expect(m.Ping(), m.Pong)
+    other = await HostLines.connect(str(hive.paths.host_sock))
+    compare(await other.ask({"cmd": "list"}), ok(agents=["alice", "bob"]))
+    await other.aclose()
+    await deaf.aclose()
 
 
 # ------------------------------------------------------------------ the socket itself
@@ -469,19 +534,21 @@ def test_the_wire_names_match_the_original():
 
 
 async def test_a_subscriber_that_stops_reading_neither_slows_the_daemon_nor_ends_stale(
-    hive, host, admin
+    nursery, short_tmp
 ):
+    hive = await start_hive(nursery, short_tmp, write_timeout_seconds=600)
+    host = await HostLines.connect(str(hive.paths.host_sock))
     compare(await host.ask({"cmd": "subscribe_agent_status"}), ok())
-    # far more changes than the socket buffers and the event bus keeps for one subscriber:
-    # the daemon blocks writing to this client while the others go on
+    # far more changes than the socket buffers hold: the daemon's write to this client
+    # waits (within the write timeout) while everyone else is served
     toggles = 3000
-    with trio.fail_after(120):
-        for i in range(toggles):
-            await admin.expect(m.SetPaused(name="bob", paused=i % 2 == 0), m.AgentInfo)
-        await admin.expect(m.SetPaused(name="alice", paused=True), m.AgentInfo)
-    # meanwhile every other client was served as usual
+    async with HiveClient.connect(str(hive.paths.admin_sock)) as admin:
+        with trio.fail_after(120):
+            for i in range(toggles):
+                await admin.expect(m.SetPaused(name="bob", paused=i % 2 == 0), m.AgentInfo)
+            await admin.expect(m.SetPaused(name="alice", paused=True), m.AgentInfo)
     other = await HostLines.connect(str(hive.paths.host_sock))
-    compare(await other.ask({"cmd": "list"}), ok(agents=["alice", "bob", "boss"]))
+    compare(await other.ask({"cmd": "list"}), ok(agents=["alice", "bob"]))
     roster = {r["name"]: r for r in (await other.ask({"cmd": "agent_status"}))["agent_statuses"]}
     await other.aclose()
     assert roster["bob"]["paused"] is False and roster["alice"]["paused"] is True
@@ -497,6 +564,7 @@ async def test_a_subscriber_that_stops_reading_neither_slows_the_daemon_nor_ends
     with trio.move_on_after(0.5):
         extra = await host.response()
         pytest.fail(f"pushed after the latest state: {extra}")
+    await host.aclose()
 
 
 async def test_one_watcher_serves_every_subscriber_and_ends_with_the_last(hive, host, admin):
@@ -570,3 +638,14 @@ async def test_the_docs_example_session_is_what_the_daemon_says(nursery, short_t
         await client.write(request.encode() + b"\n")
         assert (await client.line()).decode() == response
     await client.aclose()
+
+
+async def test_what_agents_write_reaches_host_tools_escaped_and_unchanged(hive, host):
+    evil = "opus\x1b]0;pwned\x07\x1b[2J\x9b31m\u202edesrever\u2028line\x7f"
+    async with HiveClient.connect(str(hive.paths.agent_sock("alice"))) as alice:
+        await alice.expect(m.ReportState(state="idle", reason="", model=evil), m.Ok)
+    await host.write(b'{"cmd":"agent_status"}\n')
+    raw = await host.line()
+    assert raw.decode().isprintable(), raw  # no byte a terminal would act on
+    (alice_row,) = [r for r in json.loads(raw)["agent_statuses"] if r["name"] == "alice"]
+    assert alice_row["active_model"] == evil  # the same text, escaped as JSON allows
