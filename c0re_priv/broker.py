@@ -364,7 +364,9 @@ class Broker:
 
     async def _wait_for_inbox(self, changed: trio.Event, ready_at: float | None) -> None:
         """Until the inbox changes, or a backed-off message's time has come."""
-        with trio.move_on_after(math.inf if ready_at is None else ready_at - self._now()):
+        # the time may already have come while the lease was being written
+        wait = math.inf if ready_at is None else max(0.0, ready_at - self._now())
+        with trio.move_on_after(wait):
             await changed.wait()
 
     async def recv(
