@@ -3,7 +3,7 @@
 This is the in-container entry point. It loads the harness, its runtimes and the MCP server,
 and never the daemon package (`c0re_priv`): a container's command line imports only `ag3nt`,
 `protocol` and their libraries (tests/test_layout.py checks it). `hive agent serve|mcp` are
-aliases that hand their arguments to this app.
+this same app, mounted by the `hive` root (`hive_cli`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,16 @@ def serve(
     )
     home = state_dir or Path(os.environ.get("HOME") or Path.cwd())
     run_harness(socket, runtime, home, rules, model)
+
+
+@app.command("login-available", hidden=True)
+def login_available() -> None:
+    """Exit 0 when a logged-in Claude Code CLI is on this host, else 1 (asked by `hive up`,
+    whose package never imports this one, to pick the default runtime)."""
+    from .runtimes.claude import claude_login_available
+
+    if not claude_login_available():
+        raise typer.Exit(1)
 
 
 def main(args: Sequence[str] | None = None, prog_name: str = "python -m ag3nt") -> None:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import msgspec
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
@@ -36,6 +34,7 @@ from pydantic import ValidationError
 
 from protocol import messages as m
 from protocol.client import ConnectionLost, HiveClient, HiveError
+from protocol.validate import InvalidRequest, build
 
 log = logging.getLogger("ag3nt.mcp")
 
@@ -117,9 +116,9 @@ class Tools:
     def _request(self, verb: type[m.Request], fields: dict[str, Any]) -> m.Request:
         args = {k: v for k, v in fields.items() if v is not None}
         try:
-            return msgspec.convert(args, verb)
-        except msgspec.ValidationError as exc:
-            raise ToolError(invalid_from_msgspec(exc)) from None
+            return build(verb, args)
+        except InvalidRequest as exc:
+            raise ToolError(exc.summary) from None
 
     async def _with_client(self, fn: Callable[[HiveClient], Awaitable[R]]) -> R:
         try:
@@ -376,19 +375,6 @@ MANAGER_TOOLS: tuple[str, ...] = (
     "cancel_approval",
 )
 """Tools that exist only on a manager's socket (its verbs are in `MANAGER_REQUESTS`)."""
-
-
-MSGSPEC_PATH = re.compile(r"^(?P<what>.*?) - at `\$\.?(?P<path>[^`]*)`$", re.S)
-
-
-def invalid_from_msgspec(exc: msgspec.ValidationError) -> str:
-    """`Expected `int`, got `str` - at `$.max`` → `invalid: max: expected `int`, got `str``."""
-    text = str(exc)
-    found = MSGSPEC_PATH.match(text)
-    if found is None:
-        return f"invalid: {text}"
-    what = found["what"]
-    return f"invalid: {found['path'] or 'arguments'}: {what[:1].lower()}{what[1:]}"
 
 
 def invalid_from_pydantic(exc: ValidationError) -> str:

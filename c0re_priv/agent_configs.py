@@ -2,7 +2,7 @@
 
 `agents/<name>/agent.toml` on the meta repo's `main` is what an agent should run; its
 *deployed* commit (sqlite `agents.deployed_sha`, shown as `AgentRow.deployed_sha`) is what it
-runs, and `needs_update` says the two differ. While the daemon runs, `hive.config.agents[name]`
+runs, and `needs_update` says the two differ. While the daemon runs, `hive.config.agents[name]` (this service's `agents`)
 holds the deployed agent.toml with hive.toml's `env` laid over it, so the container
 supervisor, the reminder limits and the config view all read one place. hive.toml's
 `[agents.*]` only seed the repo for agents it does not hold yet, and their `env` never enters
@@ -22,7 +22,7 @@ import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, get_args
+from typing import Annotated, Any, get_args
 
 import msgspec
 import trio
@@ -30,14 +30,15 @@ from msgspec import Meta
 
 from protocol import messages as m
 
-from .config import AgentConfig
+from .config import AgentConfig, HiveSettings, Paths
 from .containers.nixos import render_agent_nix
 from .errors import Fail
-from .lifecycle import read_tail
+from .events import EventBus
+from .lifecycle import Lifecycle, read_tail
 from .meta_repo import GitError, MetaRepo
-
-if TYPE_CHECKING:
-    from .hive import Hive
+from .registry import Registry
+from .roster import Roster
+from .store import Store
 
 log = logging.getLogger(__name__)
 RUNTIMES: tuple[str, ...] = get_args(m.Runtime)
@@ -157,10 +158,30 @@ def cap(text: str, limit: int = DIFF_MAX) -> str:
 
 
 class AgentConfigs:
-    def __init__(self, hive: Hive) -> None:
-        self.hive = hive
-        self.repo = MetaRepo(hive.paths.state_dir / "meta")
-        self.seeds: dict[str, AgentConfig] = dict(hive.config.agents)
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        registry: Registry,
+        roster: Roster,
+        settings: HiveSettings,
+        paths: Paths,
+        agents: dict[str, AgentConfig],
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+        self.roster = roster
+        self.settings = settings
+        self.paths = paths
+        self.state_dir = paths.state_dir
+        self.agents = agents
+        """What each agent runs (hive.toml's `[agents.*]`, each deployed config laid over):
+        the dict the supervisor and the reminders read; this service keeps it current."""
+        self.lifecycle: Lifecycle | None = None
+        """The container supervisor, once it runs (`Hive.serving` hands it over)."""
+        self.repo = MetaRepo(paths.state_dir / "meta")
+        self.seeds: dict[str, AgentConfig] = dict(agents)
         """hive.toml's `[agents.*]` as loaded: seeds, and the `env` laid over each deploy."""
         self.deployed: dict[str, Deployed] = {}
         self.main_blobs: dict[str, str] = {}
@@ -187,7 +208,7 @@ class AgentConfigs:
                 await self.repo.open()
             except (GitError, OSError, subprocess.CalledProcessError) as exc:
                 reason = f"cannot open {self.repo.path}: {exc}"
-        rows: list[tuple[str, str]] = await self.hive.store.read(
+        rows: list[tuple[str, str]] = await self.store.read(
             lambda c: [
                 (r[0], r[1])
                 for r in c.execute(
@@ -248,7 +269,7 @@ class AgentConfigs:
 
     @property
     def kept_dir(self) -> Path:
-        return self.hive.paths.state_dir / "deployed"
+        return self.paths.state_dir / "deployed"
 
     def _keep(self, name: str, sha: str, blob: str, cfg: AgentToml) -> None:
         """Keep what `name` runs outside git (atomically, 0600), for a daemon that starts
@@ -303,7 +324,7 @@ class AgentConfigs:
         it has one, else a seed from hive.toml (or the registry record), in one commit."""
         if self.unavailable is not None:
             return
-        missing = [n for n in self.hive.registry.names() if n not in self.deployed]
+        missing = [n for n in self.registry.names() if n not in self.deployed]
         if not missing:
             return
         try:
@@ -323,9 +344,9 @@ class AgentConfigs:
         self.deployed.pop(name, None)
         (self.kept_dir / f"{name}.toml").unlink(missing_ok=True)
         if name in self.seeds:
-            self.hive.config.agents[name] = self.seeds[name]
+            self.agents[name] = self.seeds[name]
         else:
-            self.hive.config.agents.pop(name, None)
+            self.agents.pop(name, None)
         if self.unavailable is not None:
             return
         async with self.repo.lock:
@@ -360,7 +381,7 @@ class AgentConfigs:
 
     def _seed_config(self, name: str) -> AgentToml:
         seed = self.seeds.get(name) or AgentConfig()
-        record = self.hive.registry.get(name)
+        record = self.registry.get(name)
         fields: dict[str, Any] = msgspec.structs.asdict(seed)
         fields.update(
             env={},
@@ -376,32 +397,32 @@ class AgentConfigs:
     def _install(self, name: str, cfg: AgentToml) -> None:
         seed = self.seeds.get(name)
         env = {**cfg.env, **(seed.env if seed is not None else {})}
-        self.hive.config.agents[name] = msgspec.structs.replace(cfg, env=env)
+        self.agents[name] = msgspec.structs.replace(cfg, env=env)
 
     async def _record(self, name: str, sha: str, blob: str, cfg: AgentToml) -> None:
         """`name` runs `cfg` from commit `sha` from now on (kept copy, sqlite, registry, memory)."""
         await trio.to_thread.run_sync(self._keep, name, sha, blob, cfg)
-        await self.hive.store.write(
+        await self.store.write(
             lambda c: c.execute("UPDATE agents SET deployed_sha = ? WHERE name = ?", (sha, name))
         )
-        await self.hive.registry.set_config(name, cfg.model, cfg.runtime, cfg.allowed_recipients)
+        await self.registry.set_config(name, cfg.model, cfg.runtime, cfg.allowed_recipients)
         self.deployed[name] = Deployed(sha, blob, cfg)
         self._install(name, cfg)
-        self.hive.bus.publish(m.AgentStateChanged(name=name, state="deployed", reason=sha[:12]))
+        self.bus.publish(m.AgentStateChanged(name=name, state="deployed", reason=sha[:12]))
         await self.render_nix([name])
 
     async def render_nix(self, names: list[str]) -> None:
         """nixos backend: commit each agent's `agent.nix`, rendered from what it runs, to `main`."""
-        lifecycle = self.hive.lifecycle
-        if self.hive.settings.backend != "nixos" or lifecycle is None or self.unavailable:
+        lifecycle = self.lifecycle
+        if self.settings.backend != "nixos" or lifecycle is None or self.unavailable:
             return
         async with self.repo.lock:
             main = await self._main()
             changes: dict[str, bytes | None] = {}
             for name in names:
-                if name in self.hive.registry.agents:
+                if name in self.registry.agents:
                     spec = lifecycle.spec(name)
-                    text = render_agent_nix(spec, self.hive.paths.agents_root / name).encode()
+                    text = render_agent_nix(spec, self.paths.agents_root / name).encode()
                     if await self.repo.read(main, nix_path(name)) != text:
                         changes[nix_path(name)] = text
             new = await self.repo.commit(main, changes, "render agent.nix") if changes else None
@@ -449,7 +470,7 @@ class AgentConfigs:
         if seed is not None and cfg.rules == seed.rules:
             return
         rules = Path(cfg.rules)
-        own = self.hive.paths.agent_state(name)
+        own = self.paths.agent_state(name)
         if rules.is_absolute() and ".." not in rules.parts and rules.is_relative_to(own):
             return
         raise Fail(
@@ -469,7 +490,7 @@ class AgentConfigs:
         if name in self.deployed:
             d = self.deployed[name]
             return d.config, d.sha
-        if name in self.hive.registry.agents:
+        if name in self.registry.agents:
             raise Fail("unavailable", f"{name} has no deployed config yet")
         main = await self._main()
         try:
@@ -492,7 +513,6 @@ class AgentConfigs:
         d = self.deployed.get(name)
         deployed = f"deployed {d.sha[:12]}" if d is not None else "not deployed: not registered"
         return m.AgentConfigText(
-            id=0,
             agent=name,
             source=f"meta repo {toml_path(name)} on main {main[:12]} ({deployed})",
             text=data.decode(errors="replace"),
@@ -519,7 +539,6 @@ class AgentConfigs:
             await self.repo.force_branch(branch, sha)
         changes = key_changes(current, cfg)
         return m.Proposed(
-            id=0,
             agent=name,
             sha=sha,
             branch=branch,
@@ -560,7 +579,7 @@ class AgentConfigs:
             base,
             role="agent",
             model=req.model or base.model,
-            runtime=req.runtime or base.runtime or self.hive.registry.get(by).runtime,
+            runtime=req.runtime or base.runtime or self.registry.get(by).runtime,
             description=req.role_description or base.description,
             parent=by,
         )
@@ -580,9 +599,9 @@ class AgentConfigs:
     def _check_new_name(self, name: str) -> None:
         if name in ("operator", "system"):
             raise Fail("invalid", f"{name!r} is reserved")
-        if name in self.hive.registry.agents:
+        if name in self.registry.agents:
             raise Fail("conflict", f"an agent named {name!r} exists")
-        if (self.hive.paths.state_dir / "tombstones" / name).exists():
+        if (self.paths.state_dir / "tombstones" / name).exists():
             raise Fail("conflict", f"a tombstone for {name!r} exists; the operator must purge it")
 
     async def init_preview(self, by: str, name: str) -> tuple[str, str]:
@@ -592,7 +611,7 @@ class AgentConfigs:
         main = await self._main()
         if await self.repo.read(main, toml_path(name)) is not None:
             raise Fail("conflict", f"{toml_path(name)} exists on main already")
-        runtime = self.hive.registry.get(by).runtime
+        runtime = self.registry.get(by).runtime
         template = render(
             AgentToml(runtime=runtime if runtime in RUNTIMES else "scripted", parent=by),  # type: ignore[arg-type]
             name,
@@ -629,7 +648,7 @@ class AgentConfigs:
                 )
                 await self.repo.move_branch("main", sha if fast_forward else candidate, main)
         await self._refresh_main()
-        if name not in self.hive.registry.agents:
+        if name not in self.registry.agents:
             return (
                 f"main now holds agents/{name}/ from {sha[:12]}; {name} is not registered yet: "
                 "request_spawn creates it with this config"
@@ -644,7 +663,7 @@ class AgentConfigs:
         except Fail as exc:
             raise DeployFailed(exc.message) from None
         old = self.deployed.get(name)
-        lifecycle = self.hive.lifecycle
+        lifecycle = self.lifecycle
         running = (
             lifecycle is not None
             and name in lifecycle.agents
@@ -683,12 +702,12 @@ class AgentConfigs:
                 await self.repo.move_branch("main", new, main)
                 main = new
         await self._refresh_main()
-        await self.hive.add_agent(name, cfg.role, cfg.model, cfg.runtime, cfg.allowed_recipients)
+        await self.roster.add(name, cfg.role, cfg.model, cfg.runtime, cfg.allowed_recipients)
         saved, blob = await self._config_at(main, name)
         await self._record(name, main, blob, saved)
         if req.role_description or req.instructions:
             await trio.to_thread.run_sync(self._write_instructions, name, req)
-        lifecycle = self.hive.lifecycle
+        lifecycle = self.lifecycle
         if lifecycle is None:
             return f"{name} is registered with config {main[:12]}; the supervisor is not running"
         await self._start_and_wait(name, rebuild=False)
@@ -696,7 +715,7 @@ class AgentConfigs:
 
     def _write_instructions(self, name: str, req: m.RequestSpawn) -> None:
         """`CLAUDE.md` in the new agent's state dir (Claude Code reads it from its cwd)."""
-        state = self.hive.paths.agent_state(name)
+        state = self.paths.agent_state(name)
         text = f"# {name}\n\n{req.role_description}\n\n{req.instructions}\n".replace(
             "\n\n\n", "\n\n"
         )
@@ -709,7 +728,7 @@ class AgentConfigs:
         with os.fdopen(fd, "w") as fh:
             os.fchmod(fh.fileno(), 0o644)  # the agent's file, readable as its own are
             fh.write(text)
-        uid = self.hive.registry.get(name).uid
+        uid = self.registry.get(name).uid
         if uid is not None:
             os.chown(state / "CLAUDE.md", uid, uid, follow_symlinks=False)
 
@@ -747,9 +766,9 @@ class AgentConfigs:
 
     async def _start_and_wait(self, name: str, *, rebuild: bool) -> None:
         """Rebuild (or start) `name` and wait until its new harness reports in."""
-        lifecycle = self.hive.lifecycle
+        lifecycle = self.lifecycle
         assert lifecycle is not None
-        sub, _ = self.hive.bus.subscribe(["agent_state_changed"], None)
+        sub, _ = self.bus.subscribe(["agent_state_changed"], None)
         try:
             try:
                 if rebuild:
@@ -782,7 +801,7 @@ class AgentConfigs:
             sub.close()
 
     def _tail(self, name: str) -> str:
-        lifecycle = self.hive.lifecycle
+        lifecycle = self.lifecycle
         if lifecycle is None:
             return ""
         lines = read_tail(lifecycle.log_file(name), LOG_TAIL)

@@ -19,7 +19,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -27,10 +28,8 @@ from protocol import messages as m
 
 from .config import AgentConfig
 from .errors import Fail
+from .registry import Registry
 from .safe_fs import DIR_FLAGS, UnsafePath, open_dir
-
-if TYPE_CHECKING:
-    from .hive import Hive
 
 STATE_FILE_MAX = 512 * 1024
 """Largest state file served (a frame must carry it; the dashboard shows text, not media)."""
@@ -69,11 +68,11 @@ def _fd(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def _open_agent_dir(hive: Hive, agent: str, *sub: str) -> int:
+def _open_agent_dir(registry: Registry, agents_root: Path, agent: str, *sub: str) -> int:
     """An fd of `<agents_root>/<agent>/<sub…>`, opened without following symlinks."""
-    hive.registry.get(agent)
+    registry.get(agent)
     try:
-        return open_dir(hive.paths.agents_root, [agent, *sub])
+        return open_dir(agents_root, [agent, *sub])
     except FileNotFoundError:
         raise Fail("not_found", f"{agent} has no {'/'.join(sub) or 'directory'} yet") from None
     except UnsafePath as exc:
@@ -156,17 +155,22 @@ def _read_checked(dir_fd: int, name: str, where: str, limit: int) -> tuple[os.st
     return st, data
 
 
-def read_state_file(hive: Hive, agent: str, rel_path: str) -> m.AgentFile:
+def read_state_file(
+    registry: Registry, agents_root: Path, max_frame_bytes: int, agent: str, rel_path: str
+) -> m.AgentFile:
     """Blocking: one file of `agent`'s state dir (run it in a thread)."""
     parts = split_rel_path(rel_path)
     if not parts:
         raise Fail("invalid", "name a file, not the state dir")
     *dirs, name = parts
-    limit = min(STATE_FILE_MAX, hive.settings.max_frame_bytes - 16 * 1024)
-    with _fd(_open_agent_dir(hive, agent, "state")) as root, _fd(_walk(root, dirs)) as dir_fd:
+    limit = min(STATE_FILE_MAX, max_frame_bytes - 16 * 1024)
+    with (
+        _fd(_open_agent_dir(registry, agents_root, agent, "state")) as root,
+        _fd(_walk(root, dirs)) as dir_fd,
+    ):
         st, data = _read_checked(dir_fd, name, "/".join(parts), limit)
     return m.AgentFile(
-        id=0, agent=agent, rel_path="/".join(parts), size=st.st_size, mtime=st.st_mtime, data=data
+        agent=agent, rel_path="/".join(parts), size=st.st_size, mtime=st.st_mtime, data=data
     )
 
 
@@ -192,12 +196,15 @@ def _entry(dir_fd: int, name: str) -> m.DirEntry:
     )
 
 
-def list_state_dir(hive: Hive, agent: str, rel_path: str) -> m.AgentDir:
+def list_state_dir(registry: Registry, agents_root: Path, agent: str, rel_path: str) -> m.AgentDir:
     """Blocking: the entries of one directory of `agent`'s state dir (run it in a thread)."""
     parts = split_rel_path(rel_path)
     entries: list[m.DirEntry] = []
     truncated = False
-    with _fd(_open_agent_dir(hive, agent, "state")) as root, _fd(_walk(root, parts)) as dir_fd:
+    with (
+        _fd(_open_agent_dir(registry, agents_root, agent, "state")) as root,
+        _fd(_walk(root, parts)) as dir_fd,
+    ):
         where = "/".join(parts) or "the state dir"
         _require_mode(os.fstat(dir_fd), stat.S_IROTH, f"{where} is not world-readable")
         with os.scandir(dir_fd) as it:
@@ -210,15 +217,13 @@ def list_state_dir(hive: Hive, agent: str, rel_path: str) -> m.AgentDir:
                 except FileNotFoundError:
                     continue  # removed while we listed
     entries.sort(key=lambda e: (e.kind != "dir", e.name))
-    return m.AgentDir(
-        id=0, agent=agent, rel_path="/".join(parts), entries=entries, truncated=truncated
-    )
+    return m.AgentDir(agent=agent, rel_path="/".join(parts), entries=entries, truncated=truncated)
 
 
-def read_journal(hive: Hive, agent: str, lines: int) -> m.Journal:
+def read_journal(registry: Registry, agents_root: Path, agent: str, lines: int) -> m.Journal:
     """Blocking: the tail of `<agents_root>/<agent>/harness.log` (run it in a thread)."""
-    path = str(hive.paths.agents_root / agent / JOURNAL_FILE)
-    with _fd(_open_agent_dir(hive, agent)) as dir_fd:
+    path = str(agents_root / agent / JOURNAL_FILE)
+    with _fd(_open_agent_dir(registry, agents_root, agent)) as dir_fd:
         try:
             st = os.stat(JOURNAL_FILE, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -226,7 +231,7 @@ def read_journal(hive: Hive, agent: str, lines: int) -> m.Journal:
                 f"no harness log yet: {path} does not exist "
                 "(the harness writes it once the agent's container has started)"
             )
-            return m.Journal(id=0, agent=agent, path=path, lines=[], note=note)
+            return m.Journal(agent=agent, path=path, lines=[], note=note)
         if not stat.S_ISREG(st.st_mode):
             raise Fail("forbidden", f"{path} is not a regular file")
         try:
@@ -245,7 +250,7 @@ def read_journal(hive: Hive, agent: str, lines: int) -> m.Journal:
     if start > 0 and text:
         text = text[1:]  # the first line was cut in the middle
     note = "" if text else f"{path} is empty"
-    return m.Journal(id=0, agent=agent, path=path, lines=text[-lines:], note=note)
+    return m.Journal(agent=agent, path=path, lines=text[-lines:], note=note)
 
 
 def _toml_value(value: object) -> str:
@@ -278,11 +283,16 @@ def _stamp(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def agent_config_text(hive: Hive, agent: str) -> m.AgentConfigText:
+def agent_config_text(
+    registry: Registry,
+    configured_agents: dict[str, AgentConfig],
+    deployed_agents: dict[str, Any],
+    agent: str,
+) -> m.AgentConfigText:
     """The registry record and the config one agent runs (its deployed agent.toml), as TOML."""
-    record = hive.registry.get(agent)
-    configured = hive.config.agents.get(agent)
-    deployed = hive.configs.deployed.get(agent)
+    record = registry.get(agent)
+    configured = configured_agents.get(agent)
+    deployed = deployed_agents.get(agent)
     section = msgspec.structs.asdict(configured or AgentConfig())
     # env values are often credentials: the dashboard learns which variables are set, not what
     section["env"] = {key: "(set)" for key in section["env"]}
@@ -313,7 +323,6 @@ def agent_config_text(hive: Hive, agent: str) -> m.AgentConfigText:
         *_toml_table(f"agents.{agent}", section),
     ]
     return m.AgentConfigText(
-        id=0,
         agent=agent,
         source="the registry and the meta repo" if deployed else "the registry and hive.toml",
         text="\n".join(lines) + "\n",

@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
@@ -28,13 +28,14 @@ import trio
 from protocol import messages as m
 
 from . import meta_inputs
-from .agent_configs import DeployFailed
-from .broker import SYSTEM
+from .agent_configs import AgentConfigs, DeployFailed
+from .broker import SYSTEM, Broker
+from .config import HiveSettings
 from .errors import Fail, storage_full
+from .events import EventBus
 from .meta_repo import GitError
-
-if TYPE_CHECKING:
-    from .hive import Hive
+from .registry import Registry
+from .store import Store
 
 log = logging.getLogger(__name__)
 RECENT_RESOLVED = 10
@@ -65,8 +66,24 @@ class _Job:
 
 
 class Approvals:
-    def __init__(self, hive: Hive) -> None:
-        self.hive = hive
+    """The manager's requests and the operator's decisions; a deployer task carries out what
+    is approved, one at a time, through the configs service."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        registry: Registry,
+        broker: Broker,
+        configs: AgentConfigs,
+        settings: HiveSettings,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+        self.broker = broker
+        self.configs = configs
+        self.settings = settings
         self._send, self._recv = trio.open_memory_channel[_Job](256)
         self.deploying = False
         """True while the deployer task runs (approving needs it)."""
@@ -84,7 +101,7 @@ class Approvals:
                 )
             return [_row(r) for r in rows]
 
-        return await self.hive.store.read(read)
+        return await self.store.read(read)
 
     async def for_dashboard(self) -> list[m.ApprovalRow]:
         """Pending ones oldest first, then the most recently resolved."""
@@ -100,10 +117,10 @@ class Approvals:
             ).fetchall()
             return [_row(r) for r in (*pending, *resolved)]
 
-        return await self.hive.store.read(read)
+        return await self.store.read(read)
 
     async def get(self, id: int) -> tuple[m.ApprovalRow, str]:
-        r = await self.hive.store.read(
+        r = await self.store.read(
             lambda c: c.execute("SELECT * FROM approvals WHERE id = ?", (id,)).fetchone()
         )
         if r is None:
@@ -159,21 +176,21 @@ class Approvals:
             ).fetchone()
             return row
 
-        r = await self.hive.store.write(insert)
+        r = await self.store.write(insert)
         if r is None:
             raise Fail("conflict", f"a {kind} approval for {agent!r} is already pending")
         row = _row(r)
         if sha is not None:
             try:
-                await self.hive.configs.repo.tag(f"approval-{row.id}", sha)
+                await self.configs.repo.tag(f"approval-{row.id}", sha)
             except GitError as exc:
                 await self._finish(row.id, "failed", f"could not pin {sha[:12]}: {exc}")
                 raise Fail("internal", f"could not pin {sha[:12]}: {exc}") from exc
-        self.hive.bus.publish(m.ApprovalAdded(approval=row))
+        self.bus.publish(m.ApprovalAdded(approval=row))
         return row
 
     async def request_spawn(self, by: str, req: m.RequestSpawn) -> m.ApprovalRow:
-        cfg, _, diff = await self.hive.configs.spawn_preview(by, req)
+        cfg, _, diff = await self.configs.spawn_preview(by, req)
         what = f"spawn {req.name} ({cfg.runtime}{', ' + cfg.model if cfg.model else ''})"
         description = what + (f": {req.role_description}" if req.role_description else "")
         payload = msgspec.to_builtins(req)
@@ -182,12 +199,12 @@ class Approvals:
         )
 
     async def request_init_config(self, by: str, name: str) -> m.ApprovalRow:
-        _, diff = await self.hive.configs.init_preview(by, name)
+        _, diff = await self.configs.init_preview(by, name)
         description = f"create a config template agents/{name}/agent.toml to edit before spawning"
         return await self._add(by, name, "init_config", description, diff, unique=True)
 
     async def request_apply_commit(self, by: str, agent: str, ref: str) -> m.ApprovalRow:
-        prepared = await self.hive.configs.prepare_apply(agent, ref)
+        prepared = await self.configs.prepare_apply(agent, ref)
         return await self._add(
             by,
             agent,
@@ -200,7 +217,7 @@ class Approvals:
         )
 
     async def request_update_meta_inputs(self, by: str, names: list[str] | None) -> m.ApprovalRow:
-        if (why := meta_inputs.unavailable(self.hive)) is not None:
+        if (why := meta_inputs.unavailable(self.configs, self.settings)) is not None:
             raise Fail("invalid", why)
         which = ", ".join(names) if names else "every input"
         return await self._add(
@@ -253,13 +270,13 @@ class Approvals:
             )
             return c.execute("SELECT * FROM approvals WHERE id = ?", (id,)).fetchone(), None
 
-        r, was = await self.hive.store.write(resolve)
+        r, was = await self.store.write(resolve)
         if r is None:
             raise Fail("not_found", f"no approval #{id}" + (" of yours" if requester else ""))
         if was is not None:
             raise Fail("conflict", f"approval #{id} is {was} already; it can be resolved once")
         row = _row(r)
-        self.hive.bus.publish(m.ApprovalResolved(approval=row))
+        self.bus.publish(m.ApprovalResolved(approval=row))
         return row
 
     async def _finish(self, id: int, status: m.ApprovalStatus, outcome: str) -> m.ApprovalRow:
@@ -273,7 +290,7 @@ class Approvals:
             return row
 
         # the deployer must record what it did even on a full disk, and must not end there
-        return _row(await self.hive.store.write_when_space(write, "approvals"))
+        return _row(await self.store.write_when_space(write, "approvals"))
 
     # ---------------------------------------------------------------- carrying out
 
@@ -285,7 +302,7 @@ class Approvals:
         A row left `approved` with no outcome by an earlier daemon (it stopped mid-deploy) is
         marked `failed` at start: what it did is unknown, so it is not silently redone.
         """
-        stale = await self.hive.store.read(
+        stale = await self.store.read(
             lambda c: [
                 r["id"]
                 for r in c.execute(
@@ -297,7 +314,7 @@ class Approvals:
             row = await self._finish(
                 id, "failed", "the daemon stopped before this was carried out; ask again"
             )
-            self.hive.bus.publish(m.ApprovalResolved(approval=row))
+            self.bus.publish(m.ApprovalResolved(approval=row))
         self.deploying = True
         task_status.started()
         try:
@@ -310,12 +327,12 @@ class Approvals:
             self.deploying = False
 
     async def _carry_out(self, id: int) -> None:
-        r = await self.hive.store.read(
+        r = await self.store.read(
             lambda c: c.execute("SELECT * FROM approvals WHERE id = ?", (id,)).fetchone()
         )
         row = _row(r)
         payload = json.loads(r["payload"]) if r["payload"] else {}
-        configs = self.hive.configs
+        configs = self.configs
         status: m.ApprovalStatus = "approved"
         try:
             match row.kind:
@@ -328,7 +345,11 @@ class Approvals:
                 case "init_config":
                     outcome = await configs.init_config(row.requested_by, row.agent)
                 case "update_meta_inputs":
-                    outcome = (await meta_inputs.update(self.hive, payload.get("names"))).note
+                    outcome = (
+                        await meta_inputs.update(
+                            self.configs, self.settings, self.bus, payload.get("names")
+                        )
+                    ).note
         except DeployFailed as exc:
             status, outcome = "failed", str(exc)
         except (Fail, GitError) as exc:
@@ -347,7 +368,7 @@ class Approvals:
                     f"internal error ({type(exc).__name__}); see the daemon log",
                 )
         done = await self._finish(id, status, outcome)
-        self.hive.bus.publish(m.ApprovalResolved(approval=done))
+        self.bus.publish(m.ApprovalResolved(approval=done))
         try:
             await self._tell(done)
         except Exception as exc:
@@ -357,7 +378,7 @@ class Approvals:
 
     async def _tell(self, row: m.ApprovalRow) -> None:
         """The requester hears the outcome as a `system` message (unless it is gone)."""
-        if row.requested_by not in self.hive.registry.agents:
+        if row.requested_by not in self.registry.agents:
             return
         what = f"approval #{row.id} ({row.kind} {row.agent})"
         note = f" Operator's note: {row.note}" if row.note else ""
@@ -370,4 +391,4 @@ class Approvals:
             )
         else:
             text = f"{what} was approved but failed: {row.outcome}{note}"
-        await self.hive.broker.send(SYSTEM, row.requested_by, text)
+        await self.broker.send(SYSTEM, row.requested_by, text)

@@ -16,11 +16,11 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from protocol.client import default_run_dir
 from protocol.framing import DEFAULT_MAX_FRAME
 from protocol.messages import AgentRole, ModelName, RecipientName, Runtime
 
 ROOT_STATE_DIR = Path("/var/lib/hyperhive")
-ROOT_RUN_DIR = Path("/run/hyperhive")
 DEFAULT_UID_FIRST = 65536
 DEFAULT_UID_LAST = 99999
 """systemd calls 65536–524287 unused by it; Debian's subordinate ids start at 100000."""
@@ -223,22 +223,14 @@ def write_default_config(path: Path, runtime: str = "scripted") -> None:
 
 
 def default_dirs() -> tuple[Path, Path]:
-    """(state_dir, run_dir) from the environment, else root's or this user's defaults."""
+    """(state_dir, run_dir) from the environment, else root's or this user's defaults (the
+    run dir by the rule every client uses: `protocol.client.default_run_dir`)."""
     if os.geteuid() == 0:
-        state, run = ROOT_STATE_DIR, ROOT_RUN_DIR
+        state = ROOT_STATE_DIR
     else:
         xdg_state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         state = Path(xdg_state) / "hyperhive"
-        runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-        run = (
-            Path(runtime_dir) / "hyperhive"
-            if runtime_dir
-            else Path(f"/tmp/hyperhive-{os.getuid()}")
-        )
-    return (
-        Path(os.environ.get("HIVE_STATE_DIR") or state),
-        Path(os.environ.get("HIVE_RUN_DIR") or run),
-    )
+    return Path(os.environ.get("HIVE_STATE_DIR") or state), default_run_dir()
 
 
 class Paths(Struct, frozen=True):

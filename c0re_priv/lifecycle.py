@@ -20,16 +20,16 @@ import sqlite3
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
 from protocol import messages as m
 
-from .broker import OPERATOR, SYSTEM
-from .config import AgentConfig
+from .broker import OPERATOR, SYSTEM, Broker
+from .config import AgentConfig, HiveSettings, Paths
 from .containers import BACKENDS, Backend, ContainerSpec, Limits
 from .containers.bwrap import BwrapBackend
 from .containers.cgroups import Applied, Cgroups
@@ -38,9 +38,10 @@ from .containers.nixos import NixosBackend
 from .containers.process import ProcessBackend
 from .containers.uids import UidAllocator, UidUnavailable
 from .errors import Fail
-
-if TYPE_CHECKING:
-    from .hive import Hive
+from .events import EventBus
+from .registry import Registry
+from .roster import Roster
+from .store import Store
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 60.0
@@ -122,10 +123,38 @@ def read_tail(path: Path, lines: int) -> list[str]:
 
 
 class Lifecycle:
-    def __init__(self, hive: Hive, nursery: trio.Nursery, backend: Backend | None = None) -> None:
-        self.hive = hive
+    """The container supervisor: each agent's sandbox started, watched, restarted within
+    bounds and stopped, inside the services' nursery it is given."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        bus: EventBus,
+        store: Store,
+        broker: Broker,
+        roster: Roster,
+        settings: HiveSettings,
+        paths: Paths,
+        agent_configs: dict[str, AgentConfig],
+        hive_id: str,
+        not_runnable: Callable[[str], str | None],
+        nursery: trio.Nursery,
+        backend: Backend | None = None,
+    ) -> None:
+        self.registry = registry
+        self.bus = bus
+        self.store = store
+        self.broker = broker
+        self.roster = roster
+        self.settings = settings
+        self.paths = paths
+        self.agent_configs = agent_configs
+        """hive.toml's agents with each one's deployed config laid over (the configs service
+        keeps this dict current; the supervisor only reads it)."""
+        self.hive_id = hive_id
+        self.not_runnable = not_runnable
+        """Why an agent may not start (no approved config), from the configs service."""
         self._nursery = nursery
-        settings = hive.settings
         if backend is None:
             cls = BACKENDS[settings.backend]
             if cls is BwrapBackend:
@@ -137,50 +166,49 @@ class Lifecycle:
             else:
                 backend = cls()
         self.backend: Backend = backend
-        self.cgroups = Cgroups(group=f"hyperhive-{hive.id}")
+        self.cgroups = Cgroups(group=f"hyperhive-{hive_id}")
         self.uids = UidAllocator(
             settings.uid_first,
             settings.uid_last,
             Path(settings.uid_claims_dir),
-            hive.id,
-            hive.paths.state_dir,
+            hive_id,
+            paths.state_dir,
         )
         self.agents: dict[str, Supervised] = {}
         self.shared_dir = (
-            Path(settings.shared_dir) if settings.shared_dir else hive.paths.state_dir / "shared"
+            Path(settings.shared_dir) if settings.shared_dir else paths.state_dir / "shared"
         )
 
     def end_leftovers(self) -> list[int]:
         """Before the first start: end whatever a previous run of this hive left running."""
-        return end_leftovers(self.hive.id)
+        return end_leftovers(self.hive_id)
 
     # ---------------------------------------------------------------- state
 
     def sup(self, name: str) -> Supervised:
-        self.hive.registry.get(name)
+        self.registry.get(name)
         if name not in self.agents:
-            self.agents[name] = Supervised(name, grace=self.hive.settings.stop_grace_seconds)
+            self.agents[name] = Supervised(name, grace=self.settings.stop_grace_seconds)
         return self.agents[name]
 
     def _set_state(self, s: Supervised, state: m.ContainerState, reason: str = "") -> None:
         s.state = state
-        self.hive.bus.publish(m.AgentStateChanged(name=s.name, state=state, reason=reason))
+        self.bus.publish(m.AgentStateChanged(name=s.name, state=state, reason=reason))
 
     def log_file(self, name: str) -> Path:
-        return self.hive.paths.agents_root / name / "harness.log"
+        return self.paths.agents_root / name / "harness.log"
 
     def agent_config(self, name: str) -> AgentConfig:
-        return self.hive.config.agents.get(name, AgentConfig())
+        return self.agent_configs.get(name, AgentConfig())
 
     def spec(self, name: str) -> ContainerSpec:
-        hive = self.hive
-        record = hive.registry.get(name)
+        record = self.registry.get(name)
         cfg = self.agent_config(name)
-        paths = hive.paths
+        paths = self.paths
         rules = Path(cfg.rules).absolute() if cfg.rules else None
         peers: tuple[Path, ...] = ()
         if record.role == "manager":
-            peers = tuple(paths.agent_state(n) for n in hive.registry.names() if n != name)
+            peers = tuple(paths.agent_state(n) for n in self.registry.names() if n != name)
         uid = record.uid
         return ContainerSpec(
             name=name,
@@ -198,7 +226,7 @@ class Lifecycle:
                 **cfg.env,
                 **({"HIVE_AGENT_MODEL": record.model} if record.model else {}),
                 # every process of the container carries the hive's mark (see host.py)
-                MARK: self.hive.id,
+                MARK: self.hive_id,
             },
             uid=uid,
             gid=uid,
@@ -208,21 +236,21 @@ class Lifecycle:
                 cpu=cfg.cpus,
                 pids=cfg.pids,
             ),
-            grace_seconds=self.hive.settings.stop_grace_seconds,
+            grace_seconds=self.settings.stop_grace_seconds,
         )
 
     def _bindable(self, path: Path) -> bool:
         """A host file the operator named may be bound read-only into a sandbox; one inside
         an agent-writable tree never is (its own state dir is visible there already, and a
         symlink planted there would be resolved by root)."""
-        writable = (self.hive.paths.agents_root, self.shared_dir)
+        writable = (self.paths.agents_root, self.shared_dir)
         return not any(path.is_relative_to(root) for root in writable) and path.is_file()
 
     def claude_env(self, name: str) -> dict[str, str]:
         """What a `claude` agent gets to reach its model: the hive's `claude_env`, its endpoint
         (`claude_base_url`) and CLI (`claude_bin`), the daemon's own credentials named in
         `claude_pass_env`, and over all of them a token the operator gave this agent."""
-        settings = self.hive.settings
+        settings = self.settings
         env = dict(settings.claude_env)
         if settings.claude_base_url:
             env["ANTHROPIC_BASE_URL"] = settings.claude_base_url
@@ -236,7 +264,7 @@ class Lifecycle:
 
     def login_token_file(self, name: str) -> Path:
         # outside agents_root: no container binds it, and the web process cannot read it
-        return self.hive.paths.state_dir / "secrets" / f"{name}.token"
+        return self.paths.state_dir / "secrets" / f"{name}.token"
 
     def login_token(self, name: str) -> str:
         try:
@@ -246,7 +274,7 @@ class Lifecycle:
 
     async def set_login(self, name: str, token: str | None) -> None:
         """Keep (or, with None, forget) an agent's login token; restart it if it runs."""
-        self.hive.registry.get(name)
+        self.registry.get(name)
         path = self.login_token_file(name)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path.parent, 0o700)
@@ -260,7 +288,7 @@ class Lifecycle:
                 fh.write(token)
             os.replace(tmp, path)
         state = "login_token_set" if token is not None else "login_token_cleared"
-        self.hive.bus.publish(m.AgentStateChanged(name=name, state=state, reason="operator"))
+        self.bus.publish(m.AgentStateChanged(name=name, state=state, reason="operator"))
         s = self.agents.get(name)
         if s is not None and s.scope is not None:
             await self.restart(name)
@@ -271,10 +299,10 @@ class Lifecycle:
         Inside its container an agent's HOME is its state dir, so the operator's own login
         is not visible there; this gives each agent a copy it owns (0600), once.
         """
-        source = self.hive.settings.claude_credentials
-        if not source or self.hive.registry.get(name).runtime != "claude":
+        source = self.settings.claude_credentials
+        if not source or self.registry.get(name).runtime != "claude":
             return
-        home = self.hive.paths.agent_state(name) / ".claude"
+        home = self.paths.agent_state(name) / ".claude"
         target = home / ".credentials.json"
         if target.exists() or target.is_symlink():
             return
@@ -314,16 +342,16 @@ class Lifecycle:
 
     async def ensure_uid(self, name: str) -> None:
         """As root, give each agent its own uid and hand it its state dir and socket."""
-        record = self.hive.registry.get(name)
+        record = self.registry.get(name)
         if os.geteuid() != 0:
-            self.hive.ensure_agent_dirs(name)
+            self.roster.ensure_dirs(name)
             self.hand_over_claude_login(name, None)
             return
         try:
             if record.uid is None:
-                taken = {r.uid for r in self.hive.registry.agents.values() if r.uid is not None}
+                taken = {r.uid for r in self.registry.agents.values() if r.uid is not None}
                 uid = self.uids.allocate(name, taken)
-                await self.hive.store.write(
+                await self.store.write(
                     lambda c: c.execute("UPDATE agents SET uid = ? WHERE name = ?", (uid, name))
                 )
                 record.uid = uid
@@ -332,10 +360,10 @@ class Lifecycle:
         except UidUnavailable as exc:
             raise Fail("unavailable", str(exc)) from None
         uid = record.uid
-        state = self.hive.paths.agent_state(name)
-        self.hive.ensure_agent_dirs(name, gid=uid)
+        state = self.paths.agent_state(name)
+        self.roster.ensure_dirs(name, gid=uid)
         os.chown(state, uid, uid)
-        sock = self.hive.paths.agent_sock(name)
+        sock = self.paths.agent_sock(name)
         if sock.exists():
             os.chown(sock, uid, uid)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
@@ -350,10 +378,10 @@ class Lifecycle:
             return
         if (reason := self.backend.unavailable()) is not None:
             raise Fail("unavailable", f"cannot start {name}: {reason}")
-        record = self.hive.registry.get(name)
+        record = self.registry.get(name)
         if record.paused:
             raise Fail("conflict", f"{name} is paused; unpause it first")
-        if (why := self.hive.configs.not_runnable(name)) is not None:
+        if (why := self.not_runnable(name)) is not None:
             raise Fail("unavailable", f"cannot start {name}: {why}")
         await self.ensure_uid(name)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +398,7 @@ class Lifecycle:
         if s.scope is None:
             return
         s.stopping = True
-        s.grace = self.hive.settings.stop_grace_seconds if graceful else 0.0
+        s.grace = self.settings.stop_grace_seconds if graceful else 0.0
         self._set_state(s, "stopping", "graceful" if graceful else "immediate")
         s.scope.cancel()
         await s.done.wait()
@@ -385,11 +413,11 @@ class Lifecycle:
         spec = self.spec(name)
         await self.backend.destroy(spec)
         await self.start(name)
-        await self.hive.broker.send(SYSTEM, name, "container rebuilt")
+        await self.broker.send(SYSTEM, name, "container rebuilt")
 
     async def rebuild_all(self) -> tuple[list[str], dict[str, str]]:
         """Rebuild the manager first, then everyone else; tell the manager what happened."""
-        registry = self.hive.registry
+        registry = self.registry
         managers = [n for n in registry.names() if registry.agents[n].role == "manager"]
         others = [
             n for n in registry.names() if n not in managers and not registry.agents[n].paused
@@ -416,48 +444,48 @@ class Lifecycle:
         for name in managers:
             lines = [f"rebuilt: {', '.join(sorted(done)) or 'none'}"]
             lines += [f"failed: {n}: {why}" for n, why in sorted(failed.items())]
-            await self.hive.broker.send(SYSTEM, name, "rebuild_all finished\n" + "\n".join(lines))
+            await self.broker.send(SYSTEM, name, "rebuild_all finished\n" + "\n".join(lines))
         return done, failed
 
     async def set_paused(self, name: str, paused: bool) -> None:
-        record = self.hive.registry.get(name)
+        record = self.registry.get(name)
         if paused:
             await self.stop(name)
-        await self.hive.store.write(
+        await self.store.write(
             lambda c: c.execute("UPDATE agents SET paused = ? WHERE name = ?", (int(paused), name))
         )
         record.paused = paused
-        self.hive.bus.publish(
+        self.bus.publish(
             m.AgentStateChanged(
                 name=name, state="paused" if paused else "unpaused", reason="operator"
             )
         )
-        if not paused and self.hive.settings.autostart:
+        if not paused and self.settings.autostart:
             await self.start(name)
 
     async def destroy(self, name: str) -> Path:
         """Stop and unregister; the agent's dir moves to the tombstones. Returns its new path."""
-        self.hive.registry.get(name)
-        tomb_root = self.hive.paths.state_dir / "tombstones"
+        self.registry.get(name)
+        tomb_root = self.paths.state_dir / "tombstones"
         tomb = tomb_root / name
         if tomb.exists():
             raise Fail("conflict", f"a tombstone for {name!r} exists; purge it first")
         await self.stop(name, graceful=False)
         await self.backend.destroy(self.spec(name))
-        uid = self.hive.registry.get(name).uid
-        await self.hive.remove_agent(name)
+        uid = self.registry.get(name).uid
+        await self.roster.remove(name)
         if uid is not None:
             self.uids.release(uid)
         self.agents.pop(name, None)
         self.login_token_file(name).unlink(missing_ok=True)
         tomb_root.mkdir(parents=True, exist_ok=True)
-        agent_dir = self.hive.paths.agents_root / name
+        agent_dir = self.paths.agents_root / name
         if agent_dir.exists():
             shutil.move(str(agent_dir), str(tomb))
         return tomb
 
     async def start_all(self) -> None:
-        registry = self.hive.registry
+        registry = self.registry
         names = sorted(registry.names(), key=lambda n: registry.agents[n].role != "manager")
         for name in names:
             if registry.agents[name].paused:
@@ -488,12 +516,12 @@ class Lifecycle:
                         break
                     now = time.monotonic()
                     s.crashes.append(now)
-                    window = self.hive.settings.restart_window_seconds
+                    window = self.settings.restart_window_seconds
                     while s.crashes and s.crashes[0] < now - window:
                         s.crashes.popleft()
                     tail = read_tail(self.log_file(s.name), LOG_TAIL)
                     lasted = now - started
-                    if len(s.crashes) > self.hive.settings.max_restarts:
+                    if len(s.crashes) > self.settings.max_restarts:
                         s.failed = True
                         reason = f"{cause} after {lasted:.1f}s, {len(s.crashes)} times"
                         log.error(
@@ -523,7 +551,7 @@ class Lifecycle:
                 self.cgroups.remove(applied)
             if not s.failed:
                 s.state = "stopped"
-                self.hive.bus.publish(m.AgentStateChanged(name=s.name, state="stopped", reason=""))
+                self.bus.publish(m.AgentStateChanged(name=s.name, state="stopped", reason=""))
             s.done.set()
 
     async def _run_once(self, s: Supervised, spec: ContainerSpec, applied: Applied) -> str:
@@ -555,7 +583,7 @@ class Lifecycle:
         operator, whose inbox is the dashboard and `hive ctl messages`."""
         managers = [
             n
-            for n, r in self.hive.registry.agents.items()
+            for n, r in self.registry.agents.items()
             if r.role == "manager"
             and n != name
             and n in self.agents
@@ -566,18 +594,18 @@ class Lifecycle:
             f" (hive ctl start {name} to try again).\nLast log lines:\n" + "\n".join(tail)
         )
         for recipient in managers or [OPERATOR]:
-            await self.hive.broker.send(SYSTEM, recipient, body)
+            await self.broker.send(SYSTEM, recipient, body)
 
     # ---------------------------------------------------------------- harness reports and controls
 
     async def control(self, name: str, action: m.ControlAction, model: str | None = None) -> None:
         s = self.sup(name)
         # a stopped container's connection may not have been noticed as closed yet
-        if s.stopping or self.hive.registry.agents[name].connections == 0:
+        if s.stopping or self.registry.agents[name].connections == 0:
             raise Fail("unavailable", f"{name}'s harness is not connected")
         assert s.controls is not None
         try:
-            s.controls.send_nowait(m.ControlFrame(id=0, action=action, model=model))
+            s.controls.send_nowait(m.ControlFrame(action=action, model=model))
         except trio.WouldBlock:
             raise Fail("rate_limited", f"{name} has too many pending controls", 1.0) from None
 
@@ -593,15 +621,13 @@ class Lifecycle:
             s.active_model = model
         if state == "needs_login" and not s.needs_login:
             s.needs_login = True
-            self.hive.bus.publish(m.NeedsLogin(name=name, reason=reason))
-        self.hive.bus.publish(
-            m.AgentStateChanged(name=name, state=f"harness:{state}", reason=reason)
-        )
+            self.bus.publish(m.NeedsLogin(name=name, reason=reason))
+        self.bus.publish(m.AgentStateChanged(name=name, state=f"harness:{state}", reason=reason))
 
     async def report_turn(self, name: str, turn: m.TurnStats) -> None:
         s = self.sup(name)
         now = time.time()
-        await self.hive.store.write(
+        await self.store.write(
             lambda c: c.execute(
                 "INSERT INTO turns (agent, at, ok, result, tool_calls, input_tokens, output_tokens,"
                 " cost_usd, duration_ms, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -619,13 +645,13 @@ class Lifecycle:
                 ),
             )
         )
-        self.hive.bus.publish(m.TurnRecorded(name=name, turn=turn))
+        self.bus.publish(m.TurnRecorded(name=name, turn=turn))
         if turn.ok and s.needs_login:
             s.needs_login = False
-            self.hive.bus.publish(m.LoggedIn(name=name))
+            self.bus.publish(m.LoggedIn(name=name))
 
     async def stats(self, name: str) -> m.StatsRow:
-        self.hive.registry.get(name)
+        self.registry.get(name)
 
         def read(c: sqlite3.Connection) -> m.StatsRow:
             row = c.execute(
@@ -645,7 +671,7 @@ class Lifecycle:
                 last_turn_at=row[7],
             )
 
-        return await self.hive.store.read(read)
+        return await self.store.read(read)
 
 
 def _interpreter_paths() -> tuple[Path, ...]:

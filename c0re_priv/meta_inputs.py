@@ -16,16 +16,16 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from protocol import messages as m
 
+from .agent_configs import AgentConfigs
+from .config import HiveSettings
 from .errors import Fail
-
-if TYPE_CHECKING:
-    from .hive import Hive
+from .events import EventBus
 
 NIX_TIMEOUT = 600.0
 FLAKE_NIX = """\
@@ -50,16 +50,16 @@ def nix_binary() -> str:
     return os.environ.get("HIVE_NIX") or "nix"
 
 
-def unavailable(hive: Hive) -> str | None:
+def unavailable(configs: AgentConfigs, settings: HiveSettings) -> str | None:
     """Why this hive has no meta inputs, or `None`."""
-    backend = hive.settings.backend
+    backend = settings.backend
     if backend != "nixos":
         return (
             f"no meta inputs: this hive runs the {backend} backend, which builds no NixOS "
             "config, so nothing is pinned (meta inputs exist with the nixos backend only)"
         )
-    if hive.configs.unavailable is not None:
-        return f"the meta repo is unavailable: {hive.configs.unavailable}"
+    if configs.unavailable is not None:
+        return f"the meta repo is unavailable: {configs.unavailable}"
     return None
 
 
@@ -98,10 +98,12 @@ def parse_lock(data: bytes) -> list[m.MetaInputRow]:
     return rows
 
 
-async def list_inputs(hive: Hive) -> tuple[list[m.MetaInputRow], str]:
-    if (why := unavailable(hive)) is not None:
+async def list_inputs(
+    configs: AgentConfigs, settings: HiveSettings
+) -> tuple[list[m.MetaInputRow], str]:
+    if (why := unavailable(configs, settings)) is not None:
         return [], why
-    repo = hive.configs.repo
+    repo = configs.repo
     main = await repo.head()
     data = await repo.read(main, "flake.lock") if main is not None else None
     if data is None:
@@ -112,19 +114,21 @@ async def list_inputs(hive: Hive) -> tuple[list[m.MetaInputRow], str]:
         return [], f"flake.lock on main cannot be read: {exc}"
 
 
-async def update(hive: Hive, names: list[str] | None) -> m.MetaInputs:
+async def update(
+    configs: AgentConfigs, settings: HiveSettings, bus: EventBus, names: list[str] | None
+) -> m.MetaInputs:
     """Update all (or `names`) of the pinned inputs and commit the lock file to `main`."""
-    if (why := unavailable(hive)) is not None:
+    if (why := unavailable(configs, settings)) is not None:
         raise Fail("invalid", why)
     nix = nix_binary()
     if shutil.which(nix) is None:
         raise Fail("unavailable", f"{nix} not found: updating inputs needs nix on the host")
-    repo = hive.configs.repo
+    repo = configs.repo
     async with repo.lock:
         main = await repo.head()
         if main is None:
             raise Fail("unavailable", "the meta repo has no main branch yet")
-        with tempfile.TemporaryDirectory(prefix="meta-", dir=hive.paths.state_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="meta-", dir=configs.state_dir) as tmp:
             tree = Path(tmp) / "flake"
             tree.mkdir()
             archive = (await repo.git("archive", "--format=tar", main)).stdout
@@ -151,6 +155,6 @@ async def update(hive: Hive, names: list[str] | None) -> m.MetaInputs:
         if new is not None:
             await repo.move_branch("main", new, main)
     rows = parse_lock(lock)
-    hive.bus.publish(m.MetaInputsChanged(inputs=rows))
+    bus.publish(m.MetaInputsChanged(inputs=rows))
     note = f"updated {which}; flake.lock committed at {new[:12]}" if new else "already up to date"
-    return m.MetaInputs(id=0, inputs=rows, note=note)
+    return m.MetaInputs(inputs=rows, note=note)

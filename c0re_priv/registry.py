@@ -85,14 +85,20 @@ def _record(row: sqlite3.Row) -> AgentRecord:
 
 
 class Registry:
-    def __init__(self, store: Store, bus: EventBus) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        row_counts: Callable[[sqlite3.Connection], dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
         self._store = store
         self._bus = bus
         self.agents: dict[str, AgentRecord] = {}
-        self.row_extras: Callable[[str], dict[str, Any]] | None = None
-        """Fields other services add to an agent's row (container state, reminder counts)."""
-        self.row_counts: Callable[[sqlite3.Connection], dict[str, dict[str, Any]]] | None = None
+        self.row_counts = row_counts
         """Per-agent row fields other services count in sqlite (reminders), by agent name."""
+        self.row_extras: Callable[[str], dict[str, Any]] | None = None
+        """Fields the container supervisor and the configs add to an agent's row. Set by the
+        wiring once the supervisor runs (it needs the services' nursery), never elsewhere."""
 
     async def load(self) -> None:
         rows = await self._store.read(lambda c: c.execute("SELECT * FROM agents").fetchall())

@@ -46,14 +46,13 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         focus = agent
         threads, _ = await hive.store.read(lambda conn: open_threads.for_agent(conn, focus, now))
     approvals = await hive.approvals.for_dashboard()
-    graves = await trio.to_thread.run_sync(tombstones.list_all, hive)
-    inputs, inputs_note = await meta_inputs.list_inputs(hive)
+    graves = await trio.to_thread.run_sync(tombstones.list_all, hive.paths.state_dir)
+    inputs, inputs_note = await meta_inputs.list_inputs(hive.configs, hive.settings)
     federation, remote = None, []
     if hive.federation is not None:
         federation = await hive.federation.row()
         remote = await hive.federation.remote_agents()
     return m.HiveState(
-        id=0,
         seq=seq,
         rev=hive.rev,
         server_time=now,
@@ -67,7 +66,7 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         tombstones=graves,
         meta_inputs=inputs,
         meta_inputs_note=inputs_note,
-        meta_inputs_updatable=meta_inputs.unavailable(hive) is None,
+        meta_inputs_updatable=meta_inputs.unavailable(hive.configs, hive.settings) is None,
         dead_messages=dead,
         federation=federation,
         remote_agents=remote,

@@ -14,32 +14,29 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
 from protocol import messages as m
 
 from .errors import Fail
-
-if TYPE_CHECKING:
-    from .hive import Hive
+from .events import EventBus
 
 NAME = re.compile(m.AGENT_NAME_PATTERN)
 
 
-def root(hive: Hive) -> Path:
-    return hive.paths.state_dir / "tombstones"
+def root(state_dir: Path) -> Path:
+    return state_dir / "tombstones"
 
 
 def _row(path: Path) -> m.TombstoneRow:
     return m.TombstoneRow(name=path.name, path=str(path), destroyed_at=path.lstat().st_mtime)
 
 
-def list_all(hive: Hive) -> list[m.TombstoneRow]:
+def list_all(state_dir: Path) -> list[m.TombstoneRow]:
     """Every tombstone, newest first (entries that are not plain dirs are not tombstones)."""
     try:
-        entries = list(os.scandir(root(hive)))
+        entries = list(os.scandir(root(state_dir)))
     except FileNotFoundError:
         return []
     rows = [
@@ -50,12 +47,12 @@ def list_all(hive: Hive) -> list[m.TombstoneRow]:
     return sorted(rows, key=lambda r: r.destroyed_at, reverse=True)
 
 
-def row(hive: Hive, name: str) -> m.TombstoneRow | None:
-    path = root(hive) / name
+def row(state_dir: Path, name: str) -> m.TombstoneRow | None:
+    path = root(state_dir) / name
     return _row(path) if path.is_dir() and not path.is_symlink() else None
 
 
-def checked_path(hive: Hive, name: object) -> Path:
+def checked_path(state_dir: Path, name: object) -> Path:
     """The tombstone dir `name` names, or `Fail` — before anything is deleted."""
     if (
         not isinstance(name, str)
@@ -65,7 +62,7 @@ def checked_path(hive: Hive, name: object) -> Path:
         or not NAME.match(name)
     ):
         raise Fail("invalid", f"not an agent name: {name!r}")
-    base = root(hive)
+    base = root(state_dir)
     path = base / name
     try:
         st = os.lstat(path)
@@ -78,17 +75,17 @@ def checked_path(hive: Hive, name: object) -> Path:
     return path
 
 
-async def purge(hive: Hive, name: str) -> None:
+async def purge(state_dir: Path, bus: EventBus, name: str) -> None:
     """Delete the tombstone `name` and publish `TombstoneRemoved`."""
-    path = checked_path(hive, name)
+    path = checked_path(state_dir, name)
     # rmtree's fd-based walk never follows a symlink inside the tree
     assert shutil.rmtree.avoids_symlink_attacks
     await trio.to_thread.run_sync(shutil.rmtree, path)
-    hive.bus.publish(m.TombstoneRemoved(name=name))
+    bus.publish(m.TombstoneRemoved(name=name))
 
 
-def added(hive: Hive, name: str) -> None:
+def added(state_dir: Path, bus: EventBus, name: str) -> None:
     """After `Destroy`: publish `TombstoneAdded` for the dir it left."""
-    found = row(hive, name)
+    found = row(state_dir, name)
     if found is not None:
-        hive.bus.publish(m.TombstoneAdded(tombstone=found))
+        bus.publish(m.TombstoneAdded(tombstone=found))

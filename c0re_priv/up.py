@@ -20,23 +20,26 @@ import trio
 
 from .config import HiveConfig, Paths
 from .containers.spawn import spawn
-from .hive import Hive, run_hive
+from .daemon import run_hive
+from .hive import Hive
 
 log = logging.getLogger(__name__)
 
 
 def web_available() -> bool:
-    return importlib.util.find_spec("c0re_web.app") is not None
+    """Whether this build has the dashboard; finding a top-level package imports nothing."""
+    return importlib.util.find_spec("c0re_web") is not None
 
 
 async def run_web(
     paths: Paths, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run `hive web` as a child, echoing what it prints (its login link) to our stdout."""
+    """Run `hive web` (as `python -m c0re_web web`: this package never imports the dashboard)
+    as a child, echoing what it prints (its login link) to our stdout."""
     argv = [
         sys.executable,
         "-m",
-        "c0re_priv",
+        "c0re_web",
         "web",
         "--run-dir",
         str(paths.run_dir),

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
-import msgspec
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,6 +29,7 @@ from starlette.responses import (
 
 from protocol import messages as m
 from protocol.client import HiveError
+from protocol.validate import InvalidRequest, build
 
 from .auth import SESSION_COOKIE, Auth
 from .daemon import DaemonLink
@@ -84,8 +84,8 @@ async def panel(request: Request, req: m.Request, reply_type: type[R]) -> R | st
 def convert(data: dict[str, Any], typ: type[T]) -> T:
     """Build a protocol request from form or path input; the Struct's constraints validate it."""
     try:
-        return msgspec.convert(data, typ, strict=False)
-    except msgspec.ValidationError as exc:
+        return build(typ, data, from_text=True)
+    except InvalidRequest as exc:
         raise HiveError("invalid", str(exc)) from None
 
 

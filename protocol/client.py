@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -27,6 +29,19 @@ from .wire import encode, encode_call, reply_decoder, welcome_decoder
 
 R = TypeVar("R", bound=Reply)
 STREAM_BUFFER = 4096
+ROOT_RUN_DIR = "/run/hyperhive"
+
+
+def default_run_dir() -> Path:
+    """Where a daemon's sockets are when nobody says: `HIVE_RUN_DIR`, else `/run/hyperhive`
+    for root, else `$XDG_RUNTIME_DIR/hyperhive` (or `/tmp/hyperhive-<uid>`). The daemon binds
+    there and every client looks there, so the rule is written once, here."""
+    if run_dir := os.environ.get("HIVE_RUN_DIR"):
+        return Path(run_dir)
+    if os.geteuid() == 0:
+        return Path(ROOT_RUN_DIR)
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime_dir) / "hyperhive" if runtime_dir else Path(f"/tmp/hyperhive-{os.getuid()}")
 
 
 class HiveError(Exception):
@@ -316,4 +331,4 @@ class SyncClient:
                 yield _check(reply)
 
 
-__all__ = ["ConnectionLost", "HiveClient", "HiveError", "SyncClient"]
+__all__ = ["ConnectionLost", "HiveClient", "HiveError", "SyncClient", "default_run_dir"]

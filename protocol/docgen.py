@@ -17,7 +17,7 @@ from . import messages as m
 INTRO = """\
 # hyperhive protocol reference
 
-Generated from `protocol/messages.py` by `python -m protocol.docgen`; do not edit by hand.
+Generated from the Structs in `protocol/messages/` by `python -m protocol.docgen`; do not edit by hand.
 
 ## Transport
 

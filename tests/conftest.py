@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest
 import trio
 
 from c0re_priv.config import AgentConfig, HiveConfig, HiveSettings, Paths, resolve_paths
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
+from protocol import messages as m
 from protocol.client import HiveClient
 
 
@@ -161,3 +164,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------ talking to a hive as its agents
+
+
+@asynccontextmanager
+async def agent(hive: Hive, name: str) -> AsyncIterator[HiveClient]:
+    async with HiveClient.connect(str(hive.paths.agent_sock(name)), client=f"test-{name}") as c:
+        yield c
+
+
+async def recv_all(client: HiveClient, ack: bool = True) -> list[m.MessageRow]:
+    got = await client.expect(m.Recv(max=100), m.Deliveries)
+    if ack:
+        for d in got.items:
+            await client.expect(m.Ack(lease=d.lease), m.Ok)
+    return [d.message for d in got.items]
+
+
+async def state_of(admin: HiveClient, message_id: int) -> str:
+    rows = (await admin.expect(m.ListMessages(limit=1000), m.Messages)).messages
+    return next(r.state for r in rows if r.id == message_id)

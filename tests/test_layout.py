@@ -31,6 +31,70 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+# The daemon package bottom-up: a module may import only modules listed before it. `hive` is
+# the wiring; below it are the services, each built from narrow dependencies, above it the
+# reads across services, the verb tables, the transport and the commands.
+_DAEMON_ORDER = """
+__init__ config errors events log_once migrations safe_fs rate_limit federation_outbox
+meta_repo containers.host containers.spawn containers.uids private_state store attachments
+nats_link containers.base containers.bwrap containers.nixos containers.process
+containers.cgroups containers open_threads registry roster broker agent_files tombstones questions
+reminders lifecycle federation agent_configs meta_inputs approvals
+hive
+snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
+handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard handlers.federation
+handlers server daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
+ctl.reminders ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl
+cli __main__
+"""
+DAEMON_ORDER = _DAEMON_ORDER.split()
+
+
+def daemon_imports() -> dict[str, set[str]]:
+    """c0re_priv's modules and the c0re_priv modules each imports (TYPE_CHECKING and
+    function-level imports included), as dotted names relative to the package."""
+    root = ROOT / "c0re_priv"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        package = parts[:-1]
+        if parts[-1] == "__init__":
+            parts = parts[:-1] or ["__init__"]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 0:
+                if node.module and node.module.startswith("c0re_priv."):
+                    deps.add(node.module.removeprefix("c0re_priv."))
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                deps.add(".".join([*base, node.module]))
+            else:
+                deps.update(".".join([*base, alias.name]) for alias in node.names)
+        graph[".".join(parts)] = deps
+    return graph
+
+
+def test_the_daemon_package_imports_bottom_up():
+    graph = daemon_imports()
+    assert set(graph) == set(DAEMON_ORDER), "place new modules in DAEMON_ORDER"
+    rank = {name: i for i, name in enumerate(DAEMON_ORDER)}
+    upward = sorted(
+        (module, dep) for module, deps in graph.items() for dep in deps if rank[dep] >= rank[module]
+    )
+    assert upward == []
+
+
+def test_nothing_below_the_wiring_imports_it():
+    """No service is handed the whole `Hive` (it could not name the type): each is built
+    from the narrow dependencies it needs."""
+    graph = daemon_imports()
+    below = DAEMON_ORDER[: DAEMON_ORDER.index("hive")]
+    assert [module for module in below if "hive" in graph[module]] == []
+
+
 def test_unprivileged_packages_never_import_the_daemon():
     offenders = []
     for package in UNPRIVILEGED:
@@ -61,6 +125,44 @@ def test_every_verb_has_exactly_one_handler():
     verbs = {t for types in m.ROLE_REQUESTS.values() for t in types}
     assert set(UNARY) | set(STREAMING) == verbs
     assert not set(UNARY) & set(STREAMING)
+
+
+def test_each_verb_has_one_row_whose_roles_are_the_decoders():
+    """The verb tables say who may send each verb next to its handler; the role unions in
+    `protocol.messages` decide it on the socket. The two must say the same thing."""
+    from c0re_priv.handlers import TABLE
+
+    requests = [row.request for row in TABLE]
+    assert len(requests) == len(set(requests)), "a verb with two rows"
+    for row in TABLE:
+        decoded_by = {role for role, types in m.ROLE_REQUESTS.items() if row.request in types}
+        assert row.roles == decoded_by, row.request.__name__
+
+
+def test_handlers_leave_reply_ids_to_the_transport():
+    for path in (ROOT / "c0re_priv").rglob("*.py"):
+        if path.name == "server.py":  # the transport, and errors about undecodable calls
+            continue
+        assert "id=0" not in path.read_text(), path
+
+
+def test_every_wire_shape_of_a_feature_module_is_re_exported():
+    """`protocol.messages` is split by feature; `from protocol import messages as m` still
+    names every Struct (the round-trip and docs tests find them there)."""
+    import importlib
+    import pkgutil
+
+    import msgspec
+
+    for info in pkgutil.iter_modules(m.__path__, m.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, msgspec.Struct)
+                and obj.__module__ == info.name
+            ):
+                assert getattr(m, name, None) is obj, f"{info.name}.{name} not re-exported"
 
 
 def test_op_tags_are_unique_within_each_role():
@@ -190,7 +292,7 @@ def test_what_runs_inside_a_container_never_imports_the_daemon(tmp_path: Path):
 
 def test_hive_agent_is_an_alias_of_python_m_ag3nt():
     got = subprocess.run(
-        [sys.executable, "-m", "c0re_priv", "agent", "--help"],
+        [sys.executable, "-m", "hive_cli", "agent", "--help"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -16,10 +16,16 @@ import secrets
 import signal
 from pathlib import Path
 
+from ..errors import storage_full
+
 log = logging.getLogger(__name__)
 
 MARK = "HIVE_INSTANCE"
 ID_FILE = "hive-id"
+
+
+class BadHiveId(Exception):
+    """The hive id file cannot be read or written; the message says which and why."""
 
 
 def hive_id(state_dir: Path) -> str:
@@ -30,11 +36,14 @@ def hive_id(state_dir: Path) -> str:
     except FileNotFoundError:
         pass
     tmp = path.with_name(f".{ID_FILE}.{os.getpid()}")
-    tmp.write_text(secrets.token_hex(6) + "\n")
     try:
+        tmp.write_text(secrets.token_hex(6) + "\n")
         os.link(tmp, path)  # first writer wins; a concurrent start reads the winner's id
     except FileExistsError:
         pass
+    except OSError as exc:
+        full = storage_full(exc)
+        raise BadHiveId(f"cannot write {path}: {full.message if full else exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return _parse_id(path)
@@ -43,7 +52,7 @@ def hive_id(state_dir: Path) -> str:
 def _parse_id(path: Path) -> str:
     value = path.read_text().strip()
     if len(value) != 12 or any(c not in "0123456789abcdef" for c in value):
-        raise ValueError(f"{path} does not hold a hive id; remove it to make a new one")
+        raise BadHiveId(f"{path} does not hold a hive id; remove it to make a new one")
     return value
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from protocol import messages as m
 from protocol.client import HiveClient
 from tests.conftest import make_config, paths_in

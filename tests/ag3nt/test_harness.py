@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from ag3nt.harness import wake_prompt
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError
 from tests.conftest import make_config, paths_in

@@ -185,7 +185,7 @@ async def test_the_dashboard_reads_are_admin_verbs_too_but_not_agent_verbs(hive,
 async def test_the_config_names_env_variables_but_never_shows_their_values(nursery, short_tmp):
     from functools import partial
 
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from tests.conftest import make_config, paths_in
 
     config = make_config(

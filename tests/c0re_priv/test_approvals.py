@@ -367,7 +367,7 @@ async def test_purge_with_hostile_names_deletes_nothing(hive, admin, short_tmp):
             await admin.call(m.PurgeTombstone(name=name))
         assert err.value.code == "invalid", name  # the decoder refuses it
         with pytest.raises(Fail) as failed:
-            tombstones.checked_path(hive, name)
+            tombstones.checked_path(hive.paths.state_dir, name)
         assert failed.value.code == "invalid", name  # and so does the daemon's own check
     for name, code in [("link", "forbidden"), ("plain", "forbidden"), ("ghost", "not_found")]:
         with pytest.raises(HiveError) as err:
@@ -401,7 +401,7 @@ async def test_meta_inputs_are_empty_off_nixos_and_say_why(hive, admin):
 async def test_without_git_the_hive_runs_and_the_gate_says_why(nursery, short_tmp, monkeypatch):
     from functools import partial
 
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from c0re_priv.meta_repo import MetaRepo
     from tests.conftest import paths_in
 

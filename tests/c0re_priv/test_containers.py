@@ -293,7 +293,7 @@ async def test_a_harness_that_cannot_even_be_executed_fails_the_agent_not_the_da
     from functools import partial
 
     from c0re_priv import lifecycle
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from protocol import messages as m
     from protocol.client import HiveClient
     from tests.conftest import make_config, paths_in
@@ -329,7 +329,7 @@ async def test_claude_agents_inherit_the_operators_login_and_their_env(
     import msgspec
 
     from c0re_priv.config import AgentConfig
-    from c0re_priv.hive import run_hive
+    from c0re_priv.daemon import run_hive
     from tests.conftest import make_config, paths_in
 
     creds = short_tmp / "operator-creds.json"

@@ -24,7 +24,8 @@ import pytest
 import trio
 
 from c0re_priv.config import FederationSettings, HiveConfig
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from c0re_priv.nats_link import provision_federation
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError, SyncClient

@@ -39,7 +39,8 @@ from hypothesis.stateful import (
 from trio.testing import MockClock
 
 from c0re_priv.config import HiveConfig
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from c0re_priv.migrations import MIGRATIONS, migrate
 from c0re_priv.rate_limit import Rate, TokenBucket
 from protocol import messages as m

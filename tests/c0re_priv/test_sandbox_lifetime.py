@@ -156,6 +156,8 @@ def test_the_process_backend_refuses_code_its_agents_cannot_reach(short_tmp: Pat
     home = short_tmp / "home"
     program = home / "venv" / "bin" / "python"
     program.parent.mkdir(parents=True)
+    for below in (program.parent, program.parent.parent):  # whatever the umask made them
+        below.chmod(0o755)
     program.write_text("")
     program.chmod(0o755)
     home.chmod(0o700)

@@ -354,6 +354,8 @@ def test_the_agent_page_shows_its_files_and_follows_its_inbox(hive_web, page):
     state = hive_web.daemon.paths.agents_root / "alice" / "state"
     (state / "notes").mkdir(exist_ok=True)
     (state / "notes" / "plan.md").write_text("step one\nstep two\n")
+    os.chmod(state / "notes", 0o755)  # readable whatever the umask (CI runs with 077)
+    os.chmod(state / "notes" / "plan.md", 0o644)
     (state / "secret").write_text("hidden")
     os.chmod(state / "secret", 0o600)
     open_live(page, f"{hive_web.base}/agent/alice/")

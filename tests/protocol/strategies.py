@@ -24,11 +24,12 @@ MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
 
 
 def protocol_structs() -> list[type[msgspec.Struct]]:
-    """Every Struct class `protocol.messages` defines, in definition order."""
+    """Every Struct class the `protocol.messages` package defines (in any of its feature
+    modules) and re-exports."""
     return [
         obj
         for _, obj in inspect.getmembers(m, inspect.isclass)
-        if issubclass(obj, msgspec.Struct) and obj.__module__ == m.__name__
+        if issubclass(obj, msgspec.Struct) and obj.__module__.startswith(m.__name__ + ".")
     ]
 
 

@@ -19,8 +19,8 @@ from protocol.wire import hello_decoder, reply_decoder, welcome_decoder
 from tests.protocol.strategies import protocol_structs, values_of
 
 STRUCTS = protocol_structs()
-ABSTRACT_BASES = (m.Request, m.Reply, m.Event)
-"""Bases that only carry the tag field; never on the wire on their own."""
+ABSTRACT_BASES = (m.Request, m.Reply, m.Event, m.Message)
+"""Bases that only carry the tag field (or fields shared by verbs); never on the wire alone."""
 ENCODE_ONLY = (m.Call,)
 """`Call` is what clients encode; the daemon decodes it as `call_type(role)` (tested below)."""
 

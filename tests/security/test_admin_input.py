@@ -108,7 +108,7 @@ def test_hive_toml_refuses_an_unknown_runtime(tmp_path):
 
 async def test_the_daemon_refuses_an_unknown_runtime_however_it_arrives(hive: Hive):
     with pytest.raises(Exception) as refused:
-        await hive.add_agent("frank", "agent", "", "../../../bin/sh", None)
+        await hive.roster.add("frank", "agent", "", "../../../bin/sh", None)
     assert getattr(refused.value, "code", "") == "invalid"
     assert "frank" not in hive.registry.agents
 

@@ -21,9 +21,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from c0re_priv.hive import Hive
-from c0re_priv.terminal import json_text, visible
 from protocol import messages as m
 from protocol.client import HiveClient
+from protocol.terminal import json_text, visible
 
 HOSTILE = (
     "\x1b]0;pwned\x07"  # window title
@@ -138,8 +138,12 @@ def test_escapes_name_the_character():
 
 def test_the_cli_prints_only_through_the_sanitising_functions():
     """`typer.echo` appears in `hive`'s CLI only where the text has been through `visible` or
-    `json_text`; every other line goes through `_echo`, which applies `visible`."""
-    source = (Path(__file__).parents[2] / "c0re_priv" / "cli.py").read_text()
-    echoes = [line.strip() for line in source.splitlines() if "typer.echo(" in line]
-    assert echoes and all("visible(" in line or "json_text(" in line for line in echoes), echoes
-    assert "print(" not in source
+    `json_text`; every other line goes through `echo`, which applies `visible`."""
+    root = Path(__file__).parents[2]
+    files = [root / "c0re_priv" / "cli.py", *(root / "c0re_priv" / "ctl").glob("*.py")]
+    files.append(root / "c0re_web" / "cli.py")
+    for path in files:
+        source = path.read_text()
+        echoes = [line.strip() for line in source.splitlines() if "typer.echo(" in line]
+        assert all("visible(" in line or "json_text(" in line for line in echoes), (path, echoes)
+        assert "print(" not in source, path

@@ -11,7 +11,10 @@ only newline and tab may pass, and only where a field is meant to span lines. `j
 does the same for `--json`, whose encoder leaves DEL, C1 controls and U+2028 raw.
 
 `hive ctl` prints through these two functions and nothing else; a test checks that its
-output never carries a raw control character, whatever the agents wrote.
+output never carries a raw control character, whatever the agents wrote. It lives in
+`protocol` because every command-line program of the hive (daemon, `hive ctl`, `hive web`)
+logs through `VisibleFormatter`, and none of them may import another's package; it does no
+I/O of its own.
 """
 
 from __future__ import annotations
