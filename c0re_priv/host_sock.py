@@ -4,7 +4,8 @@ Existing host tools (`hivectl`, desktop plugins) speak `protocol.host_v1` here. 
 carried out by admin verbs — requests of `ADMIN_REQUESTS`, run by the very handlers that
 serve `admin.sock` — and `ADMIN_VERBS` below says which verbs each cmd may use, so this door
 can do nothing `hive ctl` cannot and no verb is implemented twice (`urls` only reads the
-configuration). The socket has admin.sock's mode and group. A connection's lines are answered
+configuration). The module ends with its table, `CMDS`, one row per cmd in the shape of the
+handlers' verb tables: the cmd, the admin verbs it is carried out with, its answer. The socket has admin.sock's mode and group. A connection's lines are answered
 in order, one at a time; a bad line is answered and the connection goes on;
 `subscribe_agent_status` turns the connection into a feed of changed rows until the client
 hangs up. The socket hub accepts its connections under the bounds of every peer (as its own
@@ -17,22 +18,23 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import trio
 
 from protocol import host_v1 as h
 from protocol import messages as m
+from protocol.terminal import json_text, visible
 
+from .broker import LeaseHolder
 from .errors import Fail
-from .handlers import UNARY, Caller
+from .handlers import TABLE, UNARY, Caller
 from .server import PEER_GONE, RECV_CHUNK, Peer
-from .terminal import json_text, visible
 
 if TYPE_CHECKING:
     from .hive import Hive
-    from .server import Connection
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +54,6 @@ ROW_EVENTS = frozenset(
 )
 """The events after which an `AgentStatusRow` may read differently."""
 
-ADMIN_VERBS: dict[type[h.HostRequest], frozenset[type[m.Request]]] = {
-    h.List: frozenset({m.ListAgents}),
-    h.AgentStatus: frozenset({m.ListAgents}),
-    h.SubscribeAgentStatus: frozenset({m.ListAgents}),
-    h.SetPaused: frozenset({m.SetPaused}),
-    h.Start: frozenset({m.ListAgents, m.Start}),
-    h.Stop: frozenset({m.ListAgents, m.Stop}),
-    h.Restart: frozenset({m.Restart}),
-    h.Urls: frozenset(),
-    h.Pending: frozenset({m.ListApprovals}),
-    h.Approve: frozenset({m.Approve}),
-    h.Deny: frozenset({m.Deny}),
-}
-"""The door's table: the admin verbs each cmd is carried out with, and no others."""
-
 HOST_KIND: dict[m.ApprovalKind, h.HostApprovalKind] = {
     "spawn": "spawn",
     "init_config": "init_config",
@@ -76,9 +63,21 @@ HOST_KIND: dict[m.ApprovalKind, h.HostApprovalKind] = {
 
 R = TypeVar("R", bound=m.Reply)
 
+ADMIN_ROWS = frozenset(row.request for row in TABLE if "admin" in row.roles and not row.streaming)
+"""The unary verbs the handlers' tables give admin.sock: all a cmd may ever be carried out with."""
+
+
+@dataclass
+class NoConnection:
+    """The connection a cmd's admin verbs are answered on: none. The unary admin verbs never
+    touch their caller's connection (only `cancel` and the harness's verbs do)."""
+
+    holder: LeaseHolder | None = None
+    streams: dict[int, trio.CancelScope] = field(default_factory=dict)
+
 
 class AdminDoor:
-    """Runs admin verbs for one cmd, refusing any verb its row of `ADMIN_VERBS` lacks."""
+    """Runs admin verbs for one cmd, refusing any verb its row of `CMDS` lacks."""
 
     def __init__(self, hive: Hive, cmd: type[h.HostRequest]) -> None:
         self.hive = hive
@@ -87,11 +86,9 @@ class AdminDoor:
 
     async def call(self, req: m.Request, expect: type[R]) -> R:
         verb = type(req)
-        if verb not in self.allowed or verb not in m.ADMIN_REQUESTS:
+        if verb not in self.allowed or verb not in ADMIN_ROWS:
             raise AssertionError(f"{h.cmd_of(self.cmd)} may not use {m.op_of(verb)}")
-        # the unary admin verbs used here never touch the caller's connection (only
-        # `cancel` and the harness's verbs do), so there is none to give them
-        caller = Caller(self.hive, "admin", None, cast("Connection", None), 0)
+        caller = Caller(self.hive, "admin", None, NoConnection(), 0)
         reply = await UNARY[verb](caller, req)
         assert isinstance(reply, expect), reply
         return reply
@@ -236,22 +233,6 @@ async def answer_approve(door: AdminDoor, req: h.Approve) -> h.HostResponse:
 async def answer_deny(door: AdminDoor, req: h.Deny) -> h.HostResponse:
     await door.call(m.Deny(id=req.id), m.ApprovalInfo)
     return h.HostResponse(ok=True)
-
-
-Answer = Callable[[AdminDoor, Any], Awaitable[h.HostResponse]]
-ANSWERS: dict[type[h.HostRequest], Answer] = {
-    h.List: answer_list,
-    h.AgentStatus: answer_agent_status,
-    h.SetPaused: answer_set_paused,
-    h.Start: answer_start,
-    h.Stop: answer_stop,
-    h.Restart: answer_restart,
-    h.Urls: answer_urls,
-    h.Pending: answer_pending,
-    h.Approve: answer_approve,
-    h.Deny: answer_deny,
-}
-"""Every cmd but `subscribe_agent_status`, which takes the connection over (`HostConnection`)."""
 
 
 # ------------------------------------------------------------------ transport
@@ -472,7 +453,8 @@ class HostConnection:
     async def answer(self, req: h.HostRequest) -> h.HostResponse:
         door = AdminDoor(self.hive, type(req))
         try:
-            return await ANSWERS[type(req)](door, req)
+            answer = ANSWERS[type(req)]
+            return await answer(door, req)
         except Fail as exc:
             return h.failure(exc.code, exc.message)
         except Exception:
@@ -538,3 +520,44 @@ class HostDoor:
             pass  # a reset is how some clients hang up
         except Exception:  # one broken connection must never take the daemon down
             log.exception("host.sock: connection failed")
+
+
+# ------------------------------------------------------------------ the door's table
+
+Answer = Callable[[AdminDoor, Any], Awaitable[h.HostResponse]]
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """One row of the door's table: a cmd, the admin verbs it is carried out with and no
+    others (each one a row of the handlers' tables that admin.sock may send), and its answer;
+    none for `subscribe_agent_status`, which takes the connection over (`HostConnection`)."""
+
+    request: type[h.HostRequest]
+    verbs: frozenset[type[m.Request]]
+    answer: Answer | None
+
+
+def _cmd(request: type[h.HostRequest], verbs: set[type[m.Request]], answer: Answer | None) -> Cmd:
+    return Cmd(request, frozenset(verbs), answer)
+
+
+CMDS: tuple[Cmd, ...] = (
+    _cmd(h.List, {m.ListAgents}, answer_list),
+    _cmd(h.AgentStatus, {m.ListAgents}, answer_agent_status),
+    _cmd(h.SubscribeAgentStatus, {m.ListAgents}, None),
+    _cmd(h.SetPaused, {m.SetPaused}, answer_set_paused),
+    _cmd(h.Start, {m.ListAgents, m.Start}, answer_start),
+    _cmd(h.Stop, {m.ListAgents, m.Stop}, answer_stop),
+    _cmd(h.Restart, {m.Restart}, answer_restart),
+    _cmd(h.Urls, set(), answer_urls),
+    _cmd(h.Pending, {m.ListApprovals}, answer_pending),
+    _cmd(h.Approve, {m.Approve}, answer_approve),
+    _cmd(h.Deny, {m.Deny}, answer_deny),
+)
+ADMIN_VERBS: dict[type[h.HostRequest], frozenset[type[m.Request]]] = {
+    row.request: row.verbs for row in CMDS
+}
+ANSWERS: dict[type[h.HostRequest], Answer] = {
+    row.request: row.answer for row in CMDS if row.answer is not None
+}

@@ -554,13 +554,11 @@ class SocketHub:
             "admin", paths.admin_sock, 0o660, "admin", None, self.hive.settings.admin_group
         )
         await self._listen("web", paths.web_sock, 0o660, "web", None, self.hive.settings.web_group)
-        if self.hive.settings.host_sock:
-            from .host_sock import HostDoor  # it imports this module
 
-            # the original's JSON-line door, with admin.sock's permissions (docs/host-sock.md)
-            door = HostDoor(self.hive, self._nursery)
-            group = self.hive.settings.admin_group
-            await self._listen("host", paths.host_sock, 0o660, None, None, group, door)
+    async def open_door(self, key: str, path: Path, group: str, door: Door) -> None:
+        """Serve `door` (a wire of its own, e.g. `host.sock`) at `path`, mode 0660 for
+        `group`, as the peer `key`, under the bounds of every socket."""
+        await self._listen(key, path, 0o660, None, None, group, door)
 
     async def open_agent(self, name: str) -> None:
         if f"agent:{name}" in self._scopes:

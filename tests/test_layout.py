@@ -43,7 +43,7 @@ reminders lifecycle federation agent_configs meta_inputs approvals
 hive
 snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
 handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard handlers.federation
-handlers server daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
+handlers server host_sock daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
 ctl.reminders ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl
 cli __main__
 """

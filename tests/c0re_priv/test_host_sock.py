@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import trio
 
-from c0re_priv.hive import Hive, run_hive
+from c0re_priv.daemon import run_hive
+from c0re_priv.hive import Hive
 from c0re_priv.host_sock import ADMIN_VERBS, ANSWERS
 from protocol import host_v1 as h
 from protocol import messages as m
