@@ -17,7 +17,9 @@ stream is a call running, so a harness or a dashboard is never idle); a peer tha
 read a reply within `write_timeout_seconds` is dropped. File descriptors are held back for
 the operator: agents and the web process are refused connections `fd_reserve` short of the
 process's limit, so `admin.sock` answers whatever they do. Refusals and accept failures are
-logged once a minute with a count, never once per connection.
+logged once a minute with a count, never once per connection. A door with a wire of its own
+(`host.sock`'s JSON lines, `host_sock.HostDoor`, opened by the daemon through `open_door`)
+is served by the same accept loop, as a peer of its own under the same bounds.
 """
 
 from __future__ import annotations
