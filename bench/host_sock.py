@@ -154,6 +154,17 @@ async def _line(stream: trio.SocketStream, buffer: bytes, wanted: Callable[[byte
             buffer += data
 
 
+def wait_until_started(log: Path, timeout: float = 180.0) -> None:
+    """Wait for the daemon's "serving on" line. It answers admin.sock before its start is
+    over (uids claimed, configs rendered: on a loaded machine with a crowded uid claims dir
+    that held every call for 0.4–2.8 s over ~20 s); measure the steady state, not that."""
+    deadline = time.monotonic() + timeout
+    while " serving on " not in log.read_text():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon did not finish starting in {timeout:g}s")
+        time.sleep(0.1)
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     calls, budget, toggles = (100, 1.0, 10) if args.quick else (2000, 8.0, 100)
@@ -163,6 +174,7 @@ def main() -> None:
     try:
         with running_daemon(root, f"[hive]\nautostart = false\n\n{agents}") as daemon:
             run = daemon.paths.run_dir
+            wait_until_started(root / "daemon.log")
             roster(report, run, calls, budget)
             trio.run(pushes, report, run, toggles)
     finally:
