@@ -20,7 +20,7 @@ import trio
 
 from c0re_priv.daemon import run_hive
 from c0re_priv.hive import Hive
-from c0re_priv.host_sock import ADMIN_VERBS, ANSWERS
+from c0re_priv.host_sock import ADMIN_ROWS, ADMIN_VERBS, ANSWERS, CMDS
 from protocol import host_v1 as h
 from protocol import messages as m
 from protocol.client import HiveClient
@@ -495,10 +495,15 @@ async def test_the_socket_is_unlinked_at_shutdown(short_tmp):
 
 
 def test_every_cmd_is_answered_and_uses_admin_verbs_only():
+    requests = [row.request for row in CMDS]
+    assert len(requests) == len(set(requests)), "a cmd with two rows"
     assert set(ADMIN_VERBS) == set(h.HOST_REQUESTS)
     assert set(ANSWERS) == set(h.HOST_REQUESTS) - {h.SubscribeAgentStatus}
+    # each verb is a unary row of the handlers' tables that admin.sock decodes
+    assert set(m.ADMIN_REQUESTS) >= ADMIN_ROWS
+    assert m.Subscribe not in ADMIN_ROWS and m.OperatorSend in ADMIN_ROWS
     for cmd, verbs in ADMIN_VERBS.items():
-        assert verbs <= set(m.ADMIN_REQUESTS), cmd
+        assert verbs <= ADMIN_ROWS, cmd
         assert not verbs & {m.AddAgent, m.RemoveAgent, m.Destroy, m.SetAgentLogin}, cmd
 
 
