@@ -6,11 +6,14 @@ Arguments are checked against the verb's Struct before anything is sent, so a ba
 is a tool error naming the field, never a dropped message. A daemon error comes back as a
 tool error `"<code>: <message>"` (`rate_limited` adds when to try again).
 
-Each tool call opens its own connection to the socket and closes it when done. That costs
-well under a millisecond and makes the server survive a daemon restart (a container rebuild)
-without reconnect logic. It also bounds leases: `recv` and `recv_batch` ack every message they
-lease before returning its text, on the connection that leased it, so a message is either in
-the tool result or still queued — never parked in a lease held by an idle connection.
+The server holds one connection to the socket for the whole MCP session (`DaemonLink`),
+opened on the first call and opened again on the first call after the daemon went away (a
+restart, a container rebuild): a call that finds the connection gone before it sent
+anything is sent again on the new one, so nothing is lost and nothing is sent twice; a call
+cut off while in flight is a tool error `unavailable`. Leases stay bounded: `recv` and
+`recv_batch` ack every message they lease before returning its text, on the connection
+that leased it, so a message is either in the tool result or still queued (or, if the
+connection is cut in between, queued again by the daemon).
 
 The tools registered depend on the socket's role, learned from the daemon's `Welcome` at
 start: a manager's socket adds the manager-only tools; on an agent's socket they do not
@@ -27,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
@@ -107,11 +111,54 @@ def format_reminder(r: m.ReminderRow) -> str:
     return text
 
 
-class Tools:
-    """The tool implementations: each builds one request, calls the daemon, formats the reply."""
+class DaemonLink:
+    """The session's one connection to its agent socket, owned by `run` in the server's task
+    group: opened when a call first needs it, and again after the daemon went away. A call
+    made while the daemon is down fails at once with `ConnectionLost` (after one attempt to
+    connect); the next call tries again."""
 
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
+        self._client: HiveClient | None = None
+        self._error: HiveError | None = None
+        self._wanted = anyio.Event()
+        self._settled = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wanted.wait()
+            try:
+                async with HiveClient.connect(self.socket_path, client="hive-mcp") as client:
+                    self._client, self._error = client, None
+                    self._settled.set()
+                    self._error = await client.wait_closed()
+            except HiveError as exc:  # no daemon, or it refused the connection
+                self._error = exc
+            finally:
+                self._client = None
+                self._wanted = anyio.Event()
+                settled, self._settled = self._settled, anyio.Event()
+                settled.set()
+
+    async def client(self) -> HiveClient:
+        """The live connection, connecting first if there is none."""
+        client = self._client
+        if client is not None and client.closed is None:
+            return client
+        settled = self._settled
+        self._wanted.set()
+        await settled.wait()
+        if self._client is None:
+            raise self._error or ConnectionLost()
+        return self._client
+
+
+class Tools:
+    """The tool implementations: each builds one request, calls the daemon, formats the reply."""
+
+    def __init__(self, link: DaemonLink) -> None:
+        self.link = link
 
     def _request(self, verb: type[m.Request], fields: dict[str, Any]) -> m.Request:
         args = {k: v for k, v in fields.items() if v is not None}
@@ -122,8 +169,14 @@ class Tools:
 
     async def _with_client(self, fn: Callable[[HiveClient], Awaitable[R]]) -> R:
         try:
-            async with HiveClient.connect(self.socket_path, client="hive-mcp") as client:
-                return await fn(client)
+            try:
+                return await fn(await self.link.client())
+            except ConnectionLost as exc:
+                if exc.sent:
+                    raise
+                # the connection was gone before the call left (the daemon restarted
+                # since the last call): nothing was sent, so send it on a fresh one
+                return await fn(await self.link.client())
         except HiveError as exc:
             text = f"{exc.code}: {exc.message}"
             if exc.retry_after_seconds is not None:
@@ -417,9 +470,9 @@ class HiveMCPServer(MCPServer):
             return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
-def build_server(socket_path: str, role: str) -> MCPServer:
+def build_server(link: DaemonLink, role: str) -> MCPServer:
     """An `MCPServer` with the tools this socket's role may use."""
-    tools = Tools(socket_path)
+    tools = Tools(link)
     instructions = INSTRUCTIONS + (MANAGER_INSTRUCTIONS if role == "manager" else "")
     server = HiveMCPServer("hyperhive", instructions=instructions)
     names = AGENT_TOOLS + (MANAGER_TOOLS if role == "manager" else ())
@@ -428,12 +481,13 @@ def build_server(socket_path: str, role: str) -> MCPServer:
     return server
 
 
-async def learn_role(socket_path: str, attempts: int = 20) -> str:
-    """The socket's role from the daemon's `Welcome`, waiting out a daemon that is restarting."""
+async def learn_role(link: DaemonLink, attempts: int = 20) -> str:
+    """The socket's role from the daemon's `Welcome`, waiting out a daemon that is restarting.
+
+    The connection it opens is the one the session's tool calls use."""
     for attempt in range(attempts):
         try:
-            async with HiveClient.connect(socket_path, client="hive-mcp") as client:
-                return client.welcome.role
+            return (await link.client()).welcome.role
         except ConnectionLost as exc:
             if attempt == attempts - 1:
                 log.warning("%s; serving the agent tools only", exc.message)
@@ -443,8 +497,12 @@ async def learn_role(socket_path: str, attempts: int = 20) -> str:
 
 
 async def serve(socket_path: str) -> None:
-    role = await learn_role(socket_path)
-    await build_server(socket_path, role).run_stdio_async()
+    async with anyio.create_task_group() as tg:
+        link = DaemonLink(socket_path)
+        await tg.start(link.run)
+        role = await learn_role(link)
+        await build_server(link, role).run_stdio_async()
+        tg.cancel_scope.cancel()
 
 
 def run_stdio(socket_path: str) -> None:

@@ -13,6 +13,7 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -78,11 +79,13 @@ class Report:
         self.notes.append(text)
 
     def emit(self, as_json: bool) -> None:
-        """Print the report to stdout, as JSON or as a table."""
+        """Print the report to stdout, as JSON or as a table; and as JSON to `--json-file`."""
         if as_json:
             print(json.dumps(self.as_dict(), indent=2))
         else:
             print(self.render())
+        if _json_file is not None:
+            Path(_json_file).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -136,4 +139,14 @@ def parse_args(
         "--quick", action="store_true", help="a ~10 s smoke run (figures are noisy)"
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
-    return parser.parse_args(argv if argv is not None else sys.argv[1:])
+    parser.add_argument(
+        "--json-file", metavar="PATH", help="also write the results as JSON to PATH"
+    )
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    global _json_file
+    _json_file = args.json_file
+    return args
+
+
+_json_file: str | None = None
+"""Where `emit` also writes the JSON (`--json-file`): one run gives the table and the figures."""

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import sys
 import time
 from collections import deque
@@ -35,7 +36,7 @@ from .containers.bwrap import BwrapBackend
 from .containers.cgroups import Applied, Cgroups
 from .containers.host import MARK, end_leftovers
 from .containers.nixos import NixosBackend
-from .containers.process import ProcessBackend
+from .containers.process import ProcessBackend, hidden_from_others
 from .containers.uids import UidAllocator, UidUnavailable
 from .errors import Fail
 from .events import EventBus
@@ -239,6 +240,34 @@ class Lifecycle:
             grace_seconds=self.settings.stop_grace_seconds,
         )
 
+    def rules_unreadable(self, spec: ContainerSpec) -> str | None:
+        """Why the agent's uid could not read the rules file the operator named, or None.
+
+        The harness reads it as the agent's uid: a file written under umask 077 (mode 0600)
+        would otherwise crash the harness in a restart loop with "path is not readable". A
+        sandbox binds the file at its own path, so only its mode counts; the `process`
+        backend also needs every directory on the way. A file in the agent's own tree is not
+        bound (see `_bindable`) and is not checked here."""
+        if spec.uid is None or os.geteuid() != 0 or "--rules" not in spec.command:
+            return None
+        rules = Path(spec.command[spec.command.index("--rules") + 1])
+        if isinstance(self.backend, ProcessBackend):
+            problem = hidden_from_others([rules])
+        elif rules not in spec.ro_files:
+            return None  # in the agent's own tree, not bound: what it sees is its own to fix
+        else:
+            try:
+                mode = stat.S_IMODE(rules.stat().st_mode)
+            except OSError as exc:
+                return f"its rules file {rules}: {exc.strerror}"
+            problem = None if mode & stat.S_IROTH else f"{rules} is mode {mode:04o}"
+        if problem is None:
+            return None
+        return (
+            f"its rules file is not readable by the agent's uid ({problem}); "
+            f"make it readable to others, e.g. chmod o+r {rules}"
+        )
+
     def _bindable(self, path: Path) -> bool:
         """A host file the operator named may be bound read-only into a sandbox; one inside
         an agent-writable tree never is (its own state dir is visible there already, and a
@@ -386,6 +415,8 @@ class Lifecycle:
         await self.ensure_uid(name)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
         spec = self.spec(name)
+        if (why := self.rules_unreadable(spec)) is not None:
+            raise Fail("unavailable", f"cannot start {name}: {why}")
         await self.backend.create(spec)
         s.failed = False
         s.crashes.clear()

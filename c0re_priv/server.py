@@ -285,6 +285,22 @@ class Connection:
             self._drop(PeerGone("unavailable", f"no reply read for {self.write_timeout:g}s"))
             raise trio.BrokenResourceError("the peer stopped reading")
 
+    async def send_many(self, replies: list[Reply]) -> None:
+        """Send several frames with one write (a stream's backlog: one wake-up, one syscall)."""
+        frames = []
+        for reply in replies:
+            try:
+                frames.append(encode(reply, self.max_frame))
+            except FrameTooLarge as exc:
+                message = f"reply {exc}"
+                frames.append(encode(Error(id=reply.id, code="too_large", message=message)))
+        async with self._send_lock:
+            with trio.move_on_after(self.write_timeout) as waited:
+                await self.stream.send_all(b"".join(frames))
+        if waited.cancelled_caught:
+            self._drop(PeerGone("unavailable", f"no reply read for {self.write_timeout:g}s"))
+            raise trio.BrokenResourceError("the peer stopped reading")
+
     def _drop(self, why: PeerGone) -> None:
         if self.dropped is None:
             self.dropped = why
@@ -493,7 +509,12 @@ class Connection:
                 del self.streams[caller.call_id]
 
     def _emitter(self, call_id: int) -> Any:
-        async def emit(reply: Reply) -> None:
+        async def emit(reply: Reply | list[Reply]) -> None:
+            if isinstance(reply, list):
+                for one in reply:
+                    one.id = call_id
+                await self.send_many(reply)
+                return
             reply.id = call_id
             await self.send(reply)
 

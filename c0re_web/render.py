@@ -230,3 +230,19 @@ class Renderer:
 
     def toast(self, text: str, tone: str = "ok") -> str:
         return self.part("toast", text, tone)
+
+    def op(self, op: str, html: str = "", **attrs: object) -> str:
+        """One live patch for `static/app.js`: `<template data-op=… data-…>html</template>`.
+
+        `replace` (`id`): put `html` in place of the element with that id, if the page has it;
+        `upsert` (`into`, `at` first|last, `keep`, `move`): replace each element of `html`
+        by id where it is, or insert it (`move`: take it to `at` either way), then keep at
+        most `keep` children; `line` (`conv`, `head`, `keep`): a message line into its
+        conversation, which goes to the top of the flow; `inner` (`target`): the
+        element's content; `append` (`into`); `remove` (`id`).
+        """
+        out = Markup('<template data-op="{}"').format(op)
+        for key, value in attrs.items():
+            if value not in ("", None):
+                out += Markup(' data-{}="{}"').format(key, value)
+        return str(out + Markup(">") + Markup(html) + Markup("</template>"))

@@ -33,7 +33,7 @@ from protocol.validate import InvalidRequest, build
 
 from .auth import SESSION_COOKIE, Auth
 from .daemon import DaemonLink
-from .live import HEARTBEAT, Hub, sse_frame
+from .live import HEARTBEAT, Hub
 from .render import FLOW_CONVERSATIONS, FLOW_MESSAGES, INBOX_MESSAGES, Renderer, conversations
 
 R = TypeVar("R", bound=m.Reply)
@@ -178,6 +178,7 @@ async def dashboard(request: Request) -> Response:
 
 async def agent_page(request: Request) -> Response:
     name = agent_name(request)
+    web(request).hub.expect(name)  # drawn from now on, so its stream can resume from the snapshot
     state = await call(request, m.Snapshot(agent=name, messages=INBOX_MESSAGES), m.HiveState)
     row = next(a for a in state.agents if a.name == name)
     context = {
@@ -237,14 +238,12 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 2000\n\n"
             while True:
+                frame: str | None = ": keep-alive\n\n"
                 with anyio.move_on_after(HEARTBEAT):
-                    try:
-                        item = await listener.recv.receive()
-                    except anyio.EndOfStream:
-                        return
-                    yield sse_frame(item, page)
-                    continue
-                yield ": keep-alive\n\n"
+                    frame = await listener.take()
+                if frame is None:
+                    return
+                yield frame
         finally:
             hub.forget(listener)
 

@@ -59,14 +59,36 @@ class HiveError(Exception):
 
 
 class ConnectionLost(HiveError):
-    def __init__(self, message: str = "connection to the daemon was lost") -> None:
+    """The connection is gone. `sent` is `False` when the call it failed never left this
+    process (the connection was already closed, or the write failed), so the daemon cannot
+    have acted on it; `True` when that is unknown."""
+
+    def __init__(
+        self, message: str = "connection to the daemon was lost", sent: bool = True
+    ) -> None:
         super().__init__("unavailable", message)
+        self.sent = sent
 
 
 def _check(reply: Reply) -> Reply:
     if isinstance(reply, Error):
         raise HiveError.from_reply(reply)
     return reply
+
+
+class _Answer:
+    """Where the reply of one unary call lands: cheaper than a channel for a single frame."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: Reply | HiveError | None = None
+
+    def put(self, reply: Reply | HiveError) -> None:
+        if self.reply is None:
+            self.reply = reply
+            self.done.set()
 
 
 class HiveClient:
@@ -77,9 +99,22 @@ class HiveClient:
         self.welcome = welcome
         self._max_frame = max_frame
         self._ids = itertools.count(1)
-        self._pending: dict[int, MemoryObjectSendStream[Reply | HiveError]] = {}
-        self._send_lock = anyio.Lock()
+        self._pending: dict[int, MemoryObjectSendStream[Reply | HiveError] | _Answer] = {}
+        # uncontended (one call at a time), taking the lock costs no trip through the loop
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed: HiveError | None = None
+        self._ended = anyio.Event()
+
+    @property
+    def closed(self) -> HiveError | None:
+        """Why the connection ended, or `None` while it is up."""
+        return self._closed
+
+    async def wait_closed(self) -> HiveError:
+        """Wait until the connection ends (the daemon went away); why it ended."""
+        await self._ended.wait()
+        assert self._closed is not None
+        return self._closed
 
     @classmethod
     @asynccontextmanager
@@ -132,7 +167,11 @@ class HiveClient:
             reason = ConnectionLost(f"damaged frame from the daemon: {exc}")
         finally:
             self._closed = reason
+            self._ended.set()
             for chan in self._pending.values():
+                if isinstance(chan, _Answer):
+                    chan.put(reason)
+                    continue
                 with suppress(
                     anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
                 ):
@@ -145,6 +184,9 @@ class HiveClient:
         chan = self._pending.get(reply.id)
         if chan is None:
             return  # a late frame for a call that already finished
+        if isinstance(chan, _Answer):
+            chan.put(reply)
+            return
         try:
             chan.send_nowait(reply)
         except anyio.WouldBlock:
@@ -155,7 +197,7 @@ class HiveClient:
 
     def _open(self, buffer: float) -> tuple[int, MemoryObjectReceiveStream[Reply | HiveError]]:
         if self._closed is not None:
-            raise self._closed
+            raise ConnectionLost(self._closed.message, sent=False)
         call_id = next(self._ids)
         send, recv = anyio.create_memory_object_stream[Reply | HiveError](buffer)
         self._pending[call_id] = send
@@ -167,22 +209,23 @@ class HiveClient:
             try:
                 await self._stream.send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise ConnectionLost() from exc
+                raise ConnectionLost(sent=False) from exc
 
     async def call(self, req: Request) -> Reply:
         """Send one request and return its reply; a typed `Error` raises `HiveError`."""
-        call_id, recv = self._open(1)
-        with recv:
-            try:
-                await self._send(call_id, req)
-                try:
-                    reply = await recv.receive()
-                except anyio.EndOfStream:
-                    raise self._closed or ConnectionLost() from None
-            finally:
-                self._pending.pop(call_id, None)
+        if self._closed is not None:
+            raise ConnectionLost(self._closed.message, sent=False)
+        call_id = next(self._ids)
+        answer = self._pending[call_id] = _Answer()
+        try:
+            await self._send(call_id, req)
+            await answer.done.wait()
+        finally:
+            self._pending.pop(call_id, None)
+        reply = answer.reply
         if isinstance(reply, HiveError):
             raise reply
+        assert reply is not None
         return _check(reply)
 
     async def expect(self, req: Request, reply_type: type[R]) -> R:
@@ -221,6 +264,19 @@ class ReplyStream:
 
     def __aiter__(self) -> ReplyStream:
         return self
+
+    def ready(self, limit: int) -> list[Reply]:
+        """Up to `limit` frames that have already arrived, without waiting for more."""
+        frames: list[Reply] = []
+        while len(frames) < limit:
+            try:
+                item = self._recv.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break  # the next `__anext__` says why a closed stream ended
+            if isinstance(item, HiveError):
+                raise item
+            frames.append(_check(item))
+        return frames
 
     async def __anext__(self) -> Reply:
         try:

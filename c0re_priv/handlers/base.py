@@ -50,7 +50,8 @@ class Caller:
         return self.agent
 
 
-Emit = Callable[[m.Reply], Awaitable[None]]
+Emit = Callable[[m.Reply | list[m.Reply]], Awaitable[None]]
+"""Send one frame of a streaming call, or several with one write."""
 UnaryHandler = Callable[[Caller, Any], Awaitable[m.Reply]]
 StreamHandler = Callable[[Caller, Any, Emit], Awaitable[None]]
 

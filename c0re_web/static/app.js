@@ -13,25 +13,250 @@
     }
   }
 
+  // ------------------------------------------------------------ live patches
+  // Each `update` is a run of <template data-op=…> elements (see c0re_web/render.py `op`),
+  // each replacing or inserting elements by id. Applied here rather than by htmx so that a
+  // conversation can move to the top of the flow, a row can be inserted where it belongs
+  // and a list can be kept short; every op is harmless to apply twice.
+
+  function firstElement(fragment) {
+    for (var n = fragment.firstChild; n; n = n.nextSibling) {
+      if (n.nodeType === 1) return n;
+    }
+    return null;
+  }
+
+  function activate(el) {
+    if (window.htmx && (el.hasAttribute("hx-post") || el.querySelector("[hx-post],[hx-get]"))) {
+      window.htmx.process(el);
+    }
+  }
+
+  function dropPlaceholder(container) {
+    var empty = container.querySelector(":scope > .empty");
+    if (empty) empty.remove();
+  }
+
+  function trim(container, keep, at) {
+    if (!keep) return;
+    var items = container.querySelectorAll(":scope > [id]");
+    for (var i = items.length - 1; i >= keep; i--) {
+      (at === "first" ? items[i] : items[items.length - 1 - i]).remove();
+    }
+  }
+
+  function place(container, el, at) {
+    if (at === "first") container.prepend(el); else container.append(el);
+  }
+
+  var touched = { rows: false, inbox: false };
+
+  function applyOp(op) {
+    var d = op.dataset;
+    var fragment = op.content;
+    var el, old, container;
+    switch (d.op) {
+      case "replace":
+        old = document.getElementById(d.id);
+        el = firstElement(fragment);
+        if (old && el) { old.replaceWith(el); activate(el); }
+        break;
+      case "remove":
+        old = document.getElementById(d.id);
+        if (old) old.remove();
+        break;
+      case "inner":
+        container = document.querySelector(d.target);
+        if (container) { container.replaceChildren(fragment); activate(container); }
+        break;
+      case "append":
+        container = document.querySelector(d.into);
+        if (container) container.append(fragment);
+        break;
+      case "upsert":
+        container = document.querySelector(d.into);
+        Array.prototype.slice.call(fragment.children).forEach(function (item) {
+          old = item.id ? document.getElementById(item.id) : null;
+          if (old && !d.move) {
+            old.replaceWith(item);
+          } else if (container) {
+            if (old) old.remove();
+            dropPlaceholder(container);
+            place(container, item, d.at);
+          }
+          activate(item);
+        });
+        if (container) trim(container, +d.keep, d.at);
+        break;
+      case "line":
+        container = document.getElementById("flow");
+        if (!container) break;
+        var conv = document.getElementById(d.conv);
+        if (!conv) {
+          conv = document.createElement("article");
+          conv.className = "conv";
+          conv.id = d.conv;
+          conv.append(document.createElement("header"));
+        }
+        var head = conv.querySelector(":scope > header");
+        if (head && d.head) head.textContent = d.head;
+        dropPlaceholder(container);
+        if (container.firstElementChild !== conv) container.prepend(conv);
+        el = firstElement(fragment);
+        old = el && el.id ? document.getElementById(el.id) : null;
+        if (old) old.replaceWith(el); else if (el) conv.append(el);
+        trim(container, +d.keep, "first");
+        break;
+    }
+    if (d.into === "#agents" || (d.id && d.id.indexOf("agent-") === 0)) touched.rows = true;
+    if (d.into && d.into.indexOf("#inbox-list-") === 0) touched.inbox = true;
+    if (d.id && d.id.indexOf("mstate-") === 0) touched.inbox = true;
+  }
+
+  function applyPatches(html) {
+    var holder = document.createElement("template");
+    holder.innerHTML = html;
+    Array.prototype.slice.call(holder.content.children).forEach(function (op) {
+      if (op.tagName === "TEMPLATE") applyOp(op);
+    });
+    if (touched.rows) { touched.rows = false; arrangeAgents(); }
+    if (touched.inbox) { touched.inbox = false; recountInbox(); }
+  }
+
   // Remember the last event seen, so a fresh EventSource (after an error) resumes from it.
-  document.body.addEventListener("htmx:sseMessage", function (e) {
-    var id = e.detail && e.detail.lastEventId;
+  function remember(id) {
     if (live && id) {
       var url = new URL(live.getAttribute("sse-connect"), window.location.href);
       url.searchParams.set("since", id);
       live.setAttribute("sse-connect", url.pathname + url.search);
       live.dataset.seq = id;
     }
-    refreshTimes();
-  });
+  }
 
   // The server lost track of what this page shows: reload its snapshot.
   document.body.addEventListener("htmx:sseBeforeMessage", function (e) {
-    if (e.detail && e.detail.type === "resync") {
+    if (!e.detail) return;
+    if (e.detail.type === "resync") {
       e.preventDefault();
       window.location.reload();
+    } else if (e.detail.type === "update") {
+      e.preventDefault();
+      applyPatches(e.detail.data || "");
+      remember(e.detail.lastEventId);
+      refreshTimes();
     }
   });
+
+  // ------------------------------------------------------------ agents: filter and groups
+
+  var agents = document.getElementById("agents");
+  var filter = document.getElementById("agent-filter");
+  var group = document.getElementById("agent-group");
+  var shownNote = document.getElementById("agent-shown");
+  var store = window.localStorage;
+
+  function rowText(row) {
+    var text = row.querySelector(".status-text");
+    return [row.dataset.name, row.dataset.role, row.dataset.status, row.dataset.parent,
+      text ? text.textContent : ""].join(" ").toLowerCase();
+  }
+
+  function arrangeAgents() {
+    if (!agents) return;
+    var mode = group ? group.value : "";
+    var rows = Array.prototype.slice.call(agents.querySelectorAll(":scope > .agent-row"));
+    var key = function (row) { return mode ? (row.dataset[mode] || "(none)") : ""; };
+    rows.sort(function (a, b) {
+      var ka = key(a), kb = key(b);
+      if (ka !== kb) return ka < kb ? -1 : 1;
+      return a.dataset.name < b.dataset.name ? -1 : a.dataset.name > b.dataset.name ? 1 : 0;
+    });
+    var wanted = [];
+    var current = null;
+    rows.forEach(function (row) {
+      if (mode && key(row) !== current) {
+        current = key(row);
+        var head = document.createElement("div");
+        head.className = "group-head";
+        head.dataset.group = current;
+        head.textContent = mode + ": " + current;
+        wanted.push(head);
+      }
+      wanted.push(row);
+    });
+    var now = Array.prototype.slice.call(agents.querySelectorAll(":scope > .agent-row, :scope > .group-head"));
+    var same = now.length === wanted.length && now.every(function (n, i) {
+      var w = wanted[i];
+      return n === w || (n.className === "group-head" && w.className === "group-head" && n.dataset.group === w.dataset.group);
+    });
+    if (!same) {
+      now.forEach(function (n) { if (n.className === "group-head") n.remove(); });
+      var frag = document.createDocumentFragment();
+      wanted.forEach(function (n) { frag.append(n); });
+      agents.append(frag);
+    }
+    filterAgents();
+  }
+
+  function filterAgents() {
+    if (!agents) return;
+    var words = (filter ? filter.value : "").toLowerCase().split(/\s+/).filter(Boolean);
+    var rows = agents.querySelectorAll(":scope > .agent-row");
+    var shown = 0;
+    var perGroup = {};
+    rows.forEach(function (row) {
+      var text = rowText(row);
+      var hit = words.every(function (w) { return text.indexOf(w) >= 0; });
+      row.hidden = !hit;
+      if (hit) {
+        shown++;
+        var g = group && group.value ? (row.dataset[group.value] || "(none)") : "";
+        perGroup[g] = (perGroup[g] || 0) + 1;
+      }
+    });
+    agents.querySelectorAll(":scope > .group-head").forEach(function (head) {
+      var n = perGroup[head.dataset.group] || 0;
+      head.hidden = n === 0;
+      head.textContent = group.value + ": " + head.dataset.group + " (" + n + ")";
+    });
+    if (shownNote) shownNote.textContent = words.length ? shown + " of " + rows.length + " shown" : rows.length + " agents";
+  }
+
+  if (agents) {
+    if (filter) {
+      filter.value = store.getItem("hive.agentFilter") || "";
+      filter.addEventListener("input", function () {
+        store.setItem("hive.agentFilter", filter.value);
+        filterAgents();
+      });
+    }
+    if (group) {
+      group.value = store.getItem("hive.agentGroup") || "";
+      group.addEventListener("change", function () {
+        store.setItem("hive.agentGroup", group.value);
+        arrangeAgents();
+      });
+    }
+    arrangeAgents();
+  }
+
+  // ------------------------------------------------------------ an agent's inbox counts
+
+  function recountInbox() {
+    document.querySelectorAll("[data-inbox-counts]").forEach(function (p) {
+      var name = p.dataset.inboxCounts;
+      var list = document.getElementById("inbox-list-" + name);
+      if (!list) return;
+      var lines = list.querySelectorAll(":scope > .msg");
+      ["queued", "leased", "acked"].forEach(function (state) {
+        var chip = p.querySelector('[data-count="' + state + '"]');
+        var n = list.querySelectorAll(":scope > .msg.in .chip.state-" + state).length;
+        if (chip) chip.textContent = n + " " + (state === "acked" ? "delivered" : state);
+      });
+      var all = p.querySelector('[data-count="all"]');
+      if (all) all.textContent = lines.length;
+    });
+  }
 
   document.body.addEventListener("htmx:sseOpen", function () {
     setLive("on", "live");

@@ -25,6 +25,7 @@ QUIET = "# no rules: every message is read and acked, nothing is sent\n"
 async def live(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[Hive]:
     """boss (the manager, not started: the test speaks on its socket) and alice, running."""
     (short_tmp / "quiet.toml").write_text(QUIET)
+    (short_tmp / "quiet.toml").chmod(0o644)  # the agents read it, whatever the umask
     rules = str(short_tmp / "quiet.toml")
     config = make_config(
         max_restarts=1,

@@ -45,6 +45,8 @@ QUIET_RULES = "# no rules: every message is read and acked, nothing is sent\n"
 def write_rules(root: Path) -> dict[str, dict[str, object]]:
     (root / "alice.toml").write_text(ALICE_RULES)
     (root / "quiet.toml").write_text(QUIET_RULES)
+    for rules in ("alice.toml", "quiet.toml"):
+        (root / rules).chmod(0o644)  # the agents read them, whatever the umask
     return {
         "boss": {"role": "manager", "rules": str(root / "quiet.toml")},
         "alice": {"rules": str(root / "alice.toml")},

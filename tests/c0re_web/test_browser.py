@@ -86,7 +86,7 @@ def hive_web() -> Iterator[WebHive]:
         [
             sys.executable,
             "-m",
-            "c0re_priv",
+            "c0re_web",
             "web",
             "--run-dir",
             str(root / "run"),

@@ -1,4 +1,5 @@
-"""Live updates without a browser: what a batch of events redraws, replay by Last-Event-ID, resync."""
+"""Live updates without a browser: the patches a batch draws, per-browser queues that
+coalesce instead of dropping, replay by Last-Event-ID, resync."""
 
 from __future__ import annotations
 
@@ -6,13 +7,20 @@ import anyio
 import msgspec
 import pytest
 
-from c0re_web.live import Batch, Changes, Hub, Listener, ResyncNote, sse_frame
+from c0re_web.live import MESSAGE_BACKLOG, Batch, Hub, Listener, Patch, sse_frame
 from c0re_web.render import Renderer, conversations
 from protocol import messages as m
 
+AGENTS = ("alice", "bob", "carol", "dave")
+
 
 def msg(
-    mid: int, sender: str, to: str, reply_to: int | None = None, thread: int | None = None
+    mid: int,
+    sender: str,
+    to: str,
+    reply_to: int | None = None,
+    thread: int | None = None,
+    state: m.MessageState = "queued",
 ) -> m.MessageRow:
     return m.MessageRow(
         id=mid,
@@ -22,7 +30,7 @@ def msg(
         in_reply_to=reply_to,
         thread=thread or mid,
         kind="message",
-        state="queued",
+        state=state,
         attempts=0,
         broadcast=False,
         hint=None,
@@ -32,24 +40,72 @@ def msg(
     )
 
 
-def drain(lst: Listener) -> list[Batch | ResyncNote]:
-    out: list[Batch | ResyncNote] = []
+def agent(name: str, **fields: object) -> m.AgentRow:
+    row = m.AgentRow(
+        name=name,
+        role="agent",
+        model="",
+        runtime="scripted",
+        allowed_recipients=None,
+        running=False,
+        status_text="",
+        status_set_at=None,
+        last_seen=None,
+        created_at=1.0,
+        queued=0,
+        leased=0,
+    )
+    return msgspec.structs.replace(row, **fields)  # type: ignore[arg-type]
+
+
+def state(seq: int = 100, messages: list[m.MessageRow] | None = None) -> m.HiveState:
+    return m.HiveState(
+        id=0,
+        seq=seq,
+        rev="test",
+        server_time=1.0,
+        agents=[agent(name) for name in AGENTS],
+        open_threads={name: 0 for name in AGENTS},
+        questions=[],
+        messages=messages or [],
+        failed_reminders=[],
+        threads=[],
+    )
+
+
+def at(seq: int, event: m.AnyEvent) -> m.AnyEvent:
+    return msgspec.structs.replace(event, seq=seq, at=float(seq))
+
+
+async def drain(lst: Listener) -> list[str]:
+    """Every SSE message the listener has ready now."""
+    out: list[str] = []
     while True:
-        try:
-            out.append(lst.recv.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return out
+        with anyio.move_on_after(0.01):
+            frame = await lst.take()
+            if frame is None:
+                return out
+            out.append(frame)
+            continue
+        return out
+
+
+def batch(seq: int, pages: dict[str, str], touched: frozenset[str] = frozenset()) -> Batch:
+    return Batch(
+        seq=seq,
+        pages={page: (Patch(f"k{seq}", html),) for page, html in pages.items()},
+        touched=touched,
+    )
 
 
 @pytest.fixture
 def hub() -> Hub:
     h = Hub(Renderer(), replay=3)
-    h.reset(100)
+    h.seed(state())
     return h
 
 
-def batch(seq: int, pages: dict[str, str], touched: frozenset[str] = frozenset()) -> Batch:
-    return Batch(seq=seq, pages=pages, touched=touched)
+# ------------------------------------------------------------------ conversations
 
 
 def test_conversations_group_by_thread_and_nest_replies():
@@ -79,81 +135,129 @@ def test_a_broadcast_is_one_conversation_until_someone_answers_a_copy():
     assert [(c.thread, len(c.copies)) for c in answered] == [(11, 0), (12, 2)]
 
 
-def test_a_batch_names_what_it_changed():
-    changes = Changes.of(
-        [
-            m.MessageSent(message=msg(7, "alice", "bob")),
-            m.MessageAcked(message_id=3, agent="carol"),
-            m.QuestionAnswered(
-                question_id=1, asker="bob", target="operator", answer="y", expired=False
-            ),
-            m.Note(agent="alice", text="compact done"),
-            m.ReminderFailed(
-                reminder_id=2, owner="dave", error="boom", attempt_count=5, retry_at=None
-            ),
-        ]
+# ------------------------------------------------------------------ drawing
+
+
+async def test_a_message_is_drawn_as_one_line_and_the_counts_of_who_it_touched(hub):
+    hub.mirror.apply([])
+    first = hub.mirror.apply([at(101, m.MessageSent(message=msg(7, "alice", "bob")))])
+    patches = {p.key: p for p in hub._dashboard(first)}
+    assert set(patches) == {"conv:7", "counts:bob", "seen:alice"}  # no whole rows
+    assert 'data-op="upsert"' in patches["conv:7"].html and "body 7" in patches["conv:7"].html
+    assert patches["conv:7"].droppable and patches["conv:7"].shows == 1
+    reply = hub.mirror.apply(
+        [at(102, m.MessageSent(message=msg(8, "bob", "alice", reply_to=7, thread=7)))]
     )
-    assert changes.flow and changes.questions and changes.reminders and not changes.roster
-    assert changes.inbox == {"alice", "bob", "carol"}
-    assert changes.threads == {"bob", "operator"}
-    assert changes.agents >= {"alice", "bob", "carol", "dave"}
-    assert [text for _, text, _ in changes.toasts] == [
-        "alice: compact done",
-        "a reminder of dave failed: boom",
-    ]
+    patches = {p.key: p for p in hub._dashboard(reply)}
+    assert (
+        'data-op="line"' in patches["line:8"].html
+        and 'data-conv="conv-7"' in patches["line:8"].html
+    )
+    assert "body 7" not in patches["line:8"].html  # only what changed
+    acked = hub.mirror.apply([at(103, m.MessageAcked(message_id=7, agent="bob"))])
+    (chip,) = [p for p in hub._dashboard(acked) if p.key.startswith("mstate:")]
+    assert 'id="mstate-7"' in chip.html and "delivered" in chip.html
+    turn = hub.mirror.apply(
+        [at(104, m.AgentStateChanged(name="bob", state="harness:turn", reason=""))]
+    )
+    keys = [p.key for p in hub._dashboard(turn)]
+    assert keys == ["row:bob"]  # the harness state chip is part of the row itself
 
 
-def test_a_reconnecting_page_gets_what_it_missed_for_its_own_page(hub):
+async def test_a_browser_that_reads_slowly_gets_the_latest_of_each_thing_not_every_step():
+    lst = Listener("dashboard", since=100)
+    for seq in range(101, 111):
+        lst.offer(
+            Batch(
+                seq=seq,
+                pages={"dashboard": (Patch("counts:bob", f"<p>{seq}</p>"),)},
+                touched=frozenset(),
+            )
+        )
+    (frame,) = await drain(lst)
+    assert frame == "id: 110\nevent: update\ndata: <p>110</p>\n\n"
+
+
+async def test_a_browser_that_falls_behind_is_never_dropped_and_is_told_what_it_missed():
+    lst = Listener("dashboard", since=100)
+    extra = 70
+    for seq in range(101, 101 + MESSAGE_BACKLOG + extra):
+        lines = (Patch(f"line:{seq}", f"<i>{seq}</i>", droppable=True, shows=1),)
+        lst.offer(Batch(seq=seq, pages={"dashboard": lines}, touched=frozenset()))
+    (frame,) = await drain(lst)
+    assert lst.not_shown == extra
+    assert f'data-not-shown="{extra}"' in frame and f"+{extra} more" in frame
+    assert (
+        f"<i>{100 + extra}</i>" not in frame and f"<i>{100 + MESSAGE_BACKLOG + extra}</i>" in frame
+    )
+    lst.offer(batch(1000, {"dashboard": "x"}))
+    (after,) = await drain(lst)
+    assert "not-shown" not in after  # said once, until the count changes
+
+
+# ------------------------------------------------------------------ replay and resync
+
+
+async def test_a_reconnecting_page_gets_what_it_missed_for_its_own_page(hub):
     hub.publish(batch(101, {"dashboard": "a"}))
     hub.publish(batch(102, {"agent:bob": "b"}, frozenset({"bob"})))
     hub.publish(batch(103, {"dashboard": "c"}))
     dash = hub.listen("dashboard", since=101)
-    assert [item.seq for item in drain(dash)] == [103]
+    assert await drain(dash) == [sse_frame(103, "c")]
     bob = hub.listen("agent:bob", since=100)
-    assert [item.seq for item in drain(bob)] == [102]
+    assert await drain(bob) == [sse_frame(102, "b")]
     hub.publish(batch(104, {"dashboard": "d", "agent:bob": "e"}, frozenset({"bob"})))
-    assert [item.seq for item in drain(dash)] == [104]
-    assert [item.seq for item in drain(bob)] == [104]
+    assert await drain(dash) == [sse_frame(104, "d")]
+    assert await drain(bob) == [sse_frame(104, "e")]
 
 
-def test_a_page_older_than_the_buffer_or_a_restart_must_reload(hub):
+async def test_a_page_older_than_the_buffer_or_a_restart_must_reload(hub):
     for seq in (101, 102, 103, 104):
         hub.publish(batch(seq, {"dashboard": str(seq)}))
     assert hub.floor == 101
-    assert drain(hub.listen("dashboard", since=100)) == [ResyncNote(104)]
+    assert await drain(hub.listen("dashboard", since=100)) == ["event: resync\ndata: 104\n\n"]
     current = hub.listen("dashboard", since=104)
-    assert drain(current) == []
-    hub.reset(5_000)  # the daemon restarted: seqs start again at its boot time
-    assert drain(current) == [ResyncNote(5_000)]
+    assert await drain(current) == []
+    hub.seed(state(seq=5_000))  # the daemon restarted: seqs start again at its boot time
+    assert await drain(current) == ["event: resync\ndata: 5000\n\n"]
 
 
-def test_a_page_whose_agent_changed_while_nobody_drew_it_must_reload(hub):
+async def test_a_page_whose_agent_changed_while_nobody_drew_it_must_reload(hub):
     hub.publish(batch(101, {"dashboard": "a"}, frozenset({"alice"})))
-    assert drain(hub.listen("agent:alice", since=100)) == [ResyncNote(101)]
-    assert drain(hub.listen("agent:bob", since=100)) == []
+    assert await drain(hub.listen("agent:alice", since=100)) == ["event: resync\ndata: 101\n\n"]
+    assert await drain(hub.listen("agent:bob", since=100)) == []
 
 
-def test_a_page_that_falls_behind_is_dropped_not_waited_for(hub):
-    slow = hub.listen("dashboard", since=100)
-    for seq in range(101, 101 + 70):
-        hub.publish(batch(seq, {"dashboard": "x"}))
-    received = drain(slow)
-    assert 0 < len(received) < 70  # its stream ended; the browser reconnects with Last-Event-ID
+async def test_an_agent_page_just_loaded_is_drawn_before_its_stream_connects(hub):
+    hub.expect("carol")
+    assert "carol" in hub.watched_agents()
+    changes = hub.mirror.apply([at(101, m.MessageSent(message=msg(9, "alice", "carol")))])
+    patches = hub._agent_page("carol", changes, None)
+    assert [p.key for p in patches] == ["head", "line:9"]
+    assert 'data-into="#inbox-list-carol"' in patches[1].html
 
 
-def test_before_the_first_subscription_pages_wait_and_then_are_judged():
+async def test_before_the_first_subscription_pages_wait_and_then_are_judged():
     h = Hub(Renderer())
     early = h.listen("dashboard", since=50)
     current = h.listen("dashboard", since=90)
-    assert drain(early) == drain(current) == []
-    h.reset(90)
-    assert drain(early) == [ResyncNote(90)]
-    assert drain(current) == []
+    assert await drain(early) == await drain(current) == []
+    h.seed(state(seq=90))
+    assert await drain(early) == ["event: resync\ndata: 90\n\n"]
+    assert await drain(current) == []
 
 
 def test_an_sse_frame_carries_the_seq_and_every_line():
-    frame = sse_frame(batch(7, {"dashboard": "<p>\none</p>"}), "dashboard")
-    assert frame == "id: 7\nevent: update\ndata: <p>\ndata: one</p>\n\n"
-    assert sse_frame(ResyncNote(9), "dashboard") == "event: resync\ndata: 9\n\n"
-    odd = sse_frame(batch(8, {"dashboard": "a\r\nb\rc\u2028d"}), "dashboard")
+    assert sse_frame(7, "<p>\none</p>") == "id: 7\nevent: update\ndata: <p>\ndata: one</p>\n\n"
+    odd = sse_frame(8, "a\r\nb\rc\u2028d")
     assert odd == "id: 8\nevent: update\ndata: a\ndata: b\ndata: c\u2028d\n\n"
+
+
+async def test_conversations_that_came_and_went_in_one_batch_are_counted_not_shown(hub):
+    lst = hub.listen("dashboard", since=100)
+    burst = [at(101 + i, m.MessageSent(message=msg(10 + i, "alice", "bob"))) for i in range(45)]
+    await hub._apply(None, burst)  # type: ignore[arg-type]  # nothing here needs a read
+    (frame,) = await drain(lst)
+    assert frame.count('data-op="upsert"') == 40  # the flow shows 40 conversations
+    assert lst.not_shown == 5 and 'data-not-shown="5"' in frame
+    assert "body 10<" not in frame and "body 54<" in frame

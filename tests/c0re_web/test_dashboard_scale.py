@@ -1,0 +1,186 @@
+"""The dashboard with a swarm: 120 agents in a real Chromium, against a real `hive web` and daemon.
+
+Rows stay one line each, the messages and the questions are on the first screen without
+scrolling past the agents, the filter and the grouping work, and a message patches the
+counts of its recipient's row in place instead of redrawing it. Screenshots of each state
+are written next to the test's temp dir (kept when `HIVE_SCREENSHOTS` names a directory).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from c0re_web.privileges import WEB_USER, ensure_user
+from protocol import messages as m
+from protocol.client import SyncClient
+from tests.c0re_web.test_browser import CHROMIUM, LINK
+from tests.conftest import DaemonProcess
+
+AGENTS = 120
+VIEWPORT = {"width": 1400, "height": 900}
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+
+class Swarm:
+    def __init__(self, daemon: DaemonProcess, link: str, shots: Path) -> None:
+        self.daemon = daemon
+        self.link = link
+        self.shots = shots
+
+    def agent(self, name: str) -> SyncClient:
+        return SyncClient.connect(str(self.daemon.paths.agent_sock(name)), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def swarm() -> Iterator[Swarm]:
+    root = Path(tempfile.mkdtemp(prefix="hs", dir="/tmp"))
+    os.chmod(root, 0o755)
+    web_group = ""
+    if os.geteuid() == 0:
+        ensure_user(WEB_USER)
+        web_group = WEB_USER
+    config = root / "hive.toml"
+    agents = "".join(f"[agents.w{i:03d}]\n\n" for i in range(AGENTS - 1))
+    config.write_text(
+        f'[hive]\nautostart = false\nbackend = "process"\nweb_group = "{web_group}"\n\n'
+        f'[agents.boss]\nrole = "manager"\n\n{agents}'
+    )
+    daemon = DaemonProcess(root, config)
+    daemon.start()
+    web_log = open(root / "web.log", "w")  # noqa: SIM115 - owned by the child
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "c0re_web",
+            "web",
+            "--run-dir",
+            str(root / "run"),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=web_log,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert web.stdout is not None
+        for line in web.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    shots = Path(os.environ.get("HIVE_SCREENSHOTS") or root / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        while not (found := LINK.search(lines.get(timeout=30))):
+            pass
+        yield Swarm(daemon, found.group(0), shots)
+    finally:
+        web.terminate()
+        try:
+            web.wait(15)
+        except subprocess.TimeoutExpired:
+            web.kill()
+        web_log.close()
+        log = (root / "web.log").read_text()
+        if daemon.proc is not None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+@pytest.fixture(scope="module")
+def page(swarm: Swarm) -> Iterator[Page]:
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+        )
+        context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+        pg = context.new_page()
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        pg.goto(swarm.link)
+        expect(pg.locator("#live-status")).to_have_text("live")
+        yield pg
+        browser.close()
+    assert errors == []
+
+
+def test_every_row_is_one_line_and_messages_and_questions_are_on_the_first_screen(swarm, page):
+    rows = page.locator("#agents .agent-row")
+    expect(rows).to_have_count(AGENTS)
+    heights = page.evaluate(
+        "() => [...document.querySelectorAll('#agents .agent-row')]"
+        ".map(r => r.getBoundingClientRect().height)"
+    )
+    assert max(heights) < 36, f"a row wraps: {max(heights)} px"
+    for panel in ("#messages", "#questions-panel"):
+        box = page.locator(panel).bounding_box()
+        assert box is not None and box["y"] < VIEWPORT["height"] - 150, (panel, box)
+    assert "Agents 120" in page.locator("#jump").inner_text()
+    page.screenshot(path=str(swarm.shots / "dashboard-120-agents.png"))
+
+
+def test_the_filter_narrows_the_rows_and_says_how_many(swarm, page):
+    box = page.locator("#agent-filter")
+    box.fill("w11")
+    expect(page.locator("#agents .agent-row:visible")).to_have_count(9)  # w110…w118
+    expect(page.locator("#agent-shown")).to_have_text(f"9 of {AGENTS} shown")
+    page.screenshot(path=str(swarm.shots / "dashboard-filtered.png"))
+    box.fill("manager")
+    expect(page.locator("#agents .agent-row:visible")).to_have_count(1)
+    box.fill("")
+    expect(page.locator("#agents .agent-row:visible")).to_have_count(AGENTS)
+
+
+def test_grouping_by_role_puts_each_group_under_its_heading(swarm, page):
+    page.locator("#agent-group").select_option("role")
+    heads = page.locator("#agents .group-head")
+    expect(heads).to_have_text(["role: agent (119)", "role: manager (1)"])
+    # the agent heading, 119 rows, the manager heading, then boss
+    first_manager = page.locator("#agents > *").nth(AGENTS + 1).get_attribute("id")
+    assert first_manager == "agent-boss"
+    page.screenshot(path=str(swarm.shots / "dashboard-by-role.png"))
+    page.reload()  # the choice is remembered
+    expect(page.locator("#agents .group-head")).to_have_count(2)
+    page.locator("#agent-group").select_option("")
+    expect(page.locator("#agents .group-head")).to_have_count(0)
+    expect(page.locator("#live-status")).to_have_text("live")
+
+
+def test_a_message_patches_its_line_and_the_recipients_counts_in_place(swarm, page):
+    page.evaluate("document.getElementById('agent-w042').dataset.marked = 'kept'")
+    with swarm.agent("w007") as w007:
+        (mid,) = w007.expect(m.Send(to="w042", body="patch me in"), m.Sent).message_ids
+    expect(page.locator(f"#flow #msg-{mid}")).to_contain_text("patch me in")
+    expect(page.locator("#counts-w042 .queued")).to_have_text("1 queued")
+    # the row element is the same one: only its counts were replaced
+    assert page.evaluate("document.getElementById('agent-w042').dataset.marked") == "kept"
+    first = page.locator("#flow > .conv").first
+    expect(first).to_have_attribute("id", f"conv-{mid}")
+    with swarm.agent("w042") as w042:
+        (reply,) = w042.expect(
+            m.Send(to="w007", body="patched", in_reply_to=mid), m.Sent
+        ).message_ids
+        got = w042.expect(m.Recv(max=10), m.Deliveries).items
+        w042.expect(m.Ack(lease=got[0].lease), m.Ok)
+    expect(page.locator(f"#conv-{mid} #msg-{reply}")).to_contain_text("patched")
+    expect(page.locator(f"#mstate-{mid}")).to_have_text("delivered")
+    expect(page.locator("#counts-w042 .queued")).to_have_text("0 queued")
+    page.screenshot(path=str(swarm.shots / "dashboard-live.png"))
