@@ -5,7 +5,9 @@ logged with context, reported to the daemon when it can still be reached, backed
 retried, so the loop can never die silently while the MCP side keeps answering — the seed's
 "missed wake" bug. A message is acked only after its turn ended; a turn that fails hands its
 message back at once (`Nack`) so it comes again. SIGTERM stops taking work, lets the running
-turn finish, and exits.
+turn finish, and exits. The emergency stop takes the leases back itself and sends `park`
+naming them: the turn working on one is cancelled, never acked (its message stays queued),
+and a message whose lease was taken back before its turn began is not started.
 """
 
 from __future__ import annotations
@@ -51,10 +53,18 @@ def wake_prompt(msg: m.MessageRow, more: int) -> str:
     return "\n".join(lines)
 
 
+PARKED_MEMORY = 256
+"""Leases taken back by the emergency stop that the harness remembers (never started)."""
+
+
 @dataclass
 class TurnState:
     running: anyio.CancelScope | None = None
     cancelled_by_operator: bool = False
+    parked: bool = False
+    """The running turn was cancelled by the emergency stop: its lease is already gone."""
+    revoked: list[str] = field(default_factory=list)
+    """Leases the emergency stop took back (the most recent `PARKED_MEMORY`)."""
     stopping: bool = False
     idle: anyio.Event = field(default_factory=anyio.Event)
     holding: m.Delivery | None = None
@@ -187,39 +197,63 @@ class Harness:
         self, client: HiveClient, runtime: Runtime, delivery: m.Delivery, more: int
     ) -> None:
         msg = delivery.message
+        if delivery.lease in self.state.revoked:
+            log.info("message #%d was taken back by the emergency stop; not started", msg.id)
+            return
         turn = Turn(prompt=wake_prompt(msg, more), message=msg)
         self.state.idle = anyio.Event()
         self.state.cancelled_by_operator = False
+        self.state.parked = False
         self.state.holding = delivery
         self.state.held.set()
-        await self._report(client, "turn", f"message #{msg.id} from {msg.from_}")
+        stats: m.TurnStats | None = None
         try:
-            while True:
-                try:
-                    with anyio.CancelScope() as scope:
-                        self.state.running = scope
+            # one scope around the retries too: a cancel or a park ends a rate-limit wait
+            with anyio.CancelScope() as scope:
+                self.state.running = scope
+                await self._report(client, "turn", f"message #{msg.id} from {msg.from_}")
+                while True:
+                    try:
                         stats = await runtime.turn(turn)
-                    break
-                except RateLimited as exc:
-                    await self._report(client, "rate_limited", str(exc))
-                    log.warning(
-                        "rate limited; retrying message #%d in %.0fs", msg.id, exc.retry_after
-                    )
-                    await anyio.sleep(exc.retry_after)
-                    await self._report(client, "turn", f"retrying message #{msg.id}")
-        except LoginRequired as exc:
-            await self._failed(client, delivery, "needs_login", str(exc))
-            await anyio.sleep(LOGIN_RETRY_SECONDS)
-            return
+                        break
+                    except RateLimited as exc:
+                        await self._report(client, "rate_limited", str(exc))
+                        log.warning(
+                            "rate limited; retrying message #%d in %.0fs", msg.id, exc.retry_after
+                        )
+                        await anyio.sleep(exc.retry_after)
+                        await self._report(client, "turn", f"retrying message #{msg.id}")
         except TurnFailed as exc:
-            await self._failed(client, delivery, "error", str(exc))
-            await anyio.sleep(FAILED_TURN_PAUSE)
-            return
+            failure: TurnFailed | None = exc
+        else:
+            failure = None
         finally:
             self.state.running = None
             self.state.holding = None
             self.state.idle.set()
-        if scope.cancelled_caught:
+        if self.state.parked:  # the daemon has the lease back: never ack, never nack it
+            if stats is not None:  # it ended just as it was parked: what it spent still counts
+                stats.message_id = msg.id
+                await client.expect(m.ReportTurn(turn=stats), m.Ok)
+            await client.expect(
+                m.ReportControl(
+                    action="park",
+                    ok=True,
+                    detail=f"turn for message #{msg.id} cancelled; it stays queued",
+                ),
+                m.Ok,
+            )
+            await self._report(client, "idle", model=runtime.model)
+            return
+        if isinstance(failure, LoginRequired):
+            await self._failed(client, delivery, "needs_login", str(failure))
+            await anyio.sleep(LOGIN_RETRY_SECONDS)
+            return
+        if failure is not None:
+            await self._failed(client, delivery, "error", str(failure))
+            await anyio.sleep(FAILED_TURN_PAUSE)
+            return
+        if scope.cancelled_caught or stats is None:
             await self._ack(client, delivery)
             await client.expect(
                 m.ReportControl(
@@ -260,6 +294,19 @@ class Harness:
         await self._report(client, state, reason)
         await client.expect(m.SetStatus(text=f"turn failed ({state}): {reason}"[:500]), m.Ok)
 
+    def _park(self, leases: list[str]) -> bool:
+        """The emergency stop took `leases` back: cancel the turn working on one of them
+        (any running turn when none is named). True when a turn was cancelled."""
+        self.state.revoked = [*self.state.revoked, *leases][-PARKED_MEMORY:]
+        held = self.state.holding
+        running = self.state.running
+        if running is None or (leases and (held is None or held.lease not in leases)):
+            return False
+        self.state.parked = True
+        self.state.holding = None  # nothing to renew: the daemon has it back
+        running.cancel()
+        return True
+
     async def _controls(self, client: HiveClient, runtime: Runtime) -> None:
         async with client.stream(m.WaitForControl()) as controls:
             async for frame in controls:
@@ -267,7 +314,11 @@ class Harness:
                     continue
                 ok, detail = True, ""
                 try:
-                    if frame.action == "cancel":
+                    if frame.action == "park":
+                        if self._park(frame.leases):
+                            continue  # the work loop reports once the turn has ended
+                        detail = "no turn of those messages was running"
+                    elif frame.action == "cancel":
                         if self.state.running is None:
                             ok, detail = False, "no turn is running"
                         else:

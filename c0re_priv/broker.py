@@ -194,6 +194,9 @@ class Broker:
         """The reaper's scan may not see a lease made meanwhile: every lease pokes it then."""
         self.remote: RemoteDirectory | None = None
         """The federation's directory of other hives; `None` when this hive is alone."""
+        self.gate: Callable[[str], bool] | None = None
+        """May this agent be given work now? The operator's controls (`holds.Holds`) keep
+        some back; a held agent is leased nothing until `notify` after its release."""
 
     # ---------------------------------------------------------------- signals
 
@@ -312,6 +315,8 @@ class Broker:
     ) -> tuple[list[Delivery], int, float | None]:
         """`lease`, and when nothing was ready: the time the first backed-off one is."""
         agent = holder.agent
+        if self.gate is not None and not self.gate(agent):
+            return [], 0, None
         now = self._now()
         expires = now + self._settings.lease_seconds
 
@@ -360,6 +365,11 @@ class Broker:
         if leased and (self._reaper_scanning or expires < self._reaper_deadline):
             self._reaper_deadline = min(self._reaper_deadline, expires)
             self._reaper_poke.set()
+        if leased and self.gate is not None and not self.gate(agent):
+            # held while the lease was being written (an emergency stop that came meanwhile
+            # took back only the leases it could see): hand these straight back
+            await self.release([d.lease for d in deliveries], "held", failed=False)
+            return [], more, None
         return deliveries, more, ready_at
 
     async def _wait_for_inbox(self, changed: trio.Event, ready_at: float | None) -> None:
@@ -433,6 +443,10 @@ class Broker:
         if row is None:
             raise Fail("not_found", "no such lease: already acked, expired, or not yours")
         return expires
+
+    def leases_of(self, agent: str) -> list[str]:
+        """Every lease `agent` holds now, on any of its connections."""
+        return [token for token, holder in self._holders.items() if holder.agent == agent]
 
     def _forget(self, lease: str) -> None:
         holder = self._holders.pop(lease, None)

@@ -18,7 +18,7 @@ from msgspec import Meta, Struct
 
 from protocol.client import default_run_dir
 from protocol.framing import DEFAULT_MAX_FRAME
-from protocol.messages import AgentRole, ModelName, RecipientName, Runtime
+from protocol.messages import AgentName, AgentRole, BudgetLimits, ModelName, RecipientName, Runtime
 
 ROOT_STATE_DIR = Path("/var/lib/hyperhive")
 DEFAULT_UID_FIRST = 65536
@@ -118,6 +118,11 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     idle_timeout_seconds: Annotated[float, Meta(gt=0)] = 600.0
     write_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     fd_reserve: Annotated[int, Meta(ge=16, le=1_000_000)] = 256
+    # the operator's controls (docs/operating.md, "Operator controls")
+    estop_grace_seconds: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    """How long the emergency stop waits for a harness to park before stopping its container."""
+    question_stale_seconds: Annotated[float, Meta(ge=0)] = 1800.0
+    """An open question is raised again (then escalated) after waiting this long; 0: never."""
 
     @property
     def peer_buffer(self) -> int:
@@ -166,9 +171,22 @@ class FederationSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     retry_backoff_max_seconds: Annotated[float, Meta(gt=0)] = 60.0
 
 
+class BudgetSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[budget]`: spending limits that pause agents by themselves (docs/operating.md)."""
+
+    warn_fraction: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    hive: BudgetLimits = msgspec.field(default_factory=BudgetLimits)
+    """`[budget.hive]`: every agent together; at a limit, every agent but the managers stops."""
+    each_agent: BudgetLimits = msgspec.field(default_factory=BudgetLimits)
+    """`[budget.each_agent]`: every agent on its own, unless `[budget.agents.<name>]` says."""
+    agents: dict[AgentName, BudgetLimits] = msgspec.field(default_factory=dict)
+    """`[budget.agents.<name>]`: one agent's own limits (a key it leaves out: `each_agent`'s)."""
+
+
 class HiveConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     hive: HiveSettings = msgspec.field(default_factory=HiveSettings)
     federation: FederationSettings | None = None
+    budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     agents: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,30}\Z")], AgentConfig] = (
         msgspec.field(default_factory=dict)
     )

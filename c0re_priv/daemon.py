@@ -94,6 +94,9 @@ async def _run_hive(
                 if handle_signals:
                     await services.start(_cancel_on_signal, services.cancel_scope)
                 await hive.registry.load()
+                # before any socket serves: a held agent must never be leased a message
+                await hive.estop.load()
+                await hive.budgets.load()
                 await hive.configs.open()
                 orphans = await hive.broker.requeue_orphans()
                 if orphans:
@@ -125,6 +128,7 @@ async def _run_hive(
                 await services.start(hive.questions.run_expiry)
                 await services.start(hive.reminders.run_scheduler)
                 await services.start(hive.approvals.run_deployer)
+                await services.start(hive.escalation.run)
                 if hive.federation is not None:  # reports started at once; NATS may be away
                     await services.start(hive.federation.run)
                 log.info(

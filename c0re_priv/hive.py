@@ -5,8 +5,10 @@ registry, settings, paths, now)`, `Lifecycle(registry, bus, store, broker, roste
 in an order that is also the import order of their modules (tests/test_layout.py); no
 service imports this module, so none can reach another through it. The socket hub and the
 container supervisor need the running services' nursery, so `open_doors` and `supervise`
-hand them to the services that act through them once they exist: the only things given to a
-service after it was built. Handlers and the transport sit above and reach services through
+hand them to the services that act through them once they exist. Besides those, only the
+operator's controls are given after building what they watch: the broker's `gate` (`Holds`)
+and the registry's per-agent usage counts (`Budgets`), which are built on the broker and
+the registry. Handlers and the transport sit above and reach services through
 this object. Running the wired services is `daemon.run_hive`.
 """
 
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
@@ -27,11 +30,15 @@ from . import private_state
 from .agent_configs import AgentConfigs
 from .approvals import Approvals
 from .broker import Broker
+from .budgets import Budgets
 from .config import HiveConfig, Paths
 from .containers import Backend
 from .containers.host import hive_id
+from .escalation import Escalation
+from .estop import EmergencyStop
 from .events import EventBus
 from .federation import Federation
+from .holds import Holds
 from .lifecycle import Lifecycle
 from .log_once import RateLimitedLog
 from .questions import Questions
@@ -104,6 +111,19 @@ class Hive:
         self.broker = Broker(self.store, self.bus, self.registry, self.settings, paths, now)
         self.questions = Questions(self.store, self.bus, self.registry, self.broker, now)
         self.reminders = Reminders(self.store, self.bus, self.broker, config, now)
+        self.holds = Holds(self.registry)
+        """Agents the operator's controls keep from work (the broker leases them nothing)."""
+        self.broker.gate = self.holds.allows
+        self.estop = EmergencyStop(
+            self.store, self.bus, self.registry, self.broker, self.holds, self.settings, now
+        )
+        self.budgets = Budgets(
+            self.store, self.bus, self.registry, self.broker, self.holds, config.budget, now
+        )
+        self.escalation = Escalation(
+            self.store, self.bus, self.registry, self.broker, self.settings, now
+        )
+        self.registry.row_counts = merged_counts(reminder_counts, self.budgets.row_fields)
         self.roster = Roster(self.registry, paths, agents_traverse=agents_traverse)
         self.configs = AgentConfigs(
             self.store,
@@ -165,9 +185,26 @@ class Hive:
         self.lifecycle = lifecycle
         self.roster.supervisor = lifecycle
         self.configs.lifecycle = lifecycle
-        configs = self.configs
+        self.estop.lifecycle = lifecycle
+        configs, holds = self.configs, self.holds
         self.registry.row_extras = lambda name: {
             **lifecycle.row_extras(name),
             **configs.row_extras(name),
+            **holds.row_extras(name),
         }
         return lifecycle
+
+
+def merged_counts(
+    *sources: Callable[[sqlite3.Connection], Mapping[str, Mapping[str, object]]],
+) -> Callable[[sqlite3.Connection], dict[str, dict[str, object]]]:
+    """One `Registry.row_counts` from several services' per-agent counts."""
+
+    def counts(conn: sqlite3.Connection) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for source in sources:
+            for name, fields in source(conn).items():
+                out.setdefault(name, {}).update(fields)
+        return out
+
+    return counts

@@ -63,6 +63,7 @@ class Supervised:
     stopping: bool = False
     grace: float = 30.0
     failed: bool = False
+    failed_at: float | None = None
     crashes: deque[float] = field(default_factory=deque)
     restarts: int = 0
     limits: str = ""
@@ -360,6 +361,7 @@ class Lifecycle:
             "has_login_token": self.login_token_file(name).exists(),
             "container": s.state,
             "failed": s.failed,
+            "failed_at": s.failed_at if s.failed else None,
             "needs_login": s.needs_login,
             "active_model": s.active_model,
             "harness_state": s.harness_state,
@@ -554,6 +556,7 @@ class Lifecycle:
                     lasted = now - started
                     if len(s.crashes) > self.settings.max_restarts:
                         s.failed = True
+                        s.failed_at = time.time()
                         reason = f"{cause} after {lasted:.1f}s, {len(s.crashes)} times"
                         log.error(
                             "%s: FAILED, not restarting: %s; last log lines:\n%s",

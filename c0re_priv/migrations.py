@@ -252,6 +252,78 @@ def m007_federation(db: sqlite_utils.Database) -> None:
     )
 
 
+def m008_operator_controls(db: sqlite_utils.Database) -> None:
+    # docs/operating.md, "Operator controls": who a stale question was raised to; the
+    # operator's budget limits, the alerts they raised, the agents they hold and the
+    # operator's resumes past them; running usage totals per agent, kept by a trigger in the
+    # same transaction as each turn, and an index that makes a rolling day a range scan.
+    # The emergency stop itself is one row of `hive_meta` (key 'estop').
+    add_column(db, "questions", "escalation", "TEXT NOT NULL DEFAULT '[]'")
+    add_column(db, "questions", "escalated_at", "REAL")
+    execute_all(
+        db,
+        """
+        CREATE INDEX IF NOT EXISTS questions_open ON questions (asked_at) WHERE state = 'open';
+        CREATE TABLE IF NOT EXISTS budget_limits (
+            scope TEXT NOT NULL,
+            agent TEXT NOT NULL DEFAULT '',
+            key TEXT NOT NULL,
+            value REAL,
+            set_at REAL NOT NULL,
+            PRIMARY KEY (scope, agent, key)
+        );
+        CREATE TABLE IF NOT EXISTS budget_alerts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scope TEXT NOT NULL,
+            agent TEXT NOT NULL DEFAULT '',
+            key TEXT NOT NULL,
+            level TEXT NOT NULL,
+            used REAL NOT NULL,
+            limit_value REAL NOT NULL,
+            at REAL NOT NULL,
+            text TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'open',
+            closed_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS budget_alerts_open ON budget_alerts (scope, agent, key)
+            WHERE state != 'cleared';
+        CREATE TABLE IF NOT EXISTS budget_holds (
+            agent TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS budget_overrides (
+            agent TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            limit_value REAL NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (agent, scope, key)
+        );
+        CREATE TABLE IF NOT EXISTS usage_totals (
+            agent TEXT PRIMARY KEY,
+            turns INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL
+        );
+        INSERT OR REPLACE INTO usage_totals (agent, turns, tokens, cost_usd)
+            SELECT agent, count(*), sum(input_tokens + output_tokens), sum(cost_usd)
+            FROM turns GROUP BY agent;
+        CREATE INDEX IF NOT EXISTS turns_recent
+            ON turns (at, agent, input_tokens, output_tokens, cost_usd)
+        """,
+    )
+    # a trigger's body has its own `;`: one statement, not for execute_all
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS turns_usage_totals AFTER INSERT ON turns BEGIN"
+        " INSERT INTO usage_totals (agent, turns, tokens, cost_usd)"
+        " VALUES (NEW.agent, 1, NEW.input_tokens + NEW.output_tokens, NEW.cost_usd)"
+        " ON CONFLICT (agent) DO UPDATE SET turns = turns + 1,"
+        " tokens = tokens + excluded.tokens, cost_usd = cost_usd + excluded.cost_usd;"
+        " END"
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial", m001_initial),
     (2, "containers_and_turns", m002_containers_and_turns),
@@ -260,6 +332,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (5, "approvals_and_deploys", m005_approvals_and_deploys),
     (6, "message_retries", m006_message_retries),
     (7, "federation", m007_federation),
+    (8, "operator_controls", m008_operator_controls),
 ]
 
 

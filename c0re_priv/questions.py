@@ -2,8 +2,9 @@
 
 A question is a row in `questions` plus a `question` message to its target (so an agent
 target is woken like for any message, and the operator sees it on the dashboard). Only the
-target may answer; the answer reaches the asker as an `answer` message whose `in_reply_to`
-is the question message. A question past its TTL is answered `[expired]` by the daemon.
+target may answer, and whoever a stale question was escalated to (`escalation`); the answer
+reaches the asker as an `answer` message whose `in_reply_to` is the question message. A
+question past its TTL is answered `[expired]` by the daemon.
 Every lookup by id is bounded by who asks: another agent's question is `not_found`.
 """
 
@@ -51,7 +52,14 @@ def question_row(r: sqlite3.Row) -> QuestionRow:
         answer=r["answer"],
         answered_at=r["answered_at"],
         message_id=r["message_id"],
+        escalation=json.loads(r["escalation"]),
+        escalated_at=r["escalated_at"],
     )
+
+
+def may_answer(r: sqlite3.Row, answerer: str) -> bool:
+    """Its target, and everyone it was escalated to after it went stale (`escalation`)."""
+    return bool(r["target"] == answerer or answerer in json.loads(r["escalation"]))
 
 
 def question_text(
@@ -149,7 +157,7 @@ class Questions:
 
         def write(conn: sqlite3.Connection) -> tuple[QuestionRow, MessageRow]:
             row = conn.execute("SELECT * FROM questions WHERE id = ?", (question_id,)).fetchone()
-            if row is None or row["target"] != answerer:
+            if row is None or not may_answer(row, answerer):
                 raise Fail("not_found", f"no question #{question_id} addressed to {answerer}")
             if row["state"] != "open":
                 raise Fail("conflict", f"question #{question_id} is already {row['state']}")
@@ -236,9 +244,11 @@ class Questions:
     async def list(self, target: str | None, include_closed: bool) -> list[QuestionRow]:
         clauses: list[str] = []
         params: list[object] = []
-        if target is not None:
-            clauses.append("target = ?")
-            params.append(target)
+        if target is not None:  # and the questions escalated to it
+            clauses.append(
+                "(target = ? OR EXISTS (SELECT 1 FROM json_each(escalation) WHERE value = ?))"
+            )
+            params += [target, target]
         if not include_closed:
             clauses.append("state = 'open'")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""

@@ -16,13 +16,15 @@ import trio
 
 from protocol import messages as m
 
-from . import meta_inputs, open_threads, tombstones
+from . import inbox, meta_inputs, open_threads, tombstones
 
 if TYPE_CHECKING:
     from .hive import Hive
 
 FAILED_REMINDERS = 100
 DEAD_MESSAGES = 100
+OPEN_QUESTIONS = 200
+INBOX_ITEMS = 200
 
 
 async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
@@ -48,6 +50,10 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
     approvals = await hive.approvals.for_dashboard()
     graves = await trio.to_thread.run_sync(tombstones.list_all, hive.paths.state_dir)
     inputs, inputs_note = await meta_inputs.list_inputs(hive.configs, hive.settings)
+    open_questions = await hive.questions.list(None, include_closed=False)
+    open_questions = sorted(open_questions[-OPEN_QUESTIONS:], key=lambda q: q.id)
+    needs_you, _ = await inbox.collect(hive, INBOX_ITEMS, agents, questions)
+    usage = await hive.store.read(hive.budgets.usage_rows)
     federation, remote = None, []
     if hive.federation is not None:
         federation = await hive.federation.row()
@@ -70,4 +76,8 @@ async def take(hive: Hive, agent: str | None, messages: int) -> m.HiveState:
         dead_messages=dead,
         federation=federation,
         remote_agents=remote,
+        estop=hive.estop.row,
+        inbox=needs_you,
+        open_questions=open_questions,
+        usage=usage,
     )

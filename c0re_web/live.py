@@ -53,6 +53,8 @@ MESSAGE_BACKLOG = 200
 """Message lines (and state chips, toasts) one browser may have waiting before the oldest
 are left out and counted in its "+N more"."""
 TOASTS_PER_BATCH = 5
+INBOX_ITEMS = 200
+"""The operator's inbox shows the newest this many items (as `Snapshot` does)."""
 INTEREST_SECONDS = 60.0
 """An agent page is drawn for this long after it was loaded, even before its stream connects."""
 HEARTBEAT = 15.0
@@ -380,6 +382,14 @@ class Hub:
             got_f = await client.expect(m.FederationStatus(), m.Federation)
             mirror.federation = got_f.federation
             changes.federation = True
+        if changes.read_needs:
+            got_i = await client.expect(m.GetInbox(limit=INBOX_ITEMS), m.Inbox)
+            mirror.inbox = got_i.items
+            mirror.estop = got_i.estop
+            changes.needs = True
+        if changes.read_budget:
+            got_b = await client.expect(m.GetBudget(), m.Budget)
+            mirror.set_usage(got_b.usage, changes)
         now = time.monotonic()
         if mirror.counted_since_reconcile and now - self._reconciled >= RECONCILE_SECONDS:
             self._reconciled = now
@@ -411,6 +421,15 @@ class Hub:
             (changes.dead, "dead", "dead_list", (mirror.dead_messages,)),
             (changes.tombstones, "tombstones", "tombstone_list", (mirror.tombstones,)),
         ]
+        if changes.estop:
+            sections.append((True, "estop-panel", "estop_panel", (mirror.estop,)))
+        if changes.needs:
+            sections.append((True, "needs-you", "inbox_list", (mirror.inbox,)))
+        if changes.budget:
+            sections.append((True, "budget", "budget_panel", (mirror.usage,)))
+        if changes.open_questions:
+            questions = (mirror.open_question_list(),)
+            sections.append((True, "open-questions", "open_question_list", questions))
         if changes.meta_inputs:
             inputs = (mirror.meta_inputs, mirror.meta_inputs_note, mirror.meta_inputs_updatable)
             sections.append((True, "meta-inputs", "meta_inputs", inputs))
@@ -421,6 +440,9 @@ class Hub:
             if changed:
                 html = r.op("inner", r.part(macro, *args), target=f"#{target}")
                 out.append(Patch(f"section:{target}", html))
+        if changes.needs:
+            count = r.op("inner", str(len(mirror.inbox)), target="#needs-count")
+            out.append(Patch("section:needs-count", count))
         if (
             changes.questions
             or changes.approvals

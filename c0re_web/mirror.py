@@ -4,10 +4,12 @@
 resync) and changed by every event that follows, in seq order: `MessageSent` carries the
 row, `MessageLeased`/`Acked`/`Requeued` move one message between an agent's counts,
 `AgentStateChanged` names the harness or connection state, `QuestionAsked` carries the
-question, `ApprovalAdded`/`Resolved` the approval, and so on. `apply` returns `Changes`:
+question, `ApprovalAdded`/`Resolved` the approval, `EstopChanged` the emergency stop,
+`QuestionEscalated` the question as escalated, and so on. `apply` returns `Changes`:
 which agents, messages and sections changed, and which small daemon reads the events did
-not carry enough for (one agent's row after a lifecycle change, one agent's open-thread
-count, the failed reminders, the dead messages, the federation link). The counts it keeps by
+not carry enough for (one agent's row after a lifecycle change or a hold, one agent's
+open-thread count, the failed reminders, the dead messages, the federation link, the
+operator's inbox, the spending against budgets). The counts it keeps by
 arithmetic are set right again from the daemon every `RECONCILE_SECONDS` while messages
 flow (`reconcile`), so a race at the seed or a missed transition cannot stay on screen.
 
@@ -25,6 +27,8 @@ from protocol import messages as m
 from .render import FLOW_MESSAGES
 
 RECONCILE_SECONDS = 5.0
+OPEN_QUESTIONS = 200
+"""The open questions panel shows the newest this many (as `Snapshot` does)."""
 APPROVALS_PENDING = 100
 APPROVALS_RESOLVED = 10
 
@@ -53,6 +57,16 @@ class Changes:
     dead: bool = False
     read_federation: bool = False
     federation: bool = False
+    estop: bool = False
+    """The emergency stop changed (its panel; the event carries it)."""
+    open_questions: bool = False
+    """The hive's open questions (every agent's) changed."""
+    read_needs: bool = False
+    """What waits on the operator changed: read it (`GetInbox`)."""
+    needs: bool = False
+    read_budget: bool = False
+    """Spending or limits changed: read the usage rows (`GetBudget`)."""
+    budget: bool = False
     counted: bool = False
     """A message moved between queued and leased: the counts are arithmetic now."""
     toasts: list[tuple[str | None, str, str]] = field(default_factory=list)
@@ -81,6 +95,10 @@ class Mirror:
         self.meta_inputs_updatable = False
         self.federation: m.FederationRow | None = None
         self.remote_agents: list[m.RemoteAgentRow] = []
+        self.estop: m.EstopRow | None = None
+        self.inbox: list[m.InboxItem] = []
+        self.open_questions: dict[int, m.QuestionRow] = {}
+        self.usage: list[m.UsageRow] = []
         self.counted_since_reconcile = False
 
     def seed(self, state: m.HiveState) -> None:
@@ -98,6 +116,10 @@ class Mirror:
         self.meta_inputs_updatable = state.meta_inputs_updatable
         self.federation = state.federation
         self.remote_agents = list(state.remote_agents)
+        self.estop = state.estop
+        self.inbox = list(state.inbox)
+        self.open_questions = {q.id: q for q in state.open_questions}
+        self.usage = list(state.usage)
         self.counted_since_reconcile = False
 
     # ---------------------------------------------------------------- reads
@@ -109,11 +131,36 @@ class Mirror:
     def operator_questions(self) -> list[m.QuestionRow]:
         return [self.questions[i] for i in sorted(self.questions, reverse=True)]
 
+    def open_question_list(self) -> list[m.QuestionRow]:
+        """Every agent's open questions, oldest first (the newest `OPEN_QUESTIONS`)."""
+        return [self.open_questions[i] for i in sorted(self.open_questions)[-OPEN_QUESTIONS:]]
+
     # ---------------------------------------------------------------- what daemon reads bring
 
     def set_row(self, row: m.AgentRow) -> None:
         if row.name in self.agents:
             self.agents[row.name] = row
+
+    def set_usage(self, usage: list[m.UsageRow], c: Changes) -> None:
+        """The usage rows (`GetBudget`) replace the kept ones, and set each agent row's
+        spending fields (as `Registry.rows` does)."""
+        self.usage = list(usage)
+        c.budget = True
+        for u in usage:
+            if u.scope != "agent" or u.agent is None:
+                continue
+            row = self.agents.get(u.agent)
+            if row is None:
+                continue
+            fields = {
+                "tokens_today": u.tokens_day,
+                "cost_today_usd": u.cost_day_usd,
+                "tokens_total": u.tokens_total,
+                "cost_total_usd": u.cost_total_usd,
+                "budget_used": u.used,
+            }
+            if any(getattr(row, k) != v for k, v in fields.items()):
+                self._row(u.agent, c, **fields)
 
     def reconcile(self, rows: list[m.AgentRow]) -> set[str]:
         """The daemon's rows replace the kept ones; the names whose row differed."""
@@ -195,11 +242,14 @@ class Mirror:
                     c.rows.add(name)
                 if state in ("failed", "crashed"):
                     c.toasts.append((name, f"{name} {state}: {reason}", "bad"))
+                if state in ("failed", "starting"):  # a failed agent enters or leaves the inbox
+                    c.read_needs = True
             case m.StatusChanged(name=name, text=text):
                 self._row(name, c, status_text=text, status_set_at=ev.at)
                 self._seen(name, ev.at, c)
             case m.TurnRecorded(name=name):
                 self._seen(name, ev.at, c)
+                c.read_budget = True
             case m.LoggedIn(name=name):
                 self._row(name, c, needs_login=False)
             case m.NeedsLogin(name=name, reason=reason):
@@ -228,17 +278,19 @@ class Mirror:
                 if reason == "operator retry":  # a dead message, queued again
                     self._count(agent, c, queued=1)
                     self._drop_dead(mid, c)
+                    c.read_needs = True
                 else:
                     self._count(agent, c, queued=1, leased=-1)
                 self._message_state(mid, agent, c, state="queued", attempts=attempts)
             case m.MessageDead(message_id=mid, agent=agent, reason=reason):
                 self._count(agent, c, leased=-1)
                 self._message_state(mid, agent, c, state="dead", last_error=reason)
-                c.read_dead = True
+                c.read_dead = c.read_needs = True
                 c.toasts.append((agent, f"message #{mid} to {agent} is dead: {reason}", "bad"))
             case m.MessageDropped(message_id=mid, agent=agent):
                 self._drop_dead(mid, c)
                 self._message_state(mid, agent, c, state="dropped")
+                c.read_needs = True
             case m.MessageForwarded(message_id=mid):
                 sent = self.messages.get(mid)
                 if sent is not None:
@@ -247,14 +299,28 @@ class Mirror:
             case m.QuestionAsked(question=q):
                 if q.target == "operator":
                     self.questions[q.id] = q
-                    c.questions = True
+                    c.questions = c.read_needs = True
+                self.open_questions[q.id] = q
+                c.open_questions = True
                 self._threads(c, q.asker, q.target)
+            case m.QuestionEscalated(question=q, step=step, to=to):
+                if to == "operator" or q.id in self.questions:
+                    # escalated to the operator: theirs to answer too
+                    self.questions[q.id] = q
+                    c.questions = c.read_needs = True
+                self.open_questions[q.id] = q
+                c.open_questions = True
+                self._threads(c, q.asker, q.target, to)
+                where = "raised again to" if step == "raised" else "escalated to"
+                c.toasts.append((q.asker, f"question #{q.id} of {q.asker}: {where} {to}", "warn"))
             case (
                 m.QuestionAnswered(question_id=qid, asker=asker, target=target)
                 | m.QuestionCancelled(question_id=qid, asker=asker, target=target)
             ):
                 if self.questions.pop(qid, None) is not None:
-                    c.questions = True
+                    c.questions = c.read_needs = True
+                if self.open_questions.pop(qid, None) is not None:
+                    c.open_questions = True
                 self._threads(c, asker, target)
             case m.ReminderScheduled(reminder=r):
                 c.read_rows.add(r.owner)
@@ -318,6 +384,33 @@ class Mirror:
                 others = [r for r in self.remote_agents if r.hive != hive]
                 self.remote_agents = sorted([*others, *agents], key=lambda r: (r.hive, r.name))
                 c.read_federation = True
+            case m.EstopChanged(estop=e):
+                self.estop = e
+                c.estop = c.read_needs = True
+                if e.engaged:
+                    text = f"EMERGENCY STOP: {len(e.parked)} agents parked"
+                    c.toasts.append((None, text + (f" ({e.reason})" if e.reason else ""), "bad"))
+                else:
+                    c.toasts.append((None, "the emergency stop was thawed", "ok"))
+            case m.AgentHeld(name=name, hold=hold, reason=reason):
+                # `held` joins every hold's reason: the daemon's row says it
+                c.read_rows.add(name)
+                c.rows.add(name)
+                c.read_needs = c.read_budget = True
+                if hold == "budget":
+                    c.toasts.append((name, f"{name} paused: {reason}", "bad"))
+            case m.AgentReleased(name=name, hold=hold, reason=reason):
+                c.read_rows.add(name)
+                c.rows.add(name)
+                c.read_needs = c.read_budget = True
+                if hold == "budget":
+                    c.toasts.append((name, f"{name} may work again: {reason}", "ok"))
+            case m.BudgetAlerted(alert=a):
+                c.read_needs = c.read_budget = True
+                if a.state == "open":
+                    c.toasts.append((a.agent, a.text, "warn" if a.level == "warn" else "bad"))
+            case m.BudgetChanged():
+                c.read_needs = c.read_budget = True
             case m.Note(agent=agent, text=text):
                 c.toasts.append((agent, f"{agent}: {text}" if agent else text, "ok"))
             case _:
@@ -343,5 +436,5 @@ class Mirror:
             (x for x in rows.values() if x.status != "pending"), key=lambda x: x.id, reverse=True
         )
         self.approvals = pending[:APPROVALS_PENDING] + resolved[:APPROVALS_RESOLVED]
-        c.approvals = True
+        c.approvals = c.read_needs = True
         self._threads(c, a.requested_by)

@@ -123,6 +123,23 @@ def age(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def waiting(since: float) -> str:
+    """How long something has waited, to now: `5m`, `2h`."""
+    return age(max(0.0, time.time() - since))
+
+
+def money(value: float | None) -> str:
+    return "" if value is None else f"${value:,.2f}"
+
+
+def count(value: float | None) -> str:
+    return "" if value is None else f"{int(value):,}"
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
 def stamp(ts: float | None) -> str:
     if ts is None:
         return ""
@@ -133,6 +150,10 @@ def status(a: m.AgentRow) -> tuple[str, str]:
     """(label, tone) of an agent's row: what the operator should notice first."""
     if a.failed:
         return "failed", "bad"
+    if a.held.startswith("emergency stop"):
+        return "parked: emergency stop", "bad"
+    if a.held:
+        return "paused by budget", "bad"
     if a.paused:
         return "paused", "muted"
     if a.needs_login:
@@ -194,6 +215,10 @@ class Renderer:
         self.env.globals.update(
             ago=ago,
             age=age,
+            waiting=waiting,
+            money=money,
+            count=count,
+            percent=percent,
             stamp=stamp,
             status=status,
             size=size,

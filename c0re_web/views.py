@@ -434,3 +434,57 @@ async def update_meta_inputs(request: Request) -> Response:
     got = await call(request, convert({"names": names}, m.UpdateMetaInputs), m.MetaInputs)
     html = web(request).render.part("meta_inputs", got.inputs, "", True)
     return fragment(request, html, got.note)
+
+
+# ------------------------------------------------------------------ the operator's controls
+
+
+async def estop(request: Request) -> Response:
+    """The emergency stop; answers (its panel) once every cancelled turn has ended."""
+    form = await request.form()
+    req = convert({"reason": str(form.get("reason", "")).strip()}, m.EmergencyStop)
+    row = (await call(request, req, m.EstopInfo)).estop
+    note = (
+        f"EMERGENCY STOP: {len(row.parked)} agents parked, "
+        f"{len(row.cancelled)} running turns cancelled"
+        + (f"; containers stopped: {', '.join(row.stopped)}" if row.stopped else "")
+    )
+    return fragment(request, web(request).render.part("estop_panel", row), note, "bad")
+
+
+async def thaw(request: Request) -> Response:
+    row = (await call(request, m.Thaw(), m.EstopInfo)).estop
+    note = f"thawed: {', '.join(row.resumed) or 'no agent'} may work again"
+    return fragment(request, web(request).render.part("estop_panel", row), note)
+
+
+def budget_request(form: FormData) -> m.SetBudget:
+    """`who` is `hive`, `each_agent` or `agent:<name>`; an empty `value` is no limit."""
+    who = str(form.get("who", "hive"))
+    scope, _, agent = who.partition(":")
+    text = str(form.get("value", "")).strip().replace(",", "").removeprefix("$")
+    value: float | None = None
+    if text and text.lower() not in ("none", "-"):
+        try:
+            value = float(text)
+        except ValueError:
+            raise HiveError("invalid", f"{text!r} is not a number") from None
+    return convert(
+        {"scope": scope, "agent": agent or None, "limits": {str(form.get("key", "")): value}},
+        m.SetBudget,
+    )
+
+
+async def set_budget(request: Request) -> Response:
+    req = budget_request(await request.form())
+    await call(request, req, m.Budget)
+    ((key, value),) = req.limits.items()
+    who = req.agent or ("each agent" if req.scope == "each_agent" else "the hive")
+    shown = "no limit" if value is None else f"{value:g}"
+    return fragment(request, "", f"{who}: {key} = {shown}")
+
+
+async def dismiss_budget_alert(request: Request) -> Response:
+    aid = request.path_params["aid"]
+    await call(request, convert({"id": aid}, m.DismissBudgetAlert), m.Ok)
+    return fragment(request, "", f"budget alert #{aid} dismissed")

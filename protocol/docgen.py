@@ -168,6 +168,12 @@ def render() -> str:
         m.AskRow,
         m.ApprovalThread,
         m.QuestionThread,
+        m.EstopRow,
+        m.BudgetLimits,
+        m.BudgetLimitRow,
+        m.UsageRow,
+        m.BudgetAlertRow,
+        m.InboxItem,
     )
     for row in rows:
         out.append(f"### {row.__name__}\n")

@@ -67,7 +67,10 @@ def test_the_root_mounts_exactly_what_the_packages_define():
     assert set(hive_cli.COMMANDS) == {"c0re", "up", "web", "ctl", "agent", "federation"}
     ctl = hive_cli.load("ctl")
     assert isinstance(ctl, typer.core.TyperGroup)
-    assert len(ctl.commands) == 38  # 37 verbs and the `agent` group (add, rm)
+    # 37 verbs, the `agent` group (add, rm), and the operator controls: estop, thaw, inbox
+    # and the `budget` group (set, reset, warn, dismiss)
+    assert len(ctl.commands) == 42
+    assert {"estop", "thaw", "inbox", "budget"} <= set(ctl.commands)
 
 
 def test_the_daemon_package_imports_neither_client():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec.inspect as mi
 
-from c0re_priv.config import AgentConfig, HiveSettings
+from c0re_priv.config import AgentConfig, BudgetSettings, HiveSettings
 from c0re_priv.handlers import STREAMING, UNARY
 from protocol import docgen
 from protocol import messages as m
@@ -39,12 +39,14 @@ __init__ config errors events log_once migrations safe_fs rate_limit federation_
 meta_repo containers.host containers.spawn containers.uids private_state store attachments
 nats_link containers.base containers.bwrap containers.nixos containers.process
 containers.cgroups containers open_threads registry roster broker agent_files tombstones questions
-reminders lifecycle federation agent_configs meta_inputs approvals
+reminders lifecycle federation agent_configs meta_inputs approvals holds estop budgets
+escalation
 hive
-snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
+inbox snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
 handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard handlers.federation
-handlers server host_sock daemon up ctl.common ctl.agents ctl.events ctl.messaging ctl.questions
-ctl.reminders ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl
+handlers.operator_controls handlers server host_sock daemon up ctl.common ctl.agents ctl.events
+ctl.messaging ctl.questions ctl.reminders ctl.operator_controls ctl.lifecycle ctl.approvals
+ctl.tombstones ctl.meta_inputs ctl.federation ctl
 cli __main__
 """
 DAEMON_ORDER = _DAEMON_ORDER.split()
@@ -191,7 +193,7 @@ def test_every_federation_key_is_documented():
 
 def test_every_config_key_is_documented():
     doc = (ROOT / "docs" / "operating.md").read_text()
-    for cls in (HiveSettings, AgentConfig):
+    for cls in (HiveSettings, AgentConfig, BudgetSettings, m.BudgetLimits):
         info = mi.type_info(cls)
         assert isinstance(info, mi.StructType)
         for field in info.fields:

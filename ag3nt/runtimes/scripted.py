@@ -15,6 +15,8 @@ ends the turn with no action (it is still acked: it was seen).
     tool = "send"
     args = { to = "{to}", body = "{text}" }
     delay = 0.5                # optional: seconds to "think" before acting
+    usage = { input_tokens = 1200, output_tokens = 300, cost_usd = 0.25 }
+                               # optional: what the turn reports it spent (budgets count it)
 
 Templates may use `{from}`, `{body}`, `{id}`, `{kind}`, `{question_id}`, `{me}` and the
 match's named groups.
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -78,6 +81,9 @@ class Rule:
     sender: str | None
     kind: str | None
     delay: float = 0.0
+    usage: Mapping[str, float] | None = None
+    """The tokens and cost a turn of this rule reports (`input_tokens`, `output_tokens`,
+    `cost_usd`), as a model's turn would."""
 
     def matches(self, msg: MessageRow) -> dict[str, str] | None:
         if self.sender is not None and msg.from_ != self.sender:
@@ -106,11 +112,27 @@ def parse_rules(text: str, source: str = "rules") -> list[Rule]:
         raise RulesError(f"{source}: {exc}") from exc
     rules = []
     for n, entry in enumerate(raw.get("rule", []), 1):
-        unknown = set(entry) - {"match", "from", "kind", "tool", "args", "delay"}
+        unknown = set(entry) - {"match", "from", "kind", "tool", "args", "delay", "usage"}
         if unknown or "tool" not in entry:
             raise RulesError(
-                f"{source}: rule {n} needs `tool` and allows only match/from/kind/args/delay"
+                f"{source}: rule {n} needs `tool` and allows only match/from/kind/args/delay/usage"
             )
+        usage = entry.get("usage")
+        if usage is not None:
+            try:
+                msgspec.convert(
+                    {"ok": True, **usage}, TurnStats, strict=False
+                )  # its own bounds, so a bad figure is refused here and not by the daemon
+            except (msgspec.ValidationError, TypeError) as exc:
+                raise RulesError(f"{source}: rule {n}: bad usage: {exc}") from exc
+            if not isinstance(usage, dict) or set(usage) - {
+                "input_tokens",
+                "output_tokens",
+                "cost_usd",
+            }:
+                raise RulesError(
+                    f"{source}: rule {n}: usage takes input_tokens, output_tokens, cost_usd"
+                )
         try:
             pattern = re.compile(entry["match"], re.DOTALL) if "match" in entry else None
         except re.error as exc:
@@ -123,6 +145,7 @@ def parse_rules(text: str, source: str = "rules") -> list[Rule]:
                 sender=entry.get("from"),
                 kind=entry.get("kind"),
                 delay=float(entry.get("delay", 0.0)),
+                usage=usage,
             )
         )
     return rules
@@ -190,6 +213,9 @@ class ScriptedRuntime:
                 result=result[:4000],
                 tool_calls=[rule.tool],
                 duration_ms=int((time.monotonic() - started) * 1000),
+                input_tokens=int((rule.usage or {}).get("input_tokens", 0)),
+                output_tokens=int((rule.usage or {}).get("output_tokens", 0)),
+                cost_usd=float((rule.usage or {}).get("cost_usd", 0.0)),
             )
         return TurnStats(
             ok=True, result="no rule matched", duration_ms=int((time.monotonic() - started) * 1000)

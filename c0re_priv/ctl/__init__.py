@@ -11,6 +11,7 @@ from __future__ import annotations
 # isort: off
 from . import agents, events, messaging, questions, reminders  # noqa: F401
 from . import lifecycle, approvals, tombstones, meta_inputs, federation  # noqa: F401
+from . import operator_controls  # noqa: F401
 
 # isort: on
 from .common import app

@@ -60,7 +60,7 @@ def agents(
             str(a.queued),
             str(a.leased),
             ago(a.last_seen),
-            a.status_text,
+            (f"[held: {a.held}] " if a.held else "") + a.status_text,
         ]
         for a in got.agents
     ]

@@ -12,6 +12,7 @@ import typer
 from protocol import messages as m
 
 from .common import JsonOut, RunDir, admin, app, call, die, echo, emit, request, show_fields
+from .operator_controls import show_usage
 
 
 def agent_verb(
@@ -131,8 +132,18 @@ def new_session(name: str, run_dir: RunDir = None, as_json: JsonOut = False) -> 
 
 
 @app.command("stats")
-def stats(name: str, run_dir: RunDir = None, as_json: JsonOut = False) -> None:
-    """Turns, tool calls, tokens, cost and time the agent's runtime reported."""
+def stats(
+    name: Annotated[
+        str | None, typer.Argument(help="One agent (default: all, as a table).")
+    ] = None,
+    run_dir: RunDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Turns, tool calls, tokens, cost and time the agent's runtime reported; without a name,
+    every agent's usage (last 24 hours and in total) against its budget."""
+    if name is None:
+        show_usage(run_dir, as_json)
+        return
     req = request(m.GetAgentStats, name=name)
     show_fields(call(run_dir, req, m.Stats).stats, as_json)
 

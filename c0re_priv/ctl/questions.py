@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
 
 from protocol import messages as m
 
-from .common import JsonOut, RunDir, ago, app, call, echo, emit, request, table
+from .common import JsonOut, RunDir, app, call, echo, emit, request, table
 
 
 @app.command("questions")
@@ -22,7 +23,8 @@ def questions(
     run_dir: RunDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Questions waiting for an answer (by default the operator's)."""
+    """Questions waiting for an answer (by default the operator's, and those escalated to
+    the operator), with how long each has waited and whom it was raised to."""
     rows = call(
         run_dir,
         m.ListQuestions(target=None if target == "*" else target, include_closed=all_),
@@ -38,14 +40,26 @@ def questions(
                     q.asker,
                     q.target,
                     q.state,
-                    ago(q.asked_at),
+                    age(q.asked_at, q.answered_at),
+                    " → ".join(q.escalation) if q.escalation else "-",
                     q.question[:60] + (f" [{' | '.join(q.options)}]" if q.options else ""),
                 ]
                 for q in rows
             ],
-            ["ID", "ASKER", "TARGET", "STATE", "ASKED", "QUESTION"],
+            ["ID", "ASKER", "TARGET", "STATE", "AGE", "RAISED TO", "QUESTION"],
         ),
     )
+
+
+def age(since: float, until: float | None) -> str:
+    """How long a question has waited (or waited, once closed): `3m`, `1h 5m`."""
+    seconds = max(0, int((until or time.time()) - since))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join([*parts, f"{seconds}s"][:2]) if parts else f"{seconds}s"
 
 
 @app.command("answer")

@@ -17,6 +17,7 @@ from . import (
     federation,
     lifecycle,
     messaging,
+    operator_controls,
     questions,
     reminders,
     session,
@@ -33,6 +34,7 @@ TABLE: tuple[Verb, ...] = (
     *approvals.VERBS,
     *dashboard.VERBS,
     *federation.VERBS,
+    *operator_controls.VERBS,
 )
 UNARY: dict[type, UnaryHandler] = {v.request: v.handler for v in TABLE if not v.streaming}
 STREAMING: dict[type, StreamHandler] = {v.request: v.handler for v in TABLE if v.streaming}

@@ -63,6 +63,8 @@ async def rebuild_all(c: Caller, req: m.RebuildAll) -> m.Reply:
 
 
 async def set_paused(c: Caller, req: m.SetPaused) -> m.Reply:
+    if not req.paused:  # resuming also lets it go on past the budget limits it is over
+        await c.hive.budgets.resume(req.name)
     await _lifecycle(c).set_paused(req.name, req.paused)
     return await _row(c, req.name)
 
@@ -123,10 +125,14 @@ async def report_state(c: Caller, req: m.ReportState) -> m.Reply:
 
 async def report_turn(c: Caller, req: m.ReportTurn) -> m.Reply:
     await _lifecycle(c).report_turn(c.name, req.turn)
+    await c.hive.budgets.after_turn(c.name)  # before the harness may lease its next message
     return m.Ok()
 
 
 async def report_control(c: Caller, req: m.ReportControl) -> m.Reply:
+    if req.action == "park":  # the emergency stop's own; it reports the outcome as a whole
+        c.hive.estop.confirm(c.name)
+        return m.Ok()
     outcome = "done" if req.ok else "failed"
     c.hive.bus.publish(m.Note(agent=c.name, text=f"{req.action} {outcome}: {req.detail}".strip()))
     return m.Ok()

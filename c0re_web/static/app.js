@@ -297,9 +297,20 @@
     if (s >= 60) return Math.floor(s / 60) + "m ago";
     return s + "s ago";
   }
+  // How long something has waited ("5m", "2h"): an open question's age.
+  function age(since) {
+    var s = Math.max(0, Math.floor(Date.now() / 1000 - since));
+    if (s >= 86400) return Math.floor(s / 86400) + "d";
+    if (s >= 3600) return Math.floor(s / 3600) + "h";
+    if (s >= 60) return Math.floor(s / 60) + "m";
+    return s + "s";
+  }
   function refreshTimes() {
     document.querySelectorAll("time[data-ts]").forEach(function (t) {
       t.textContent = ago(parseFloat(t.dataset.ts));
+    });
+    document.querySelectorAll("[data-since]").forEach(function (t) {
+      t.textContent = age(parseFloat(t.dataset.since));
     });
   }
   window.setInterval(refreshTimes, 15000);

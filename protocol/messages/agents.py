@@ -54,6 +54,19 @@ class AgentRow(Struct, kw_only=True):
     reminders_pending: int = 0
     reminders_delivered: int = 0
     reminders_failed: int = 0
+    # the operator's controls (docs/operating.md, "Operator controls")
+    held: str = ""
+    """Why the daemon keeps this agent from work (the emergency stop, its budget); empty: it
+    does not. A held agent's harness runs but is given no message."""
+    failed_at: float | None = None
+    """When the agent became `failed`."""
+    tokens_today: int = 0
+    """Tokens (input + output) its turns reported in the last 24 hours."""
+    cost_today_usd: float = 0.0
+    tokens_total: int = 0
+    cost_total_usd: float = 0.0
+    budget_used: float | None = None
+    """The highest fraction of any of its own limits used (1.0 = at the limit); `null`: none."""
 
 
 class AddAgent(Request, tag="add_agent"):

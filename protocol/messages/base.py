@@ -59,7 +59,9 @@ MessageKind = Literal["message", "question", "answer", "system", "reminder"]
 ContainerState = Literal["stopped", "starting", "running", "stopping", "crashed", "failed"]
 
 
-ControlAction = Literal["cancel", "compact", "set_model", "new_session"]
+ControlAction = Literal["cancel", "compact", "set_model", "new_session", "park"]
+"""`park`: the emergency stop cancels the turns of the leases it names (never sent by the
+operator directly; see `EmergencyStop`)."""
 
 
 QuestionState = Literal["open", "answered", "cancelled", "expired"]

@@ -11,6 +11,7 @@ from .approvals import ApprovalRow, MetaInputRow, TombstoneRow
 from .base import AgentName, Reply, Request
 from .federation import FederationRow, RemoteAgentRow
 from .messaging import MessageRow
+from .operator_controls import EstopRow, InboxItem, UsageRow
 from .questions import OpenThread, QuestionRow
 from .reminders import ReminderRow
 
@@ -105,6 +106,14 @@ class HiveState(Reply, tag="hive_state"):
     """The federation link (`None`: this hive is not federated)."""
     remote_agents: list[RemoteAgentRow] = []
     """The other hives' agents, read only."""
+    estop: EstopRow | None = None
+    """The emergency stop (engaged or not, and what it last did)."""
+    inbox: list[InboxItem] = []
+    """What waits on the operator, newest first (as `GetInbox`)."""
+    open_questions: list[QuestionRow] = []
+    """Every open question of the hive, oldest first, with its escalation."""
+    usage: list[UsageRow] = []
+    """Spending against budgets: the hive first, then each agent."""
 
 
 class AgentFile(Reply, tag="agent_file"):

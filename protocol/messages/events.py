@@ -26,6 +26,14 @@ from .messaging import (
     MessageRequeued,
     MessageSent,
 )
+from .operator_controls import (
+    AgentHeld,
+    AgentReleased,
+    BudgetAlerted,
+    BudgetChanged,
+    EstopChanged,
+    QuestionEscalated,
+)
 from .questions import QuestionAnswered, QuestionAsked, QuestionCancelled
 from .reminders import ReminderCancelled, ReminderDelivered, ReminderFailed, ReminderScheduled
 
@@ -81,6 +89,12 @@ AnyEvent: TypeAlias = (
     | MetaInputsChanged
     | FederationChanged
     | RemoteAgentsChanged
+    | EstopChanged
+    | AgentHeld
+    | AgentReleased
+    | BudgetAlerted
+    | BudgetChanged
+    | QuestionEscalated
 )
 
 

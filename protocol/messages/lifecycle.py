@@ -162,6 +162,8 @@ class GetLogs(Request, tag="get_logs"):
 class ControlFrame(Reply, tag="control"):
     action: ControlAction
     model: str | None = None
+    leases: list[str] = []
+    """`park`: the leases whose turns to cancel (the daemon has already taken them back)."""
 
 
 class Stats(Reply, tag="stats"):

@@ -32,6 +32,10 @@ class QuestionRow(Struct, kw_only=True):
     answer: str | None
     answered_at: float | None
     message_id: int
+    escalation: list[str] = []
+    """Who it was raised to again, in order, after it waited `question_stale_seconds`: its
+    target, then a manager, then `operator`; each of them may answer it."""
+    escalated_at: float | None = None
 
 
 class AskRow(Struct, kw_only=True):
@@ -72,7 +76,7 @@ class Ask(Request, tag="ask"):
 
 
 class Answer(Request, tag="answer"):
-    """Answer a question addressed to you."""
+    """Answer a question addressed to you, or escalated to you after it went stale."""
 
     question_id: QuestionId
     answer: Body
@@ -99,14 +103,17 @@ class GetOpenThreads(Request, tag="get_open_threads"):
 
 
 class ListQuestions(Request, tag="list_questions"):
-    """Questions, by default the open ones addressed to the operator."""
+    """Questions, by default the open ones addressed (or escalated) to the operator.
+
+    `target`: whose questions (an agent's include those escalated to it; `null`: all).
+    """
 
     target: Recipient | None = "operator"
     include_closed: bool = False
 
 
 class AnswerQuestion(Request, tag="answer_question"):
-    """The operator answers a question addressed to `"operator"`."""
+    """The operator answers a question addressed (or escalated) to `"operator"`."""
 
     question_id: QuestionId
     answer: Body

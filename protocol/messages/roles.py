@@ -85,6 +85,17 @@ from .messaging import (
     WaitForWork,
     Work,
 )
+from .operator_controls import (
+    Budget,
+    DismissBudgetAlert,
+    EmergencyStop,
+    EstopInfo,
+    GetBudget,
+    GetInbox,
+    Inbox,
+    SetBudget,
+    Thaw,
+)
 from .questions import (
     Answer,
     AnswerQuestion,
@@ -148,6 +159,9 @@ AnyReply: TypeAlias = (
     | Tombstones
     | MetaInputs
     | Federation
+    | EstopInfo
+    | Budget
+    | Inbox
 )
 
 
@@ -233,6 +247,12 @@ OPERATOR_REQUESTS: tuple[type[Request], ...] = (
     ListMetaInputs,
     UpdateMetaInputs,
     FederationStatus,
+    EmergencyStop,
+    Thaw,
+    GetBudget,
+    SetBudget,
+    DismissBudgetAlert,
+    GetInbox,
 )
 
 

@@ -8,6 +8,8 @@ reported under its label, as a table and as JSON.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,13 @@ ROWS = {
         "local latency, s0 → r0",
         "cross-hive latency, s0 → r0@beta",
     ],
+    "estop.py": [
+        "CancelTurn, 1 agent",
+        "EmergencyStop, until the reply",
+        "EmergencyStop, until the last turn ended",
+        "EmergencyStop, last harness:idle event",
+        "Thaw, until every turn runs again",
+    ],
     "dashboard.py": [
         "page, idle",
         "page, 200 msg/s",
@@ -83,7 +92,13 @@ ROWS = {
 }
 
 
+NEEDS_BWRAP = {"estop.py"}
+"""Benchmarks that run agents in real sandboxes."""
+
+
 def run_quick(script: str, json_file: Path) -> str:
+    if script in NEEDS_BWRAP and (shutil.which("bwrap") is None or os.geteuid() != 0):
+        pytest.skip("runs agents in bwrap sandboxes: needs bubblewrap and root")
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--quick", "--json-file", str(json_file)],
         capture_output=True,

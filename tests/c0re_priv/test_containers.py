@@ -114,6 +114,7 @@ async def test_agents_see_only_their_own_state_the_manager_sees_all_and_shared_i
         os.chown(state, uid, uid)
         (state / "notes.md").write_text("private")
         os.chown(state / "notes.md", uid, uid)
+        os.chmod(state / "notes.md", 0o644)  # what the manager's check assumes, whatever the umask
     db = short_tmp / "state" / "hive.sqlite"
     db.write_text("secret")
     checks = [

@@ -18,7 +18,8 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +66,11 @@ class WebHive:
         return SyncClient.connect(str(self.daemon.paths.admin_sock), timeout=10)
 
 
-@pytest.fixture(scope="module")
-def hive_web() -> Iterator[WebHive]:
+@contextmanager
+def web_hive(hive_toml: str, files: Mapping[str, str] | None = None) -> Iterator[WebHive]:
+    """A daemon subprocess configured by `hive_toml` (`web_group` is added, `@ROOT@` is its
+    scratch directory, where `files` are written first), and `hive web` started the way root
+    starts it."""
     root = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
     os.chmod(root, 0o755)  # the web user must reach run/web.sock
     web_group = ""
@@ -75,10 +79,13 @@ def hive_web() -> Iterator[WebHive]:
         web_group = WEB_USER
     config = root / "hive.toml"
     config.write_text(
-        f'[hive]\nautostart = false\nbackend = "process"\nmax_restarts = 1000\n'
-        f'web_group = "{web_group}"\n\n[agents.boss]\nrole = "manager"\n\n'
-        '[agents.alice]\n\n[agents.bob]\n\n[agents.carol]\n\n[agents.dave]\nruntime = "claude"\n'
+        hive_toml.replace("[hive]\n", f'[hive]\nweb_group = "{web_group}"\n', 1).replace(
+            "@ROOT@", str(root)
+        )
     )
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+        (root / name).chmod(0o644)
     daemon = DaemonProcess(root, config)
     daemon.start()
     web_log = open(root / "web.log", "w")  # noqa: SIM115 - owned by the child
@@ -126,11 +133,25 @@ def hive_web() -> Iterator[WebHive]:
             for line in (root / "web.log").read_text().splitlines()
             if "Traceback" in line or " ERROR " in line
         ]
-        if daemon.proc is not None:
-            daemon.proc.kill()
-            daemon.proc.wait(10)
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGTERM)  # its sandboxes end with it
+            try:
+                daemon.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.proc.kill()
+                daemon.proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
     assert problems == [], "the web process logged errors"
+
+
+@pytest.fixture(scope="module")
+def hive_web() -> Iterator[WebHive]:
+    with web_hive(
+        '[hive]\nautostart = false\nbackend = "process"\nmax_restarts = 1000\n\n'
+        '[agents.boss]\nrole = "manager"\n\n'
+        '[agents.alice]\n\n[agents.bob]\n\n[agents.carol]\n\n[agents.dave]\nruntime = "claude"\n'
+    ) as hive:
+        yield hive
 
 
 @pytest.fixture(scope="module")

@@ -261,3 +261,25 @@ async def test_conversations_that_came_and_went_in_one_batch_are_counted_not_sho
     assert frame.count('data-op="upsert"') == 40  # the flow shows 40 conversations
     assert lst.not_shown == 5 and 'data-not-shown="5"' in frame
     assert "body 10<" not in frame and "body 54<" in frame
+
+
+async def test_the_emergency_stop_redraws_its_banner_and_the_inbox_and_nothing_else(hub):
+    """What its event carries is drawn at once; the inbox after its read (`GetInbox`)."""
+    estop = m.EstopRow(engaged=True, at=101.0, reason="drill", parked=["alice"])
+    changes = hub.mirror.apply([at(101, m.EstopChanged(estop=estop))])
+    assert changes.read_needs and not changes.read_budget
+    changes.needs = True  # what `_read` sets once `GetInbox` answered
+    hub.mirror.inbox = [
+        m.InboxItem(key="estop", kind="estop", ref=None, agent=None, at=101.0, title="stopped")
+    ]
+    patches = {p.key: p for p in hub._dashboard(changes)}
+    assert set(patches) == {
+        "section:estop-panel",
+        "section:needs-you",
+        "section:needs-count",
+        f"toast:{hub.mirror.seq}:0",
+    }
+    assert "drill" in patches["section:estop-panel"].html
+    assert 'data-target="#needs-count"' in patches["section:needs-count"].html
+    assert ">1</template>" in patches["section:needs-count"].html
+    assert 'data-kind="estop"' in patches["section:needs-you"].html

@@ -3,6 +3,7 @@ payload, asking the daemon only for what an event does not carry."""
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,3 +142,81 @@ def test_counts_kept_by_arithmetic_match_the_messages_states(ops):
         row = mirror.agents[name]
         mine = [s for to, s in states.values() if to == name]
         assert (row.queued, row.leased) == (mine.count("queued"), mine.count("leased"))
+
+
+def question(qid: int, asker: str, target: str) -> m.QuestionRow:
+    return m.QuestionRow(
+        id=qid,
+        asker=asker,
+        target=target,
+        question="which branch?",
+        options=None,
+        multi=False,
+        asked_at=1.0,
+        expires_at=None,
+        state="open",
+        answer=None,
+        answered_at=None,
+        message_id=qid + 100,
+    )
+
+
+def test_the_operator_controls_keep_what_their_events_carry_and_read_the_rest():
+    """The stop and a question's escalation come with their rows; the inbox, the holds and
+    the spending are read (one `GetInbox`, one `AgentStatus` per held agent, one `GetBudget`)."""
+    mirror = Mirror()
+    mirror.seed(state())
+    estop = m.EstopRow(engaged=True, at=101.0, reason="runaway", parked=["alice", "bob"])
+    changes = mirror.apply(
+        [
+            at(101, m.EstopChanged(estop=estop)),
+            at(102, m.AgentHeld(name="alice", hold="estop", reason="emergency stop")),
+        ]
+    )
+    assert mirror.estop == estop and changes.estop
+    assert changes.read_needs and changes.read_rows == {"alice"} and changes.read_budget
+    assert [text for _, text, _ in changes.toasts] == ["EMERGENCY STOP: 2 agents parked (runaway)"]
+
+    q = question(5, "carol", "dave")
+    changes = mirror.apply([at(103, m.QuestionAsked(question=q))])
+    assert changes.open_questions and not changes.questions and not changes.read_needs
+    assert [x.id for x in mirror.open_question_list()] == [5] and not mirror.questions
+    climbed = m.QuestionRow(**{**msgspec.structs.asdict(q), "escalation": ["dave", "alice"]})
+    changes = mirror.apply(
+        [at(104, m.QuestionEscalated(question=climbed, step="operator", to="operator"))]
+    )
+    assert mirror.open_questions[5].escalation == ["dave", "alice"]
+    assert list(mirror.questions) == [5] and changes.questions and changes.read_needs
+    assert changes.toasts[0][1] == "question #5 of carol: escalated to operator"
+    changes = mirror.apply(
+        [
+            at(
+                105,
+                m.QuestionAnswered(
+                    question_id=5, asker="carol", target="dave", answer="main", expired=False
+                ),
+            )
+        ]
+    )
+    assert not mirror.open_questions and not mirror.questions and changes.read_needs
+
+    changes = mirror.apply([at(106, m.TurnRecorded(name="bob", turn=m.TurnStats(ok=True)))])
+    assert changes.read_budget and not changes.read_needs
+    limits = m.BudgetLimits(cost_per_day_usd=1.0)
+    spent = m.UsageRow(
+        scope="agent",
+        agent="bob",
+        turns_day=1,
+        tokens_day=1200,
+        cost_day_usd=0.9,
+        turns_total=1,
+        tokens_total=1200,
+        cost_total_usd=0.9,
+        limits=limits,
+        used=0.9,
+        state="warn",
+    )
+    mirror.set_usage([spent], changes)
+    bob = mirror.agents["bob"]
+    assert (bob.tokens_today, bob.cost_today_usd, bob.budget_used) == (1200, 0.9, 0.9)
+    assert "bob" in changes.rows and changes.budget and mirror.usage == [spent]
