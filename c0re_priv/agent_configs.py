@@ -443,7 +443,11 @@ class AgentConfigs:
         if d is None:
             return {}
         main_blob = self.main_blobs.get(name)
-        return {"deployed_sha": d.sha[:12], "needs_update": main_blob not in (None, d.blob)}
+        return {
+            "deployed_sha": d.sha[:12],
+            "needs_update": main_blob not in (None, d.blob),
+            "parent": d.config.parent or None,
+        }
 
     async def _config_at(self, rev: str, name: str) -> tuple[AgentToml, str]:
         data = await self.repo.read(rev, toml_path(name))

@@ -66,6 +66,10 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     event_replay: Annotated[int, Meta(ge=16)] = 4096
     admin_group: str = ""
     web_group: str = ""
+    host_sock: bool = True
+    """Serve `<run_dir>/host.sock`, the original hyperhive's JSON-line host socket."""
+    web_url: Annotated[str, Meta(pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?\Z")] = ""
+    """The dashboard's address as browsers reach it; `hive up` fills it in when empty."""
     autostart: bool = True
     max_restarts: Annotated[int, Meta(ge=0)] = 3
     restart_window_seconds: Annotated[float, Meta(gt=0)] = 300.0
@@ -275,6 +279,10 @@ class Paths(Struct, frozen=True):
     @property
     def web_sock(self) -> Path:
         return self.run_dir / "web.sock"
+
+    @property
+    def host_sock(self) -> Path:
+        return self.run_dir / "host.sock"
 
     def agent_sock(self, name: str) -> Path:
         return self.run_dir / "agents" / f"{name}.sock"

@@ -25,6 +25,7 @@ from .config import HiveConfig, Paths
 from .containers import Backend
 from .errors import Fail
 from .hive import Hive
+from .host_sock import HostDoor
 from .server import SocketHub
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,11 @@ async def _run_hive(
                 await hive.forge.open()
                 # the fixed sockets last: once admin.sock answers, every agent's socket exists
                 await hub.open_fixed()
+                if hive.settings.host_sock:
+                    # the original's JSON-line door, with admin.sock's power and permissions
+                    host = HostDoor(hive, services)
+                    group = hive.settings.admin_group
+                    await hub.open_door("host", paths.host_sock, group, host)
                 lifecycle = hive.supervise(services, backend)
                 lifecycle.end_leftovers()
                 for name in hive.registry.names():

@@ -177,6 +177,7 @@ class Lifecycle:
             hive_id,
             paths.state_dir,
         )
+        self._uid_lock = trio.Lock()
         self.agents: dict[str, Supervised] = {}
         self.shared_dir = (
             Path(settings.shared_dir) if settings.shared_dir else paths.state_dir / "shared"
@@ -397,15 +398,19 @@ class Lifecycle:
             self.hand_over_claude_login(name, None)
             return
         try:
-            if record.uid is None:
-                taken = {r.uid for r in self.registry.agents.values() if r.uid is not None}
-                uid = self.uids.allocate(name, taken)
-                await self.store.write(
-                    lambda c: c.execute("UPDATE agents SET uid = ? WHERE name = ?", (uid, name))
-                )
-                record.uid = uid
-            else:
-                self.uids.claim(record.uid, name)
+            # The claims dir is shared by every hive on the host and may hold hundreds of
+            # claims: scanned in a worker thread, never in the loop every socket is served
+            # from; one allocation at a time, so two agents of this hive never pick one uid.
+            async with self._uid_lock:
+                if record.uid is None:
+                    taken = {r.uid for r in self.registry.agents.values() if r.uid is not None}
+                    uid = await trio.to_thread.run_sync(self.uids.allocate, name, taken)
+                    await self.store.write(
+                        lambda c: c.execute("UPDATE agents SET uid = ? WHERE name = ?", (uid, name))
+                    )
+                    record.uid = uid
+                else:
+                    await trio.to_thread.run_sync(self.uids.claim, record.uid, name)
         except UidUnavailable as exc:
             raise Fail("unavailable", str(exc)) from None
         uid = record.uid

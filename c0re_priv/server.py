@@ -17,7 +17,9 @@ stream is a call running, so a harness or a dashboard is never idle); a peer tha
 read a reply within `write_timeout_seconds` is dropped. File descriptors are held back for
 the operator: agents and the web process are refused connections `fd_reserve` short of the
 process's limit, so `admin.sock` answers whatever they do. Refusals and accept failures are
-logged once a minute with a count, never once per connection.
+logged once a minute with a count, never once per connection. A door with a wire of its own
+(`host.sock`'s JSON lines, `host_sock.HostDoor`, opened by the daemon through `open_door`)
+is served by the same accept loop, as a peer of its own under the same bounds.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -201,6 +203,19 @@ class Peer:
     calls: trio.Semaphore
     connections: int = 0
     admin: bool = False
+
+
+class Door(Protocol):
+    """A socket that speaks another wire than the protocol's frames (`host.sock`'s JSON
+    lines), served by the same accept loop under the same peer bounds."""
+
+    def refusal(self, message: str) -> bytes:
+        """What a connection refused in the accept loop is told, in its wire."""
+        ...
+
+    async def handle(self, stream: trio.SocketStream, peer: Peer) -> None:
+        """Serve one accepted connection (the hub closes it and counts it out after)."""
+        ...
 
 
 def raise_fd_limit() -> int:
@@ -538,15 +553,17 @@ class SocketHub:
         if found is None:
             settings = self.hive.settings
             admin = key == "admin"
+            operator = key in ("admin", "host")  # host.sock is the operator's tools too
             found = Peer(
                 label=key,
                 max_connections={
                     "admin": settings.admin_max_connections,
+                    "host": settings.admin_max_connections,
                     "web": settings.web_max_connections,
                 }.get(key, settings.agent_max_connections),
                 # the operator's budget is its own: agents filling theirs cannot stall it
                 budget=ByteBudget(
-                    settings.peer_buffer, None if admin else self.total_budget, self._changed
+                    settings.peer_buffer, None if operator else self.total_budget, self._changed
                 ),
                 calls=trio.Semaphore(settings.peer_max_calls),
                 admin=admin,
@@ -561,6 +578,11 @@ class SocketHub:
         )
         await self._listen("web", paths.web_sock, 0o660, "web", None, self.hive.settings.web_group)
 
+    async def open_door(self, key: str, path: Path, group: str, door: Door) -> None:
+        """Serve `door` (a wire of its own, e.g. `host.sock`) at `path`, mode 0660 for
+        `group`, as the peer `key`, under the bounds of every socket."""
+        await self._listen(key, path, 0o660, None, None, group, door)
+
     async def open_agent(self, name: str) -> None:
         if f"agent:{name}" in self._scopes:
             return
@@ -572,10 +594,17 @@ class SocketHub:
             scope.cancel()
 
     async def _listen(
-        self, key: str, path: Path, mode: int, role: Role | None, agent: str | None, group: str
+        self,
+        key: str,
+        path: Path,
+        mode: int,
+        role: Role | None,
+        agent: str | None,
+        group: str,
+        door: Door | None = None,
     ) -> None:
         sock = await bind_unix(path, mode, group)
-        await self._nursery.start(self._serve, key, sock, path, role, agent)
+        await self._nursery.start(self._serve, key, sock, path, role, agent, door)
 
     async def _serve(
         self,
@@ -584,6 +613,7 @@ class SocketHub:
         path: Path,
         role: Role | None,
         agent: str | None,
+        door: Door | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -593,7 +623,7 @@ class SocketHub:
                 self._scopes[key] = scope
                 async with trio.open_nursery() as connections:
                     task_status.started()
-                    await self._accept_loop(key, sock, role, agent, connections)
+                    await self._accept_loop(key, sock, role, agent, connections, door)
         finally:
             if self._scopes.get(key) is scope:
                 del self._scopes[key]
@@ -609,6 +639,7 @@ class SocketHub:
         role: Role | None,
         agent: str | None,
         connections: trio.Nursery,
+        door: Door | None = None,
     ) -> None:
         """Accept for ever; a failure for want of fds or memory waits and retries, logged
         once a minute (trio's own `serve_listeners` logs a traceback every 0.1 s)."""
@@ -635,12 +666,18 @@ class SocketHub:
             if refusal is not None:
                 self.log.note(f"refused:{key}", "%s: refused a connection: %s", key, refusal)
                 refuse(
-                    conn, Error(id=0, code="rate_limited", message=refusal, retry_after_seconds=1.0)
+                    conn,
+                    door.refusal(refusal)
+                    if door is not None
+                    else Error(id=0, code="rate_limited", message=refusal, retry_after_seconds=1.0),
                 )
                 continue
             peer.connections += 1
             self.connections += 1
-            connections.start_soon(self._handle, trio.SocketStream(conn), role, agent, peer)
+            if door is not None:
+                connections.start_soon(self._handle_door, door, trio.SocketStream(conn), peer)
+            else:
+                connections.start_soon(self._handle, trio.SocketStream(conn), role, agent, peer)
 
     def _refusal(self, peer: Peer) -> str | None:
         """Why a new connection for `peer` is refused now, or None to accept it."""
@@ -710,6 +747,15 @@ class SocketHub:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    async def _handle_door(self, door: Door, stream: trio.SocketStream, peer: Peer) -> None:
+        try:
+            await door.handle(stream, peer)
+        finally:
+            peer.connections -= 1
+            self.connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
     def _agent_stopping(self, agent: str | None) -> bool:
         lifecycle = self.hive.lifecycle
         return (
@@ -720,14 +766,15 @@ class SocketHub:
         )
 
 
-def refuse(conn: trio.socket.SocketType, error: Error) -> None:
-    """Answer a connection that will not be served with `error`, and close it, without
-    waiting for anything: the accept loop must stay fast under a flood."""
+def refuse(conn: trio.socket.SocketType, error: Error | bytes) -> None:
+    """Answer a connection that will not be served with `error` (a frame, or a door's own
+    bytes), and close it, without waiting for anything: the accept loop must stay fast
+    under a flood."""
     plain = socket.socket(fileno=conn.detach())
     try:
         plain.setblocking(False)
         with contextlib.suppress(OSError):
-            plain.send(encode(error))
+            plain.send(error if isinstance(error, bytes) else encode(error))
         with contextlib.suppress(OSError):
             # unread bytes (its Hello) would turn the close into a reset the peer sees
             # before our answer

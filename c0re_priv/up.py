@@ -79,6 +79,9 @@ async def run_web(
 
 
 async def run_up(config: HiveConfig, paths: Paths, on_ready: Callable[[Hive], None]) -> None:
+    if not config.hive.web_url and web_available():
+        # the dashboard is ours and serves here, so host.sock can give each agent's page
+        config.hive.web_url = f"http://127.0.0.1:{config.hive.web_port}/"
     async with trio.open_nursery() as nursery:
 
         async def daemon(task_status: trio.TaskStatus[Hive] = trio.TASK_STATUS_IGNORED) -> None:

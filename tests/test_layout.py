@@ -44,9 +44,9 @@ holds estop budgets escalation
 hive
 inbox snapshot handlers.base handlers.session handlers.events handlers.messaging handlers.questions
 handlers.reminders handlers.lifecycle handlers.approvals handlers.dashboard handlers.federation
-handlers.forge handlers.operator_controls handlers server daemon up ctl.common ctl.agents
-ctl.events ctl.messaging ctl.questions ctl.reminders ctl.operator_controls ctl.lifecycle
-ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl.forge ctl
+handlers.forge handlers.operator_controls handlers server host_sock daemon up ctl.common
+ctl.agents ctl.events ctl.messaging ctl.questions ctl.reminders ctl.operator_controls
+ctl.lifecycle ctl.approvals ctl.tombstones ctl.meta_inputs ctl.federation ctl.forge ctl
 cli __main__
 """
 DAEMON_ORDER = _DAEMON_ORDER.split()
@@ -225,6 +225,28 @@ def test_every_reply_struct_is_in_the_reply_union():
         if isinstance(cls, type) and issubclass(cls, m.Reply) and cls is not m.Reply
     }
     assert declared - set(typing.get_args(m.AnyReply)) == set()
+
+
+def test_the_host_sock_doc_names_every_cmd_and_every_field():
+    from protocol import host_v1 as h
+
+    doc = (ROOT / "docs" / "host-sock.md").read_text()
+    for cls in (
+        *h.HOST_REQUESTS,
+        h.Scope,
+        h.HostResponse,
+        h.AgentStatusRow,
+        h.HiveUrls,
+        h.Approval,
+    ):
+        info = mi.type_info(cls)
+        assert isinstance(info, mi.StructType)
+        tag = info.tag
+        assert tag is None or f"`{tag}`" in doc, f"cmd {tag} undocumented"
+        for field in info.fields:
+            assert f"`{field.encode_name}`" in doc, (
+                f"{cls.__name__}.{field.encode_name} undocumented"
+            )
 
 
 def test_what_runs_inside_a_container_never_imports_the_daemon(tmp_path: Path):

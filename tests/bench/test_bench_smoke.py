@@ -39,6 +39,16 @@ ROWS = {
         "GetAgentOpenThreads(alice), admin socket",
         "Ping, admin socket, while alice loops GetOpenThreads",
     ],
+    "host_sock.py": [
+        "ListAgents, admin.sock, SyncClient",
+        "agent_status, host.sock, one connection",
+        "agent_status, host.sock, a connection per request",
+        "list, host.sock, one connection",
+        "agent_state_changed event, admin.sock Subscribe",
+        "row pushed to 1 subscriber",
+        "row pushed to 16 subscribers",
+        "row pushed to 60 subscribers",
+    ],
     "federation.py": [
         "local, alpha → alpha",
         "cross-hive, alpha → beta over JetStream",
