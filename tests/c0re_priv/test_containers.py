@@ -112,6 +112,7 @@ async def test_agents_see_only_their_own_state_the_manager_sees_all_and_shared_i
     for state, uid in ((alice_state, 61001), (bob_state, 61002)):
         state.mkdir(parents=True)
         os.chown(state, uid, uid)
+        os.chmod(state, 0o755)  # as the roster makes it, whatever the umask
         (state / "notes.md").write_text("private")
         os.chown(state / "notes.md", uid, uid)
         os.chmod(state / "notes.md", 0o644)  # what the manager's check assumes, whatever the umask

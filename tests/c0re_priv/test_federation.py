@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import nats as nats_py
 import pytest
 import trio
@@ -762,7 +763,7 @@ def test_hive_federation_provision_creates_once_and_then_only_checks(nats: NatsS
 
 
 async def test_the_dashboard_draws_the_federation_panel_and_redraws_it_on_events(pair):
-    from c0re_web.live import Changes, Hub
+    from c0re_web.live import Hub
     from c0re_web.render import Renderer
 
     alpha, beta = pair
@@ -777,22 +778,27 @@ async def test_the_dashboard_draws_the_federation_panel_and_redraws_it_on_events
     await until(escaped_status_arrived)
     async with admin_of(alpha) as a:
         state = await a.expect(m.Snapshot(), m.HiveState)
-    renderer = Renderer()
-    html = renderer.part("federation_panel", state.federation, state.remote_agents)
-    assert 'data-link="connected"' in html and "bob@beta" in html and "boss@beta" in html
-    assert "<script>" not in html and "&lt;script&gt;" in html  # another hive's text is data
-    hub = Hub(renderer)
-    for event in (
-        m.RemoteAgentsChanged(hive="beta", agents=state.remote_agents),
-        m.FederationChanged(link="disconnected", detail="lost it"),
-        m.MessageForwarded(message_id=1, to="bob@beta"),
-    ):
-        out = hub._dashboard(state, Changes.of([event]))
-        assert 'hx-swap-oob="innerHTML:#federation"' in out
-    toast = hub._dashboard(
-        state, Changes.of([m.FederationChanged(link="disconnected", detail="x")])
-    )
-    assert "federation disconnected: x" in toast
+        renderer = Renderer()
+        html = renderer.part("federation_panel", state.federation, state.remote_agents)
+        assert 'data-link="connected"' in html and "bob@beta" in html and "boss@beta" in html
+        assert "<script>" not in html and "&lt;script&gt;" in html  # another hive's text is data
+        hub = Hub(renderer)
+        hub.seed(state)
+        seq = state.seq
+        for event in (
+            m.RemoteAgentsChanged(hive="beta", agents=state.remote_agents),
+            m.FederationChanged(link="disconnected", detail="lost it"),
+            m.MessageForwarded(message_id=1, to="bob@beta"),
+        ):
+            seq += 1
+            changes = hub.mirror.apply([msgspec.structs.replace(event, seq=seq)])
+            await hub._read(a, changes, set())  # the link's state is read from the daemon
+            patches = hub._dashboard(changes)
+            assert any(p.key == "section:federation" for p in patches), [p.key for p in patches]
+            drawn = "".join(p.html for p in patches if p.key == "section:federation")
+            assert "bob@beta" in drawn and "<script>" not in drawn
+            if isinstance(event, m.FederationChanged):
+                assert any("federation disconnected: lost it" in p.html for p in patches)
 
 
 async def test_three_hives_hear_each_other_and_relay_a_question(nursery, short_tmp, nats):
