@@ -184,7 +184,14 @@ def serve(opts: WebOptions, out: TextIO = sys.stdout) -> None:
         drop_to(user)
         check_reachable(opts.web_sock)
         if missing := unreadable_code():
-            log.warning("not readable as %s (lazy imports may fail): %s", user.pw_name, missing)
+            log.warning(
+                "%s cannot read %s: the modules the dashboard needs were loaded before the"
+                " switch, but one imported later would fail; to be safe, run hyperhive from a"
+                " Python and checkout that %s can read (e.g. not under /root), or give it o+rx",
+                user.pw_name,
+                ", ".join(missing),
+                user.pw_name,
+            )
     if not is_loopback(host):
         log.warning(
             "listening on %s: the dashboard speaks plain HTTP; prefer a loopback bind", host
