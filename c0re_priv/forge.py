@@ -49,16 +49,8 @@ from protocol.messages import forge as f
 from .config import ForgeSettings, Paths
 from .errors import Fail
 from .events import EventBus
-from .forge_git import (
-    GIT_TIMEOUT,
-    HIVE_IDENTITY,
-    ZERO_SHA,
-    BareRepo,
-    GitError,
-    Identity,
-    close_pipes,
-    git_env,
-)
+from .forge_git import HIVE_IDENTITY, BareRepo, Identity, close_pipes
+from .meta_repo import GIT_TIMEOUT, ZERO_SHA, GitError, git_env
 from .registry import Registry
 from .store import Store
 

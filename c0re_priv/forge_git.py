@@ -12,7 +12,6 @@ use it and when are the forge's (`forge.py`) decisions; this module never makes 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,32 +21,10 @@ import trio
 
 from protocol.messages import forge as f
 
-GIT_TIMEOUT = 60.0
-ZERO_SHA = "0" * 40
-HIVE_IDENTITY = ("hyperhive", "hyperhive@localhost")
+from .meta_repo import AUTHOR, GIT_TIMEOUT, ZERO_SHA, GitError, git_env, run_git
+
+HIVE_IDENTITY = AUTHOR
 _LOG_FORMAT = "%H%x00%P%x00%an%x00%ae%x00%ct%x00%s%x1e"
-
-
-class GitError(Exception):
-    """A git command failed; the message has its stderr."""
-
-
-def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The daemon's environment without anything that changes what git does."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
-    env.update(
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_TERMINAL_PROMPT="0",
-        GIT_NO_REPLACE_OBJECTS="1",
-        GIT_AUTHOR_NAME=HIVE_IDENTITY[0],
-        GIT_AUTHOR_EMAIL=HIVE_IDENTITY[1],
-        GIT_COMMITTER_NAME=HIVE_IDENTITY[0],
-        GIT_COMMITTER_EMAIL=HIVE_IDENTITY[1],
-        LC_ALL="C",
-    )
-    env.update(extra or {})
-    return env
 
 
 async def close_pipes(proc: trio.Process) -> None:
@@ -96,20 +73,9 @@ class BareRepo:
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run `git --git-dir=<repo> ARGS…`; a failure raises `GitError` unless `check=False`."""
-        argv = [self._git, f"--git-dir={self.path}", *args]
-        with trio.fail_after(GIT_TIMEOUT):
-            done = await trio.run_process(
-                argv,
-                stdin=stdin,
-                capture_stdout=True,
-                capture_stderr=True,
-                env=git_env(env),
-                cwd=str(self.path),
-                check=False,
-            )
-        if check and done.returncode != 0:
-            raise GitError(f"git {args[0]}: {done.stderr.decode(errors='replace').strip()}")
-        return done
+        return await run_git(
+            self._git, self.path, args, stdin=stdin, env=env, check=check, cwd=self.path
+        )
 
     async def out(
         self, *args: str, stdin: bytes = b"", env: Mapping[str, str] | None = None

@@ -29,7 +29,8 @@ from protocol.messages import forge as f
 from .errors import Fail
 from .events import EventBus
 from .forge import MERGE_TREE_GIT, OPERATOR, Forge, Who, may_read, may_write, split
-from .forge_git import BareRepo, GitError
+from .forge_git import BareRepo
+from .meta_repo import GitError
 from .registry import Registry
 from .store import Store
 

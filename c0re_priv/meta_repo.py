@@ -28,6 +28,52 @@ class GitError(Exception):
     """A git command failed; the message has its stderr."""
 
 
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The daemon's environment without anything that changes what git does; commits are by
+    hyperhive unless `extra` says otherwise. Every repository the daemon runs git on uses it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
+    env.update(
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_TERMINAL_PROMPT="0",
+        GIT_NO_REPLACE_OBJECTS="1",
+        GIT_AUTHOR_NAME=AUTHOR[0],
+        GIT_AUTHOR_EMAIL=AUTHOR[1],
+        GIT_COMMITTER_NAME=AUTHOR[0],
+        GIT_COMMITTER_EMAIL=AUTHOR[1],
+        LC_ALL="C",
+    )
+    env.update(extra or {})
+    return env
+
+
+async def run_git(
+    git: str,
+    git_dir: Path,
+    args: tuple[str, ...],
+    *,
+    stdin: bytes = b"",
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `git --git-dir=GIT_DIR ARGS…` within `GIT_TIMEOUT`; a failure raises `GitError`
+    (with git's stderr) unless `check=False`."""
+    with trio.fail_after(GIT_TIMEOUT):
+        done = await trio.run_process(
+            [git, f"--git-dir={git_dir}", *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            env=git_env(env),
+            cwd=None if cwd is None else str(cwd),
+            check=False,
+        )
+    if check and done.returncode != 0:
+        raise GitError(f"git {args[0]}: {done.stderr.decode(errors='replace').strip()}")
+    return done
+
+
 class MetaRepo:
     def __init__(self, path: Path, git: str = "git") -> None:
         self.path = path
@@ -40,21 +86,6 @@ class MetaRepo:
     def available(self) -> bool:
         return shutil.which(self._git) is not None
 
-    def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
-        env.update(
-            GIT_CONFIG_NOSYSTEM="1",
-            GIT_CONFIG_GLOBAL=os.devnull,
-            GIT_TERMINAL_PROMPT="0",
-            GIT_AUTHOR_NAME=AUTHOR[0],
-            GIT_AUTHOR_EMAIL=AUTHOR[1],
-            GIT_COMMITTER_NAME=AUTHOR[0],
-            GIT_COMMITTER_EMAIL=AUTHOR[1],
-            LC_ALL="C",
-        )
-        env.update(extra or {})
-        return env
-
     async def git(
         self,
         *args: str,
@@ -63,19 +94,7 @@ class MetaRepo:
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run `git --git-dir=<repo> ARGS…`; a failure raises `GitError` unless `check=False`."""
-        argv = [self._git, f"--git-dir={self.path}", *args]
-        with trio.fail_after(GIT_TIMEOUT):
-            done = await trio.run_process(
-                argv,
-                stdin=stdin,
-                capture_stdout=True,
-                capture_stderr=True,
-                env=self._env(env),
-                check=False,
-            )
-        if check and done.returncode != 0:
-            raise GitError(f"git {args[0]}: {done.stderr.decode(errors='replace').strip()}")
-        return done
+        return await run_git(self._git, self.path, args, stdin=stdin, env=env, check=check)
 
     async def out(
         self, *args: str, stdin: bytes = b"", env: Mapping[str, str] | None = None
@@ -100,7 +119,7 @@ class MetaRepo:
                     ],
                     capture_stdout=True,
                     capture_stderr=True,
-                    env=self._env(),
+                    env=git_env(),
                 )
             os.chmod(self.path, 0o700)
         # opening an existing repo writes nothing: it must open on a full disk too
