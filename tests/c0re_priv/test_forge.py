@@ -712,8 +712,9 @@ async def test_a_caller_hanging_up_mid_clone_ends_its_git_without_a_daemon_error
         return f"{len(line) + 4:04x}{line}".encode()
 
     def stop_reading_mid_pack() -> socket.socket:
-        """bob asks for the pack like `git clone` would, reads some of it, and stops reading
-        (`shutdown(SHUT_RD)`: the daemon's next write fails while the connection stays up)."""
+        """bob asks for the pack like `git clone` would, reads some of it, and hangs up
+        (`shutdown(SHUT_RDWR)`: the daemon's next write fails, or the one it is blocked in
+        on a full socket buffer; `SHUT_RD` alone wakes no writer that is already blocked)."""
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(20)
         sock.connect(str(hive.paths.agent_sock("bob")))
@@ -739,7 +740,7 @@ async def test_a_caller_hanging_up_mid_clone_ends_its_git_without_a_daemon_error
             assert not isinstance(reply, f.ForgeClosed | m.Error), reply
             if isinstance(reply, f.ForgeData) and not reply.stderr:
                 relayed += len(reply.data)
-        sock.shutdown(socket.SHUT_RD)
+        sock.shutdown(socket.SHUT_RDWR)
         return sock
 
     with await trio.to_thread.run_sync(stop_reading_mid_pack):
