@@ -86,6 +86,27 @@ def _read(probes: Probes) -> dict[str, float]:
     return {name: probe() for name, probe in probes.items()}
 
 
+async def measure_rate_sequential(
+    step: Callable[[], Awaitable[object]],
+    *,
+    warmup: float,
+    seconds: float,
+    probes: Probes | None = None,
+) -> Window:
+    """`measure_rate_blocking` for an awaited step, on any event loop (asyncio or trio)."""
+    probes = probes or {}
+    deadline = time.perf_counter() + warmup
+    while time.perf_counter() < deadline:
+        await step()
+    ops, read0, t0 = 0, _read(probes), time.perf_counter()
+    deadline = t0 + seconds
+    while (now := time.perf_counter()) < deadline:
+        await step()
+        ops += 1
+    read1 = _read(probes)
+    return Window(ops, now - t0, {name: read1[name] - read0[name] for name in probes})
+
+
 def measure_rate_blocking(
     step: Callable[[], object], *, warmup: float, seconds: float, probes: Probes | None = None
 ) -> Window:

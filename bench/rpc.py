@@ -28,9 +28,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import trio
 from daemon_process import running_daemon
-from measure import Counter, Probes, Window, cpu_seconds, measure_rate, measure_rate_blocking
+from measure import (
+    Counter,
+    Probes,
+    Window,
+    cpu_seconds,
+    measure_rate,
+    measure_rate_blocking,
+    measure_rate_sequential,
+)
 from report import Report, parse_args
 
 from c0re_priv.store import Store
@@ -46,6 +55,7 @@ RECV_CHUNK = 65536
 RAW = "raw framed echo, trio client, sequential"
 HIVE_SEQ = "Ping, HiveClient, sequential"
 HIVE_CONC = f"Ping, HiveClient, {CONCURRENCY} concurrent on 1 conn"
+HIVE_ASYNCIO = "Ping, HiveClient on asyncio, sequential"
 SYNC_SEQ = "Ping, SyncClient (blocking), sequential"
 SQLITE_1 = "sqlite, 1 INSERT per commit"
 STORE_1 = "Store.write, 1 writer"
@@ -157,6 +167,21 @@ async def hive_round_trips(
         )
 
 
+def asyncio_round_trips(admin_sock: Path, plan: Plan, probes: Probes) -> Window:
+    """`HiveClient` on asyncio, as the MCP server, the harness and the web process run it."""
+
+    async def run() -> Window:
+        async with HiveClient.connect(str(admin_sock), client="bench-rpc") as client:
+            return await measure_rate_sequential(
+                lambda: client.expect(m.Ping(), m.Pong),
+                warmup=plan.warmup,
+                seconds=plan.seconds,
+                probes=probes,
+            )
+
+    return anyio.run(run, backend="asyncio")
+
+
 def sync_round_trips(admin_sock: Path, plan: Plan, probes: Probes) -> Window:
     with SyncClient.connect(str(admin_sock), client="bench-rpc") as client:
         return measure_rate_blocking(
@@ -185,6 +210,7 @@ def bench_round_trips(report: Report, scratch: Path, plan: Plan) -> None:
             RAW: lambda: trio.run(raw_round_trips, echo_sock, plan, on_echo),
             HIVE_SEQ: lambda: trio.run(hive_round_trips, admin, plan, 1, on_daemon),
             HIVE_CONC: lambda: trio.run(hive_round_trips, admin, plan, CONCURRENCY, on_daemon),
+            HIVE_ASYNCIO: lambda: asyncio_round_trips(admin, plan, on_daemon),
             SYNC_SEQ: lambda: sync_round_trips(admin, plan, on_daemon),
         }
         # rounds alternate between the cases so that drift on the machine hits them all
@@ -208,6 +234,7 @@ def bench_round_trips(report: Report, scratch: Path, plan: Plan) -> None:
             rounds=[w.rate for w in runs],
         )
     report.ratio("full stack / raw echo (sequential)", HIVE_SEQ, RAW)
+    report.ratio("HiveClient on asyncio / raw echo (sequential)", HIVE_ASYNCIO, RAW)
     report.ratio("SyncClient full stack / raw echo (sequential)", SYNC_SEQ, RAW)
     report.ratio(f"{CONCURRENCY} concurrent / sequential (HiveClient)", HIVE_CONC, HIVE_SEQ)
     report.ratio(

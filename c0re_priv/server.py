@@ -56,7 +56,7 @@ from protocol.wire import encode, hello_decoder, major
 from .broker import LeaseHolder
 from .config import HiveSettings
 from .errors import Fail, storage_full
-from .handlers import STREAMING, UNARY, Caller
+from .handlers import INLINE, STREAMING, UNARY, Caller
 from .hive import Hive
 from .log_once import RateLimitedLog
 from .store import StoreClosed
@@ -238,6 +238,55 @@ def open_fds() -> int:
         return 0
 
 
+async def take(semaphore: trio.Semaphore) -> None:
+    """Acquire `semaphore`; a free one is taken with no trip through the scheduler."""
+    try:
+        semaphore.acquire_nowait()
+    except trio.WouldBlock:
+        await semaphore.acquire()
+
+
+def _fd(stream: trio.SocketStream) -> int:
+    fd = stream.socket.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("the connection is closed")
+    return fd
+
+
+def write_now(stream: trio.SocketStream, data: bytes) -> int:
+    """Write what the socket's buffer takes of `data` now, without waiting; how much."""
+    try:
+        return os.write(_fd(stream), data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:  # EPIPE, ECONNRESET: the peer has gone
+        raise trio.BrokenResourceError(f"the peer hung up: {exc.strerror}") from exc
+
+
+async def read_or_wait(stream: trio.SocketStream, size: int, deadline: float) -> bytes | None:
+    """Up to `size` bytes from `stream` (`b""` at end of input), waiting for them until
+    `deadline`; `None` once it passes.
+
+    Bytes already there are read at once; only a wait builds a cancel scope. Either way the
+    caller passes one checkpoint, so a peer that keeps its socket full cannot starve others.
+    """
+    fd = _fd(stream)
+    while True:
+        try:
+            data = os.read(fd, size)
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # ECONNRESET
+            raise trio.BrokenResourceError(f"the peer hung up: {exc.strerror}") from exc
+        else:
+            await trio.lowlevel.checkpoint()
+            return data
+        with trio.move_on_at(deadline):
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        return None
+
+
 class Connection:
     """One accepted peer: handshake, then concurrent calls until it hangs up or is dropped."""
 
@@ -271,35 +320,44 @@ class Connection:
         self._scope = trio.CancelScope()
         self.dropped: PeerGone | None = None
 
-    async def send(self, reply: Reply | Welcome) -> None:
-        """Send one frame; a peer that does not take it within the write timeout is dropped."""
+    def _frame(self, reply: Reply | Welcome) -> bytes:
         try:
-            frame = encode(reply, self.max_frame)
+            return encode(reply, self.max_frame)
         except FrameTooLarge as exc:
             reply_id = getattr(reply, "id", 0)
-            frame = encode(Error(id=reply_id, code="too_large", message=f"reply {exc}"))
-        async with self._send_lock:
-            with trio.move_on_after(self.write_timeout) as waited:
-                await self.stream.send_all(frame)
-        if waited.cancelled_caught:
-            self._drop(PeerGone("unavailable", f"no reply read for {self.write_timeout:g}s"))
-            raise trio.BrokenResourceError("the peer stopped reading")
+            return encode(Error(id=reply_id, code="too_large", message=f"reply {exc}"))
+
+    async def send(self, reply: Reply | Welcome) -> None:
+        """Send one frame; a peer that does not take it within the write timeout is dropped."""
+        await self._write(self._frame(reply))
 
     async def send_many(self, replies: list[Reply]) -> None:
         """Send several frames with one write (a stream's backlog: one wake-up, one syscall)."""
-        frames = []
-        for reply in replies:
-            try:
-                frames.append(encode(reply, self.max_frame))
-            except FrameTooLarge as exc:
-                message = f"reply {exc}"
-                frames.append(encode(Error(id=reply.id, code="too_large", message=message)))
-        async with self._send_lock:
-            with trio.move_on_after(self.write_timeout) as waited:
-                await self.stream.send_all(b"".join(frames))
-        if waited.cancelled_caught:
-            self._drop(PeerGone("unavailable", f"no reply read for {self.write_timeout:g}s"))
-            raise trio.BrokenResourceError("the peer stopped reading")
+        await self._write(b"".join([self._frame(reply) for reply in replies]))
+
+    async def _write(self, data: bytes) -> None:
+        """Write whole frames, in order with every other write on this connection.
+
+        Most replies fit in the socket's buffer at once: they are written there directly,
+        with no trip through the scheduler (trio's `send_all` makes two). Only what does not
+        fit waits for room, up to the write timeout; a peer that takes nothing for that long
+        is dropped."""
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            sent = write_now(self.stream, data)
+            if sent < len(data):
+                with trio.move_on_after(self.write_timeout) as waited:
+                    await self.stream.send_all(memoryview(data)[sent:])
+                if waited.cancelled_caught:
+                    why = f"no reply read for {self.write_timeout:g}s"
+                    self._drop(PeerGone("unavailable", why))
+                    raise trio.BrokenResourceError("the peer stopped reading")
+        finally:
+            lock.release()
 
     def _drop(self, why: PeerGone) -> None:
         if self.dropped is None:
@@ -361,12 +419,15 @@ class Connection:
             if big:
                 self.peer.budget.reserve(RECV_CHUNK)
             try:
-                with trio.move_on_at(frame_deadline if partial else idle_deadline) as waited:
-                    data = await self.stream.receive_some(RECV_CHUNK if big else SMALL_CHUNK)
+                data = await read_or_wait(
+                    self.stream,
+                    RECV_CHUNK if big else SMALL_CHUNK,
+                    frame_deadline if partial else idle_deadline,
+                )
             finally:
                 if big:
                     self.peer.budget.reserve(-RECV_CHUNK)
-            if waited.cancelled_caught:
+            if data is None:
                 if handshake:
                     raise PeerGone("invalid", f"no Hello within {HELLO_TIMEOUT:g}s")
                 if partial:
@@ -432,9 +493,9 @@ class Connection:
     async def _start_call(self, calls: trio.Nursery, body: bytes) -> None:
         """Decode a call now (so its raw bytes are not kept while it runs) and start it."""
         # backpressure: stop reading while too many calls run here or for this peer
-        await self._inflight.acquire()
+        await take(self._inflight)
         try:
-            await self.peer.calls.acquire()
+            await take(self.peer.calls)
         except BaseException:
             self._inflight.release()
             raise
@@ -443,7 +504,10 @@ class Connection:
         except (*DECODE_ERRORS, RecursionError) as exc:
             call = classify_bad_call(self.role, body, exc)
         self.running += 1
-        calls.start_soon(self._call, call)
+        if not isinstance(call, Error) and type(call.req) in INLINE:
+            await self._call(call)  # answered from memory: a task would cost more than it
+        else:
+            calls.start_soon(self._call, call)
 
     async def _call(self, call: Any) -> None:
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
-import anyio.abc
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameError
@@ -91,10 +91,88 @@ class _Answer:
             self.done.set()
 
 
+CONNECT_RETRY = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+CONNECT_PATIENCE = 10.0
+"""How long a connect waits for room in a daemon's full listen backlog (a flood)."""
+
+
+class Wire:
+    """A connected Unix socket, read and written directly (it is non-blocking), waiting
+    through anyio only when it must: anyio's socket streams pass through the event loop
+    before every read and every write, which is most of what a small call costs.
+
+    Only one task reads (the client's reader) and writes are serialised by the client."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def connect(cls, path: str) -> Wire:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            waited = 0.0
+            for attempt in itertools.count():
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:  # the daemon's listen backlog is full: try again
+                    if waited >= CONNECT_PATIENCE:
+                        raise
+                    pause = CONNECT_RETRY[min(attempt, len(CONNECT_RETRY) - 1)]
+                    await anyio.sleep(pause)
+                    waited += pause
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def receive(self, size: int = 65536) -> bytes:
+        """Up to `size` bytes, `b""` at end of input; a reset raises `OSError`. Bytes
+        already there are returned after one checkpoint, so a full socket starves no one."""
+        while True:
+            try:
+                data = self.sock.recv(size)
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+                break
+            await anyio.lowlevel.checkpoint()
+            return data
+        while True:  # woken: read what woke us (a spurious wake-up waits again)
+            try:
+                return self.sock.recv(size)
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+
+    def send_now(self, data: bytes | memoryview) -> int:
+        """Write what the socket's buffer takes of `data` now; how much. A peer that has
+        gone raises `OSError`."""
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    async def send(self, data: bytes | memoryview) -> None:
+        """Write all of `data`, waiting for room as needed (the handshake's `Hello`)."""
+        view = memoryview(data)
+        while view:
+            view = view[self.send_now(view) :]
+            if view:
+                await anyio.wait_writable(self.sock)
+
+    def hang_up(self) -> None:
+        """End the connection both ways (the reader sees end of input); close comes later."""
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class HiveClient:
     """One connection to a daemon socket. Create with `HiveClient.connect(path)`."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, welcome: Welcome, max_frame: int) -> None:
+    def __init__(self, stream: Wire, welcome: Welcome, max_frame: int) -> None:
         self._stream = stream
         self.welcome = welcome
         self._max_frame = max_frame
@@ -123,12 +201,12 @@ class HiveClient:
     ) -> AsyncIterator[HiveClient]:
         """Connect, say `Hello`, and serve replies until the block exits."""
         try:
-            stream = await anyio.connect_unix(path)
+            stream = await Wire.connect(path)
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-        async with stream:
+        try:
             decoder = FrameDecoder(max_frame)
-            with suppress(anyio.BrokenResourceError, OSError):
+            with suppress(OSError):
                 # a refused connection may be closed before our Hello is in, its answer
                 # (`rate_limited`: too many connections) already waiting to be read
                 await stream.send(encode(Hello(protocol=PROTOCOL_VERSION, client=client)))
@@ -150,6 +228,8 @@ class HiveClient:
                     tg.cancel_scope.cancel()
             if raised is not None:
                 raise raised
+        finally:
+            stream.close()
 
     async def _read_loop(self, decoder: FrameDecoder, leftover: list[bytes]) -> None:
         reason = ConnectionLost()
@@ -159,7 +239,9 @@ class HiveClient:
             while True:
                 try:
                     data = await self._stream.receive(65536)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                except OSError:
+                    return
+                if not data:
                     return
                 for body in decoder.feed(data):
                     self._route(body)
@@ -204,12 +286,29 @@ class HiveClient:
         return call_id, recv
 
     async def _send(self, call_id: int, req: Request) -> None:
+        """Write one call's frame whole, in order with the others. A frame the socket takes
+        at once (most) needs no lock and no trip through the loop; the rest of one it did
+        not take is written under the lock. A write cut short mid-frame (cancelled) ends
+        the connection: the daemon could only read garbage after it."""
         frame = encode_call(call_id, req, self._max_frame)
-        async with self._send_lock:
-            try:
-                await self._stream.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise ConnectionLost(sent=False) from exc
+        view = memoryview(frame)
+        try:
+            if not self._send_lock.locked():
+                view = view[self._stream.send_now(view) :]
+                if not view:
+                    return
+            async with self._send_lock:  # a frame is never interleaved with another
+                try:
+                    while view:
+                        view = view[self._stream.send_now(view) :]
+                        if view:
+                            await anyio.wait_writable(self._stream.sock)
+                except BaseException:
+                    if len(view) < len(frame):
+                        self._stream.hang_up()
+                    raise
+        except OSError as exc:  # a frame not wholly sent: the daemon cannot have acted on it
+            raise ConnectionLost(sent=False) from exc
 
     async def call(self, req: Request) -> Reply:
         """Send one request and return its reply; a typed `Error` raises `HiveError`."""
@@ -292,14 +391,14 @@ class ReplyStream:
         return _check(item)
 
 
-async def _read_one(
-    stream: anyio.abc.ByteReceiveStream, decoder: FrameDecoder
-) -> tuple[bytes, list[bytes]]:
+async def _read_one(stream: Wire, decoder: FrameDecoder) -> tuple[bytes, list[bytes]]:
     while True:
         try:
             data = await stream.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-            raise ConnectionLost("the daemon closed the connection during the handshake") from exc
+        except OSError:  # a reset
+            data = b""
+        if not data:
+            raise ConnectionLost("the daemon closed the connection during the handshake")
         bodies = decoder.feed(data)
         if bodies:
             return bodies[0], bodies[1:]

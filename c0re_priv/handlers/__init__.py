@@ -40,5 +40,6 @@ TABLE: tuple[Verb, ...] = (
 )
 UNARY: dict[type, UnaryHandler] = {v.request: v.handler for v in TABLE if not v.streaming}
 STREAMING: dict[type, StreamHandler] = {v.request: v.handler for v in TABLE if v.streaming}
+INLINE: frozenset[type] = frozenset(v.request for v in TABLE if v.inline and not v.streaming)
 
-__all__ = ["STREAMING", "TABLE", "UNARY", "Caller", "Emit", "Verb"]
+__all__ = ["INLINE", "STREAMING", "TABLE", "UNARY", "Caller", "Emit", "Verb"]

@@ -68,3 +68,7 @@ class Verb:
     roles: Roles
     handler: Callable[..., Awaitable[Any]]
     streaming: bool = False
+    inline: bool = False
+    """Answered from memory, awaiting nothing but its reply's write: the connection runs
+    it between two reads instead of starting a task for it (which costs more than the
+    answer). Its calls are answered in order; it must never wait on the store or a peer."""

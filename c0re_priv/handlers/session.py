@@ -75,12 +75,12 @@ async def set_status(c: Caller, req: m.SetStatus) -> m.Reply:
 
 
 VERBS: tuple[Verb, ...] = (
-    Verb(m.Ping, EVERYONE, ping),
-    Verb(m.Cancel, EVERYONE, cancel),
-    Verb(m.ServerInfo, OPERATOR, server_info),
+    Verb(m.Ping, EVERYONE, ping, inline=True),
+    Verb(m.Cancel, EVERYONE, cancel, inline=True),
+    Verb(m.ServerInfo, OPERATOR, server_info, inline=True),
     Verb(m.ListAgents, OPERATOR, list_agents),
     Verb(m.AddAgent, ADMIN, add_agent),
     Verb(m.RemoveAgent, ADMIN, remove_agent),
-    Verb(m.Whoami, AGENTS, whoami),
+    Verb(m.Whoami, AGENTS, whoami, inline=True),
     Verb(m.SetStatus, AGENTS, set_status),
 )
