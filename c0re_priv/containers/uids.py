@@ -73,6 +73,11 @@ def process_uids(proc: Path = Path("/proc")) -> set[int]:
     return used
 
 
+def names_on_host() -> set[int]:
+    """Every uid and gid the passwd and group databases list (one pass over each)."""
+    return {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+
+
 def named_on_host(uid: int) -> bool:
     for lookup in (pwd.getpwuid, grp.getgrgid):
         try:
@@ -95,10 +100,14 @@ class UidAllocator:
     def _path(self, uid: int) -> Path:
         return self.claims_dir / str(uid)
 
-    def owner(self, uid: int) -> dict[str, str] | None:
-        """The live claim on `uid` ({hive, state_dir, agent}), or None when free or stale."""
+    def owner(
+        self, uid: int, alive_cache: dict[tuple[str, str], bool] | None = None
+    ) -> dict[str, str] | None:
+        """The live claim on `uid` ({hive, state_dir, agent}), or None when free or stale.
+        `alive_cache` keeps what one scan found of each hive (many claims share one)."""
         try:
-            claim = json.loads(self._path(uid).read_text())
+            with open(os.path.join(self.claims_dir, str(uid)), "rb") as fh:
+                claim = json.loads(fh.read())
             hive, state_dir = str(claim["hive"]), str(claim["state_dir"])
         except FileNotFoundError:
             return None
@@ -106,10 +115,15 @@ class UidAllocator:
             return None  # unreadable or damaged: nobody can prove it is theirs
         if hive == self.hive:
             return {"hive": hive, "state_dir": state_dir, "agent": str(claim.get("agent", ""))}
-        try:
-            alive = (Path(state_dir) / "hive-id").read_text().strip() == hive
-        except OSError:
-            alive = False
+        alive = None if alive_cache is None else alive_cache.get((hive, state_dir))
+        if alive is None:
+            try:
+                with open(os.path.join(state_dir, "hive-id")) as fh:
+                    alive = fh.read().strip() == hive
+            except OSError:
+                alive = False
+            if alive_cache is not None:
+                alive_cache[(hive, state_dir)] = alive
         return (
             {"hive": hive, "state_dir": state_dir, "agent": str(claim.get("agent", ""))}
             if alive
@@ -154,17 +168,25 @@ class UidAllocator:
             raise UidUnavailable(f"uid {uid} of {agent} was just claimed by another hive")
 
     def allocate(self, agent: str, taken: set[int]) -> int:
-        """A free uid for `agent`, claimed; `taken` are this hive's uids already."""
+        """A free uid for `agent`, claimed; `taken` are this hive's uids already.
+
+        The lowest free uid wins. One scan reads the host's databases, the claims directory
+        and each claiming hive once: a host where many hives (or test runs) left live claims
+        costs a file read per claim, not a passwd lookup and two reads per uid."""
         subordinate = subordinate_ranges()
         running = process_uids()
+        named = names_on_host()
+        claimed = self._claimed()
+        alive: dict[tuple[str, str], bool] = {}
         for uid in range(self.first, self.last + 1):
             if (
                 uid in taken
                 or uid in running
+                or uid in named
                 or in_reserved(uid)
                 or any(lo <= uid <= hi for lo, hi in subordinate)
-                or named_on_host(uid)
-                or self._held_by_other_hive(uid)
+                or (uid in claimed and self._held_by_other_hive(uid, alive))
+                or named_on_host(uid)  # a name only a lookup finds (NSS that cannot list)
             ):
                 continue
             if self._write_claim(uid, agent):
@@ -173,9 +195,19 @@ class UidAllocator:
             f"no free uid left in {self.first}–{self.last}; widen uid_first/uid_last"
         )
 
-    def _held_by_other_hive(self, uid: int) -> bool:
+    def _claimed(self) -> set[int]:
+        """Every uid with a claim file (live or not)."""
+        try:
+            names = os.listdir(self.claims_dir)
+        except OSError:
+            return set()
+        return {int(n) for n in names if n.isdigit()}
+
+    def _held_by_other_hive(
+        self, uid: int, alive_cache: dict[tuple[str, str], bool] | None = None
+    ) -> bool:
         # one of our own claims whose agent is gone (not in `taken`) may be reused
-        holder = self.owner(uid)
+        holder = self.owner(uid, alive_cache)
         return holder is not None and holder["hive"] != self.hive
 
     def release(self, uid: int) -> None:
