@@ -7,7 +7,8 @@ checks that each reminder reached its owner exactly once (none lost, none twice)
 the protocol and in the database; it exits 1 if not. (b) `Send` latency (alice → bob, one
 call at a time) with no burst, measured in the seconds before T, against the same latency
 while the burst is being delivered. (c) The same burst with `reminder_batch` as large as the
-burst, i.e. delivered in one transaction, on a second daemon: what chunking buys `Send`.
+burst and no time limit per chunk (`reminder_chunk_ms = 0`), i.e. delivered in one
+transaction, on a second daemon: what chunking buys `Send`.
 
 Run: `.venv/bin/python bench/reminders.py [--quick] [--json]`. It measures; it never judges
 (apart from the delivered-exactly-once check).
@@ -43,7 +44,7 @@ CREATE_SECTION = "setting reminders (Remind over 16 agent sockets at once)"
 BURST_SECTION = "delivering a burst due at one instant (daemon subprocess)"
 SEND_SECTION = "Send latency, alice → bob, one call at a time, same run"
 CREATE = "Remind, 16 agents concurrently"
-CHUNKED = "burst delivered in chunks (reminder_batch)"
+CHUNKED = "burst delivered in chunks (reminder_batch, reminder_chunk_ms)"
 ONE_TX = "burst delivered, one transaction"
 SEND_IDLE = "Send, no burst"
 SEND_CHUNKED = "Send, during the chunked burst"
@@ -76,11 +77,13 @@ class Burst:
     twice: int = 0
 
 
-def config(batch: int) -> str:
+def config(batch: int, chunk_ms: float | None = None) -> str:
+    """The daemon's settings; `chunk_ms` `None` keeps the default time limit per chunk."""
     agents = "".join(f"[agents.{name}]\n" for name in AGENTS)
+    chunk = "" if chunk_ms is None else f"reminder_chunk_ms = {chunk_ms}\n"
     return (
         "[hive]\nautostart = false\nreminder_burst = 1000000\nreminder_max_pending = 1000000\n"
-        f"reminder_refill_per_minute = 1000000\nreminder_batch = {batch}\n\n{agents}"
+        f"reminder_refill_per_minute = 1000000\nreminder_batch = {batch}\n{chunk}\n{agents}"
     )
 
 
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with running_daemon(scratch / "chunked", config(args.batch), AGENTS) as daemon:
             chunked = trio.run(burst, daemon, plan, True)
-        with running_daemon(scratch / "one", config(plan.reminders), AGENTS) as daemon:
+        with running_daemon(scratch / "one", config(plan.reminders, 0), AGENTS) as daemon:
             one_tx = trio.run(burst, daemon, plan, False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -262,8 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         "reminders/s",
         f"{chunked.created:,} reminders in {chunked.create_seconds:.2f} s",
     )
-    report_burst(report, CHUNKED, chunked, f"chunks of {args.batch}")
-    report_burst(report, ONE_TX, one_tx, f"reminder_batch = {plan.reminders}")
+    chunks = f"chunks of at most {args.batch} and {HiveSettings().reminder_chunk_ms:g} ms"
+    report_burst(report, CHUNKED, chunked, chunks)
+    report_burst(report, ONE_TX, one_tx, f"reminder_batch = {plan.reminders}, no time limit")
     report_sends(report, SEND_IDLE, chunked.idle)
     report_sends(report, SEND_CHUNKED, chunked.during)
     report_sends(report, SEND_ONE_TX, one_tx.during)

@@ -104,6 +104,7 @@ class HiveSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     reminder_max_attempts: Annotated[int, Meta(ge=1)] = 5
     reminder_retry_seconds: Annotated[float, Meta(gt=0)] = 30.0
     reminder_batch: Annotated[int, Meta(ge=1, le=100_000)] = 64
+    reminder_chunk_ms: Annotated[float, Meta(ge=0, le=60_000)] = 2.0
     # what one peer (an agent, the web process, the operator's `hive ctl`s) may hold of the
     # daemon: see docs/security.md
     agent_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 32

@@ -16,7 +16,8 @@ when a reminder that is due sooner is added or retried. Each tick is one `Store.
 hence one transaction: every reminder it takes is delivered and marked delivered together,
 or neither is.
 
-Why a tick takes at most `reminder_batch` (default 64) reminders: the store has one writer,
+Why a tick takes at most `reminder_batch` (default 64) reminders, and stops after
+`reminder_chunk_ms` (default 2 ms) of work: the store has one writer,
 and a job holds it for as long as its transaction runs; a `Send` queued meanwhile waits
 behind it. A burst of 10,000 reminders due at one instant, delivered in a single job, holds
 the writer (and, through the GIL, most of the daemon) for about 0.6 s: every `Send`, lease
@@ -26,7 +27,10 @@ arrived meanwhile, so those wait for about one chunk instead of the whole burst.
 where `bench/reminders.py` found the knee on the development VM: `Send` p99 during the
 burst ~11 ms (one transaction: ~600 ms; chunks of 256: ~55 ms; of 32: ~9 ms) while the
 burst still goes out at ~10,000 reminders a second (one transaction: ~18,000; chunks of
-32: ~7,000). The count also bounds the events one tick publishes at once.
+32: ~7,000). The count also bounds the events one tick publishes at once. A count alone
+holds the writer for as long as that many take on the host at hand (17 ms for 64 on a
+loaded VM, where a `Send` then waited 7× its idle time); the time limit bounds the wait
+itself, wherever the hive runs.
 
 Shutdown: a tick is shielded from cancellation (it is bounded work, and the events of what
 it committed must be published); the scheduler is cancelled between ticks, while it sleeps
@@ -129,9 +133,17 @@ class Tick:
 
 
 def deliver_due(
-    conn: sqlite3.Connection, *, now: float, limit: int, max_attempts: int, retry_seconds: float
+    conn: sqlite3.Connection,
+    *,
+    now: float,
+    limit: int,
+    max_attempts: int,
+    retry_seconds: float,
+    budget_seconds: float = 0.0,
 ) -> Tick:
-    """Deliver up to `limit` reminders due at `now`, soonest first, in the caller's transaction."""
+    """Deliver up to `limit` reminders due at `now`, soonest first, in the caller's transaction;
+    with a `budget_seconds`, stop once that much time has gone (after one at least)."""
+    stop_at = time.perf_counter() + budget_seconds if budget_seconds > 0 else math.inf
     due = conn.execute(
         f"SELECT {COLUMNS} FROM reminders WHERE state = 'pending' AND next_attempt_at <= ?"
         " ORDER BY next_attempt_at, id LIMIT ?",
@@ -141,6 +153,8 @@ def deliver_due(
     delivered: list[tuple[ReminderRow, MessageRow]] = []
     failed: list[ReminderRow] = []
     for r in due:
+        if (delivered or failed) and time.perf_counter() >= stop_at:
+            break  # the rest are still due: the next tick follows at once
         attempts = r["attempt_count"] + 1
         if r["owner"] in registered:
             msg = insert_message(
@@ -377,6 +391,7 @@ class Reminders:
                 limit=s.reminder_batch,
                 max_attempts=s.reminder_max_attempts,
                 retry_seconds=s.reminder_retry_seconds,
+                budget_seconds=s.reminder_chunk_ms / 1000,
             ),
             "reminder scheduler",
             background=True,  # behind any message traffic that is waiting

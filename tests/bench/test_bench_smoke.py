@@ -92,7 +92,7 @@ ROWS = {
     ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
-        "burst delivered in chunks (reminder_batch)",
+        "burst delivered in chunks (reminder_batch, reminder_chunk_ms)",
         "burst delivered, one transaction",
         "Send, no burst",
         "Send, during the chunked burst",

@@ -12,6 +12,7 @@ checks it has not fired).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sqlite3
@@ -43,6 +44,7 @@ from c0re_priv.daemon import run_hive
 from c0re_priv.hive import Hive
 from c0re_priv.migrations import MIGRATIONS, migrate
 from c0re_priv.rate_limit import Rate, TokenBucket
+from c0re_priv.reminders import deliver_due
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError, SyncClient
 from tests.conftest import DaemonProcess, make_config, paths_in
@@ -242,6 +244,33 @@ async def test_shutdown_mid_burst_leaves_nothing_half_delivered(clock, short_tmp
                 await alice.expect(m.Ack(lease=d.lease), m.Ok)
     assert sorted(received) == ids  # every one, once, across the restart
     assert messages_per_reminder(db) == dict.fromkeys(ids, 1)
+
+
+def test_a_chunk_ends_when_its_time_is_up_and_the_rest_stay_due(tmp_path: Path):
+    """`reminder_chunk_ms` bounds a tick by time: with no time to spare each tick delivers
+    one reminder (never none), says the rest are still due, and none is delivered twice."""
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    migrate(conn)
+    conn.execute(
+        "INSERT INTO agents (name, role, created_at, started_at) VALUES ('a', 'agent', 0, 0)"
+    )
+    for n in range(5):
+        conn.execute(
+            "INSERT INTO reminders (owner, body, due_at, created_at, next_attempt_at)"
+            " VALUES ('a', ?, 10, 0, 10)",
+            (f"r{n}",),
+        )
+    tick = partial(deliver_due, now=20.0, limit=64, max_attempts=5, retry_seconds=30)
+    delivered = []
+    for left in (4, 3, 2, 1, 0):
+        got = tick(conn, budget_seconds=1e-9)
+        assert len(got.delivered) == 1
+        assert got.next_due <= 20.0 if left else got.next_due == math.inf
+        delivered += [r.id for r, _ in got.delivered]
+    assert sorted(delivered) == [1, 2, 3, 4, 5]
+    assert tick(conn, budget_seconds=1e-9).delivered == []
+    conn.close()
 
 
 # ------------------------------------------------------------------ limits
