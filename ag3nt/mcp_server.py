@@ -221,8 +221,21 @@ class Tools:
 
         async def lease_and_ack(client: HiveClient) -> m.Deliveries:
             got = await client.expect(req, m.Deliveries)
-            for d in got.items:
-                await client.expect(m.Ack(lease=d.lease), m.Ok)
+            # all at once: the daemon commits concurrent acks together (one fsync, not one
+            # per message); the text is returned only once every ack is durable
+            failed: list[HiveError] = []
+
+            async def ack(lease: str) -> None:
+                try:
+                    await client.expect(m.Ack(lease=lease), m.Ok)
+                except HiveError as exc:
+                    failed.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for d in got.items:
+                    tg.start_soon(ack, d.lease)
+            if failed:
+                raise failed[0]
             return got
 
         got = await self._with_client(lease_and_ack)
