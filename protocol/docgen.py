@@ -31,7 +31,8 @@ Generated from the Structs in `protocol/messages/` by `python -m protocol.docgen
   agent, server_rev}`, or `Error{code="version"}` when the major versions differ.
 - Every later frame is a `Call{id, req}`: `req` is one verb (tagged by `op`), `id` is chosen by
   the client and echoed by every reply to that call (tagged by `type`). Calls on one
-  connection run concurrently; replies may come back in any order.
+  connection run concurrently; replies may come back in any order. The few verbs answered
+  from memory (`ping`, `cancel`, `server_info`, `whoami`) are answered as they are read.
 - Streaming verbs (`subscribe`, `wait_for_work`, `wait_for_control`, `forge_connect`) answer
   with many frames carrying the same `id` until the client sends `cancel{call: id}` or hangs
   up. `forge_connect` also takes bytes the other way: `forge_write{call: id, seq}` calls
