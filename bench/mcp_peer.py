@@ -242,8 +242,15 @@ async def bench_peer(report: Report, plan: Plan, scratch: Path) -> None:
         "PATH": "/usr/bin:/bin",
         "STORAGE_ROOT": str(home / "archive"),
         "DATABASE_URL": f"sqlite+aiosqlite:///{home}/mail.sqlite3",
+        # quiet and offline, as it would be in service: no per-call log panels, no LLM calls
+        "TOOLS_LOG_ENABLED": "false",
+        "LOG_RICH_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+        "LLM_ENABLED": "false",
     }
-    argv = [str(python), "-m", "mcp_agent_mail.cli", "serve-stdio"]
+    # its CLI serves only HTTP; the server it builds runs on stdio like any FastMCP server
+    serve = "from mcp_agent_mail.app import build_mcp_server; build_mcp_server().run('stdio')"
+    argv = [str(python), "-c", serve]
     project = str(scratch)
     async with mcp_session(argv, env) as mail:
         await mail.text("ensure_project", human_key=project)
