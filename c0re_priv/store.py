@@ -7,6 +7,13 @@ commits once, and wakes each caller with its result once the commit is durable
 small pool. All sqlite work happens in worker threads, never on the trio thread; a batch
 that has begun is never interrupted. On cancellation the writer commits what is already
 queued before it returns: a caller that was told "done" always finds its write on disk.
+
+A background job (bulk work the daemon does for itself, such as a chunk of due reminders)
+commits without an fsync of its own (`synchronous=NORMAL` for that transaction): WAL frames
+reach the disk in order, so the next interactive commit's fsync makes it durable too, and
+nobody can act on what it wrote before one (leasing a message is an interactive write). A
+power cut before that rolls the job back whole: due reminders are then delivered after the
+restart instead. A crash of the daemon alone loses nothing (the frames are in the OS cache).
 """
 
 from __future__ import annotations
@@ -215,6 +222,10 @@ class Store:
 
     def _run_batch(self, jobs: list[_Job[Any]]) -> None:
         conn = self._writer
+        background = all(job.background for job in jobs)
+        if background:
+            # no fsync of its own: the next interactive commit's fsync covers its WAL frames
+            conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for job in jobs:
@@ -230,3 +241,6 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if background:
+                conn.execute("PRAGMA synchronous=FULL")
