@@ -317,6 +317,8 @@ class Connection:
         """Bytes this connection has counted against its peer's budget."""
         self._send_lock = trio.Lock()
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
+        self._inline_run = 0
+        """Calls answered inline since this connection last yielded for them."""
         self._scope = trio.CancelScope()
         self.dropped: PeerGone | None = None
 
@@ -506,6 +508,10 @@ class Connection:
         self.running += 1
         if not isinstance(call, Error) and type(call.req) in INLINE:
             await self._call(call)  # answered from memory: a task would cost more than it
+            self._inline_run += 1
+            if self._inline_run >= MAX_INFLIGHT:  # a read packed with them yields now and then
+                self._inline_run = 0
+                await trio.lowlevel.checkpoint()
         else:
             calls.start_soon(self._call, call)
 
