@@ -506,8 +506,10 @@ class Connection:
         except (*DECODE_ERRORS, RecursionError) as exc:
             call = classify_bad_call(self.role, body, exc)
         self.running += 1
-        if not isinstance(call, Error) and type(call.req) in INLINE:
-            await self._call(call)  # answered from memory: a task would cost more than it
+        if isinstance(call, Error) or type(call.req) in INLINE:
+            # answered from memory (a bad call's error too): a task would cost more than it,
+            # and the answers go out in the order the calls came in
+            await self._call(call)
             self._inline_run += 1
             if self._inline_run >= MAX_INFLIGHT:  # a read packed with them yields now and then
                 self._inline_run = 0

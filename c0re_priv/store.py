@@ -200,10 +200,14 @@ class Store:
             self._sort(job, waiting, background)
 
     async def _commit(self, jobs: list[_Job[Any]]) -> None:
-        # to_thread.run_sync is not abandoned on cancel: a begun batch always finishes.
+        # A batch taken from the queue always runs to its end: shielded, since the thread hop
+        # checks for a cancellation before it starts (the daemon stopping at that instant
+        # failed every job of the batch with `Cancelled`, logged as a failed commit). The
+        # writer's own cancellation arrives at its next wait, and it drains the queue then.
         failure: BaseException | None = None
         try:
-            await trio.to_thread.run_sync(self._run_batch, jobs)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._run_batch, jobs)
         except BaseException as exc:  # the COMMIT itself failed: every job failed
             failure = exc
             full = storage_full(exc)

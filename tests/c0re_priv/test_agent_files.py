@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from c0re_priv.agent_files import STATE_FILE_MAX
 from c0re_priv.hive import Hive
@@ -157,6 +158,8 @@ async def test_the_snapshot_carries_the_seq_to_follow_from(web, hive):
         await alice.expect(m.Send(to="operator", body="hi"), m.Sent)
         await alice.expect(m.Ask(target="operator", question="ok?", options=["y", "n"]), m.Asked)
         await alice.expect(m.Ask(target="bob", question="lunch?"), m.Asked)
+    while hive.registry.agents["alice"].connections:  # its hang-up is an event too
+        await trio.sleep(0.01)
     snap = await web.expect(m.Snapshot(), m.HiveState)
     assert snap.seq == hive.bus.seq
     assert [q.question for q in snap.questions] == ["ok?"]
