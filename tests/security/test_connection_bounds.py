@@ -418,5 +418,7 @@ async def test_refused_connections_hear_why(hive: Hive):
         assert "too many connections to this socket (2 open, the limit is 2)" in (
             refused.value.message
         )
+    while hive.sockets.peers["agent:alice"].connections:  # the daemon sees both hang up
+        await trio.sleep(0.01)
     async with HiveClient.connect(str(hive.paths.agent_sock("alice"))) as again:
         await again.expect(m.Ping(), m.Pong)
