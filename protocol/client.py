@@ -130,19 +130,19 @@ class Wire:
     async def receive(self, size: int = 65536) -> bytes:
         """Up to `size` bytes, `b""` at end of input; a reset raises `OSError`. Bytes
         already there are returned after one checkpoint, so a full socket starves no one."""
-        while True:
-            try:
-                data = self.sock.recv(size)
-            except BlockingIOError:
-                await anyio.wait_readable(self.sock)
-                break
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:
+            pass
+        else:
             await anyio.lowlevel.checkpoint()
             return data
-        while True:  # woken: read what woke us (a spurious wake-up waits again)
+        while True:  # a spurious wake-up waits again
+            await anyio.wait_readable(self.sock)
             try:
                 return self.sock.recv(size)
             except BlockingIOError:
-                await anyio.wait_readable(self.sock)
+                pass
 
     def send_now(self, data: bytes | memoryview) -> int:
         """Write what the socket's buffer takes of `data` now; how much. A peer that has
@@ -152,13 +152,22 @@ class Wire:
         except BlockingIOError:
             return 0
 
-    async def send(self, data: bytes | memoryview) -> None:
-        """Write all of `data`, waiting for room as needed (the handshake's `Hello`)."""
+    async def send(self, data: bytes | memoryview, *, begun: bool = False) -> None:
+        """Write all of `data` (one or more whole frames), waiting for room as needed.
+        Cut short once part of a frame is out (`begun`: some of it already was), it ends
+        the connection: the peer could only read garbage after half a frame."""
         view = memoryview(data)
-        while view:
-            view = view[self.send_now(view) :]
-            if view:
-                await anyio.wait_writable(self.sock)
+        try:
+            while view:
+                sent = self.send_now(view)
+                begun = begun or sent > 0
+                view = view[sent:]
+                if view:
+                    await anyio.wait_writable(self.sock)
+        except BaseException:
+            if begun and view:
+                self.hang_up()
+            raise
 
     def hang_up(self) -> None:
         """End the connection both ways (the reader sees end of input); close comes later."""
@@ -288,25 +297,13 @@ class HiveClient:
     async def _send(self, call_id: int, req: Request) -> None:
         """Write one call's frame whole, in order with the others. A frame the socket takes
         at once (most) needs no lock and no trip through the loop; the rest of one it did
-        not take is written under the lock. A write cut short mid-frame (cancelled) ends
-        the connection: the daemon could only read garbage after it."""
+        not take is written under the lock, so frames are never interleaved."""
         frame = encode_call(call_id, req, self._max_frame)
-        view = memoryview(frame)
         try:
-            if not self._send_lock.locked():
-                view = view[self._stream.send_now(view) :]
-                if not view:
-                    return
-            async with self._send_lock:  # a frame is never interleaved with another
-                try:
-                    while view:
-                        view = view[self._stream.send_now(view) :]
-                        if view:
-                            await anyio.wait_writable(self._stream.sock)
-                except BaseException:
-                    if len(view) < len(frame):
-                        self._stream.hang_up()
-                    raise
+            sent = 0 if self._send_lock.locked() else self._stream.send_now(frame)
+            if sent < len(frame):
+                async with self._send_lock:
+                    await self._stream.send(memoryview(frame)[sent:], begun=sent > 0)
         except OSError as exc:  # a frame not wholly sent: the daemon cannot have acted on it
             raise ConnectionLost(sent=False) from exc
 

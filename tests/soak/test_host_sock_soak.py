@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from protocol import messages as m
+from tests.c0re_priv.host_lines import ROW_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from hive_up import HiveUp, remove, soak_dir  # bench/ is not a package
@@ -37,21 +38,6 @@ pytestmark = [
 ]
 SECONDS = float(os.environ.get("HIVE_HOST_SOAK_SECONDS", "300"))
 AGENTS = ("manager", "alice", "bob")
-ROW_KEYS = [
-    "name",
-    "running",
-    "failed",
-    "needs_update",
-    "needs_login",
-    "paused",
-    "parent",
-    "deployed_sha",
-    "active_model",
-    "status_text",
-    "status_set_at",
-    "url",
-    "pending_reminders",
-]
 
 
 class Lines:
@@ -102,7 +88,7 @@ class Subscriber(threading.Thread):
                 push = self.conn.line()
                 assert list(push) == ["version", "ok", "error", "agent_statuses"], push
                 (row,) = push["agent_statuses"]
-                assert list(row) == ROW_KEYS, row
+                assert tuple(row) == ROW_FIELDS, row
                 with self.lock:
                     assert row != self.latest.get(row["name"]), "a push without a change"
                     self.latest[row["name"]] = row
