@@ -38,6 +38,8 @@ from .registry import Registry
 from .store import Store
 
 log = logging.getLogger(__name__)
+DEPLOYER_START_WAIT = 60.0
+"""How long an approval made while the daemon starts waits for the deployer."""
 RECENT_RESOLVED = 10
 PENDING_SHOWN = 100
 
@@ -87,6 +89,7 @@ class Approvals:
         self._send, self._recv = trio.open_memory_channel[_Job](256)
         self.deploying = False
         """True while the deployer task runs (approving needs it)."""
+        self._deployer_started = trio.Event()
 
     # ---------------------------------------------------------------- reads
 
@@ -236,6 +239,10 @@ class Approvals:
 
     async def approve(self, id: int, note: str | None) -> m.ApprovalRow:
         """Resolve `id` as approved and wait until the deployer has carried it out."""
+        if not self.deploying and not self._deployer_started.is_set():
+            # the daemon is still starting (its sockets open before the deployer)
+            with trio.move_on_after(DEPLOYER_START_WAIT):
+                await self._deployer_started.wait()
         if not self.deploying:
             raise Fail("unavailable", "the deployer is not running")
         await self._resolve(id, "approved", note)
@@ -316,6 +323,7 @@ class Approvals:
             )
             self.bus.publish(m.ApprovalResolved(approval=row))
         self.deploying = True
+        self._deployer_started.set()
         task_status.started()
         try:
             async for job in self._recv:

@@ -110,6 +110,15 @@ async def _run_hive(
                         await hub.open_agent(name)
                 await hive.configs.seed_missing()
                 await hive.forge.open()
+                # the fixed sockets last: once admin.sock answers, every agent's socket exists
+                # (not every service yet: uids for hundreds of agents take a while, and an
+                # approval made meanwhile waits for the deployer)
+                await hub.open_fixed()
+                if hive.settings.host_sock:
+                    # the original's JSON-line door, with admin.sock's power and permissions
+                    host = HostDoor(hive, services)
+                    group = hive.settings.admin_group
+                    await hub.open_door("host", paths.host_sock, group, host)
                 lifecycle = hive.supervise(services, backend)
                 lifecycle.end_leftovers()
                 for name in hive.registry.names():
@@ -125,14 +134,6 @@ async def _run_hive(
                 await services.start(hive.escalation.run)
                 if hive.federation is not None:  # reports started at once; NATS may be away
                     await services.start(hive.federation.run)
-                # the operator's sockets last: once admin.sock answers, every agent's socket
-                # exists and every service runs (an approval made at once finds its deployer)
-                await hub.open_fixed()
-                if hive.settings.host_sock:
-                    # the original's JSON-line door, with admin.sock's power and permissions
-                    host = HostDoor(hive, services)
-                    group = hive.settings.admin_group
-                    await hub.open_door("host", paths.host_sock, group, host)
                 log.info(
                     "hyperhive %s serving on %s (%d agents)",
                     hive.rev,
