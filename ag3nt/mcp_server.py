@@ -10,10 +10,9 @@ The server holds one connection to the socket for the whole MCP session (`Daemon
 opened on the first call and opened again on the first call after the daemon went away (a
 restart, a container rebuild): a call that finds the connection gone before it sent
 anything is sent again on the new one, so nothing is lost and nothing is sent twice; a call
-cut off while in flight is a tool error `unavailable`. Leases stay bounded: `recv` and
-`recv_batch` ack every message they lease before returning its text, on the connection
-that leased it, so a message is either in the tool result or still queued (or, if the
-connection is cut in between, queued again by the daemon).
+cut off while in flight is a tool error `unavailable`. `recv` and `recv_batch` are one
+`Take` each: the daemon marks the messages delivered in the transaction that picks them
+(one durable write), and their text is in the tool result.
 
 The tools registered depend on the socket's role, learned from the daemon's `Welcome` at
 start: a manager's socket adds the manager-only tools; on an agent's socket they do not
@@ -81,10 +80,10 @@ def format_message(msg: m.MessageRow) -> str:
     return "\n".join(lines)
 
 
-def format_deliveries(items: list[m.Delivery], more: int) -> str:
-    if not items:
+def format_messages(messages: list[m.MessageRow], more: int) -> str:
+    if not messages:
         return "(empty)"
-    text = "\n\n".join(format_message(d.message) for d in items)
+    text = "\n\n".join(format_message(msg) for msg in messages)
     if more > 0:
         text += f"\n\n(+{more} more queued; consider draining before acting)"
     return text
@@ -130,6 +129,8 @@ class DaemonLink:
         self._error: HiveError | None = None
         self._wanted = anyio.Event()
         self._settled = anyio.Event()
+        self._released = anyio.Event()
+        """Set once `run` has let go of the connection that ended (then replaced)."""
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -147,12 +148,17 @@ class DaemonLink:
                 self._wanted = anyio.Event()
                 settled, self._settled = self._settled, anyio.Event()
                 settled.set()
+                released, self._released = self._released, anyio.Event()
+                released.set()
 
     async def client(self) -> HiveClient:
         """The live connection, connecting first if there is none."""
         client = self._client
-        if client is not None and client.closed is None:
-            return client
+        if client is not None:
+            if client.closed is None:
+                return client
+            # a call has just found it ended: `run` lets go of it at its next step
+            await self._released.wait()
         settled = self._settled
         self._wanted.set()
         await settled.wait()
@@ -217,29 +223,8 @@ class Tools:
 
     async def recv_batch(self, max: int = 10, wait_seconds: float = 0.0) -> str:
         """Take up to `max` waiting messages at once, waiting up to `wait_seconds` for the first."""
-        req = self._request(m.Recv, {"max": max, "wait_seconds": wait_seconds})
-
-        async def lease_and_ack(client: HiveClient) -> m.Deliveries:
-            got = await client.expect(req, m.Deliveries)
-            # all at once: the daemon commits concurrent acks together (one fsync, not one
-            # per message); the text is returned only once every ack is durable
-            failed: list[HiveError] = []
-
-            async def ack(lease: str) -> None:
-                try:
-                    await client.expect(m.Ack(lease=lease), m.Ok)
-                except HiveError as exc:
-                    failed.append(exc)
-
-            async with anyio.create_task_group() as tg:
-                for d in got.items:
-                    tg.start_soon(ack, d.lease)
-            if failed:
-                raise failed[0]
-            return got
-
-        got = await self._with_client(lease_and_ack)
-        return format_deliveries(got.items, got.more)
+        got = await self.call(m.Take, m.Taken, max=max, wait_seconds=wait_seconds)
+        return format_messages(got.messages, got.more)
 
     # ------------------------------------------------------------------ questions
 

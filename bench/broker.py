@@ -5,7 +5,9 @@ its own `HiveClient` on its own socket and loops: `Send` one message to the next
 a ring (a lone agent sends to itself), `Recv(max=16)`, `Ack` each delivery; a message counts
 when its ack returns. The baseline is the same rows in plain sqlite on the daemon's schema:
 INSERT the message, UPDATE it to leased, UPDATE it to acked, each its own transaction with the
-daemon's durability (WAL, synchronous=FULL), one connection, back to back.
+daemon's durability (WAL, synchronous=FULL), one connection, back to back. With 32 agents
+it also runs the loop as the MCP `recv` tools make it: `Send`, then `Take(max=16)` (picked and
+acked in one transaction), and compares the daemon's CPU per message of the two.
 (b) `GetOpenThreads` latency (p50/p99) with 10,000 open questions, half asked by alice and
 half asked of her, over alice's socket, and `GetAgentOpenThreads(alice)` over `admin.sock`;
 next to `Ping` on alice's socket and to the same query run in this process.
@@ -71,6 +73,10 @@ GET_ADMIN = "GetAgentOpenThreads(alice), admin socket"
 PING_BUSY = "Ping, admin socket, while alice loops GetOpenThreads"
 
 
+TAKE_AGENTS = 32
+TAKE_ROW = f"daemon, {TAKE_AGENTS} agents, Send + Take (as the MCP tools)"
+
+
 def agents_label(count: int) -> str:
     return f"daemon, {count} agent{'s' if count > 1 else ''}"
 
@@ -101,9 +107,9 @@ async def register(admin_sock: Path, names: list[str]) -> None:
             await admin.expect(m.AddAgent(name=name), m.AgentInfo)
 
 
-async def message_round(daemon: Daemon, count: int, plan: Plan) -> Window:
+async def message_round(daemon: Daemon, count: int, plan: Plan, take: bool = False) -> Window:
     paths = daemon.paths
-    names = [f"n{count}-a{i:02d}" for i in range(count)]
+    names = [f"n{count}{'t' if take else ''}-a{i:02d}" for i in range(count)]
     await register(paths.admin_sock, names)
 
     async def agent(index: int, counter: Counter) -> None:
@@ -112,6 +118,10 @@ async def message_round(daemon: Daemon, count: int, plan: Plan) -> Window:
         async with HiveClient.connect(sock, client="bench-broker") as client:
             while True:
                 await client.expect(m.Send(to=peer, body=BODY), m.Sent)
+                if take:
+                    taken = await client.expect(m.Take(max=RECV_MAX, wait_seconds=1.0), m.Taken)
+                    counter.n += len(taken.messages)
+                    continue
                 got = await client.expect(m.Recv(max=RECV_MAX, wait_seconds=1.0), m.Deliveries)
                 for item in got.items:
                     await client.expect(m.Ack(lease=item.lease), m.Ok)
@@ -184,13 +194,14 @@ def bench_messaging(report: Report, scratch: Path, plan: Plan) -> None:
         cpu_us_per_message=cpu_us,
     )
     with running_daemon(scratch / "msg", "[hive]\nautostart = false\n") as daemon:
-        for count in AGENT_COUNTS:
-            window = trio.run(message_round, daemon, count, plan)
+        runs = [(agents_label(count), count, False) for count in AGENT_COUNTS]
+        for label, count, take in [*runs, (TAKE_ROW, TAKE_AGENTS, True)]:
+            window = trio.run(message_round, daemon, count, plan, take)
             daemon_us = window.per_op("daemon_cpu") * 1e6
             client_us = window.per_op("client_cpu") * 1e6
             report.add(
                 MSG_SECTION,
-                agents_label(count),
+                label,
                 window.rate,
                 "msgs/s",
                 f"CPU/message: daemon {daemon_us:.0f} µs, clients {client_us:.0f} µs",
@@ -203,6 +214,12 @@ def bench_messaging(report: Report, scratch: Path, plan: Plan) -> None:
         report.ratio(f"{agents_label(count)} / sqlite", agents_label(count), RAW)
     report.ratio(
         f"{AGENT_COUNTS[-1]} agents / 1 agent", agents_label(AGENT_COUNTS[-1]), agents_label(1)
+    )
+    report.ratio(
+        f"daemon CPU per message, {TAKE_AGENTS} agents: Send + Take / Send + Recv + Ack",
+        TAKE_ROW,
+        agents_label(TAKE_AGENTS),
+        key="daemon_cpu_us_per_message",
     )
 
 

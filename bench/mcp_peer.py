@@ -41,7 +41,7 @@ from protocol.client import HiveClient
 SECTION = "one round: send, then recv_batch until it is there (official mcp client, stdio)"
 FLOOR = "floor: 2 calls of a do-nothing tool (SDK's own stdio server)"
 HIVE = "hyperhive: send + recv_batch (python -m ag3nt mcp)"
-DAEMON = "the daemon's part: Send, Recv, Ack over HiveClient (no MCP)"
+DAEMON = "the daemon's part: Send, Take over HiveClient (no MCP)"
 PEER_VENV = Path("/tmp/hyperhive-bench-mcp-agent-mail")
 CONFIG = '[hive]\nautostart = false\nbackend = "process"\n\n[agents.alice]\n\n[agents.bob]\n'
 
@@ -151,9 +151,7 @@ async def bench(report: Report, plan: Plan, scratch: Path, peer: bool) -> None:
 
             async def daemon_round(n: int) -> None:
                 await alice_direct.expect(m.Send(to="bob", body=f"direct {n}"), m.Sent)
-                got = await bob_direct.expect(m.Recv(max=10, wait_seconds=2.0), m.Deliveries)
-                for d in got.items:
-                    await bob_direct.expect(m.Ack(lease=d.lease), m.Ok)
+                await bob_direct.expect(m.Take(max=10, wait_seconds=2.0), m.Taken)
 
             async def floor_round(n: int) -> None:
                 await floor.text("noop", text=f"round {n}")

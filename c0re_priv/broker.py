@@ -20,9 +20,10 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -52,6 +53,7 @@ OPERATOR = "operator"
 SYSTEM = "system"
 MORE_CAP = 10_000
 """`more` (messages still queued after a lease) counts up to this and no further."""
+T = TypeVar("T")
 COLUMNS = (
     "id, sender, recipient, body, in_reply_to, thread, kind, state, attempts, broadcast,"
     " question_id, created_at, acked_at, reminder_id, failures, not_before, last_error"
@@ -320,41 +322,18 @@ class Broker:
         now = self._now()
         expires = now + self._settings.lease_seconds
 
-        def write(
-            conn: sqlite3.Connection,
-        ) -> tuple[list[tuple[str, MessageRow]], int, float | None]:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM messages WHERE recipient = ? AND state = 'queued'"
-                    " AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?",
-                    (agent, now, limit),
-                )
-            ]
-            leased = []
-            for mid in ids:
-                token = secrets.token_hex(12)
-                row = conn.execute(
-                    "UPDATE messages SET state = 'leased', lease = ?, lease_expires = ?,"
-                    f" attempts = attempts + 1 WHERE id = ? RETURNING {COLUMNS}",
-                    (token, expires, mid),
-                ).fetchone()
-                leased.append((token, message_row(row)))
-            more = conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM messages"
-                " WHERE recipient = ? AND state = 'queued' LIMIT ?)",
-                (agent, MORE_CAP),
-            ).fetchone()[0]
-            ready_at = None
-            if not leased and more:
-                ready_at = conn.execute(
-                    "SELECT min(not_before) FROM messages"
-                    " WHERE recipient = ? AND state = 'queued' AND not_before > ?",
-                    (agent, now),
-                ).fetchone()[0]
-            return leased, more, ready_at
+        def lease(conn: sqlite3.Connection, mid: int) -> tuple[str, MessageRow]:
+            token = secrets.token_hex(12)
+            row = conn.execute(
+                "UPDATE messages SET state = 'leased', lease = ?, lease_expires = ?,"
+                f" attempts = attempts + 1 WHERE id = ? RETURNING {COLUMNS}",
+                (token, expires, mid),
+            ).fetchone()
+            return token, message_row(row)
 
-        leased, more, ready_at = await self._store.write(write)
+        leased, more, ready_at = await self._store.write(
+            partial(self._pick, agent, now, limit, lease)
+        )
         deliveries = []
         for token, msg in leased:
             holder.leases[token] = trio.Event()
@@ -372,6 +351,76 @@ class Broker:
             return [], more, None
         return deliveries, more, ready_at
 
+    async def _take(self, agent: str, limit: int) -> tuple[list[MessageRow], int, float | None]:
+        """`_lease` and `ack` in one transaction: the messages are delivered when it commits."""
+        if self.gate is not None and not self.gate(agent):
+            return [], 0, None
+        now = self._now()
+        gate = self.gate
+
+        def take(conn: sqlite3.Connection, mid: int) -> MessageRow | None:
+            if gate is not None and not gate(agent):
+                # held meanwhile (an emergency stop): nothing taken can be handed back
+                # once committed, so the rest stay queued
+                return None
+            row = conn.execute(
+                "UPDATE messages SET state = 'acked', acked_at = ?, attempts = attempts + 1"
+                f" WHERE id = ? RETURNING {COLUMNS}, remote_id",
+                (now, mid),
+            ).fetchone()
+            if is_remote(row["sender"]):  # its hive learns it was delivered
+                federation_outbox.enqueue_receipt(conn, row["sender"], row["remote_id"], agent, now)
+            return message_row(row)
+
+        taken, more, ready_at = await self._store.write(
+            partial(self._pick, agent, now, limit, take)
+        )
+        for msg in taken:
+            self._bus.publish(MessageLeased(message_id=msg.id, agent=agent, attempts=msg.attempts))
+            self._bus.publish(MessageAcked(message_id=msg.id, agent=agent))
+        if any(is_remote(msg.from_) for msg in taken):
+            self.poke_remote()
+        return taken, more, ready_at
+
+    @staticmethod
+    def _pick(
+        agent: str,
+        now: float,
+        limit: int,
+        one: Callable[[sqlite3.Connection, int], T | None],
+        conn: sqlite3.Connection,
+    ) -> tuple[list[T], int, float | None]:
+        """In a write: `one` applied to up to `limit` of `agent`'s queued messages that are
+        ready, oldest first (`None` from it ends the run); how many stay queued after them;
+        and, when none was ready, when the first one held back (backoff) will be."""
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM messages WHERE recipient = ? AND state = 'queued'"
+                " AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?",
+                (agent, now, limit),
+            )
+        ]
+        picked: list[T] = []
+        for mid in ids:
+            got = one(conn, mid)
+            if got is None:
+                break
+            picked.append(got)
+        more = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM messages"
+            " WHERE recipient = ? AND state = 'queued' LIMIT ?)",
+            (agent, MORE_CAP),
+        ).fetchone()[0]
+        ready_at = None
+        if not picked and more:
+            ready_at = conn.execute(
+                "SELECT min(not_before) FROM messages"
+                " WHERE recipient = ? AND state = 'queued' AND not_before > ?",
+                (agent, now),
+            ).fetchone()[0]
+        return picked, more, ready_at
+
     async def _wait_for_inbox(self, changed: trio.Event, ready_at: float | None) -> None:
         """Until the inbox changes, or a backed-off message's time has come."""
         # the time may already have come while the lease was being written
@@ -383,12 +432,27 @@ class Broker:
         self, holder: LeaseHolder, limit: int, wait_seconds: float
     ) -> tuple[list[Delivery], int]:
         """Lease up to `limit`, waiting (capped) for the first one if the inbox is empty."""
+        return await self._waiting(holder.agent, wait_seconds, lambda: self._lease(holder, limit))
+
+    async def take(
+        self, agent: str, limit: int, wait_seconds: float
+    ) -> tuple[list[MessageRow], int]:
+        """Mark up to `limit` delivered and return them, waiting (capped) for the first one
+        if the inbox is empty: `recv` and an `ack` of each, in one transaction."""
+        return await self._waiting(agent, wait_seconds, lambda: self._take(agent, limit))
+
+    async def _waiting(
+        self,
+        agent: str,
+        wait_seconds: float,
+        attempt: Callable[[], Awaitable[tuple[list[T], int, float | None]]],
+    ) -> tuple[list[T], int]:
         deadline = trio.current_time() + min(wait_seconds, self._settings.recv_max_wait_seconds)
         while True:
-            changed = self._inbox_changed(holder.agent)
-            deliveries, more, ready_at = await self._lease(holder, limit)
-            if deliveries or trio.current_time() >= deadline:
-                return deliveries, more
+            changed = self._inbox_changed(agent)
+            got, more, ready_at = await attempt()
+            if got or trio.current_time() >= deadline:
+                return got, more
             with trio.move_on_at(deadline):
                 await self._wait_for_inbox(changed, ready_at)
 

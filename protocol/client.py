@@ -1,11 +1,17 @@
 """Clients of the daemon: an async one on anyio (trio or asyncio) and a blocking one for the CLI.
 
-`HiveClient` multiplexes many calls over one connection: a reader task routes each reply to
-the call that sent its `id`, and streaming calls (`Subscribe`, `WaitForWork`) receive every
-frame with their id until they are closed, which sends `Cancel` to the daemon. A stream whose
-consumer falls too far behind is closed with an `unavailable` error rather than stalling the
-other calls of the connection. The client never retries on its own: a lost connection fails
-every pending call with `ConnectionLost`.
+`HiveClient` multiplexes many calls over one connection, each reply routed to the call that
+sent its `id`; streaming calls (`Subscribe`, `WaitForWork`) receive every frame with their id
+until they are closed, which sends `Cancel` to the daemon. A stream whose consumer falls too
+far behind is closed with an `unavailable` error rather than stalling the other calls of the
+connection. The client never retries on its own: a lost connection fails every pending call
+with `ConnectionLost`.
+
+Who reads the socket (leader/follower): a call made while nobody reads becomes the reader
+itself and reads until its own reply is in, routing any other frame it meets on the way, so
+a lone call costs what a plain send-then-receive costs. Calls made meanwhile wait for their
+reply to be routed to them. When the reading call is done and others still wait (or a stream
+is open), the connection's reader task takes over, until nothing is left in flight.
 """
 
 from __future__ import annotations
@@ -77,18 +83,29 @@ def _check(reply: Reply) -> Reply:
 
 
 class _Answer:
-    """Where the reply of one unary call lands: cheaper than a channel for a single frame."""
+    """Where the reply of one unary call lands: cheaper than a channel for a single frame
+    (and no event at all when the call reads its reply itself)."""
 
-    __slots__ = ("done", "reply")
+    __slots__ = ("event", "reply")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.event: anyio.Event | None = None
         self.reply: Reply | HiveError | None = None
 
     def put(self, reply: Reply | HiveError) -> None:
         if self.reply is None:
             self.reply = reply
-            self.done.set()
+            if self.event is not None:
+                self.event.set()
+
+    async def wait(self) -> None:
+        if self.reply is None:
+            self.event = anyio.Event()
+            await self.event.wait()
+
+
+_READER = object()
+"""`HiveClient._owner` while the connection's reader task reads the socket."""
 
 
 CONNECT_RETRY = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -105,6 +122,8 @@ class Wire:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.waits = 0
+        """How many times `receive` had to wait: a reader that did not passes a checkpoint."""
 
     @classmethod
     async def connect(cls, path: str) -> Wire:
@@ -127,22 +146,28 @@ class Wire:
             raise
         return cls(sock)
 
-    async def receive(self, size: int = 65536) -> bytes:
-        """Up to `size` bytes, `b""` at end of input; a reset raises `OSError`. Bytes
-        already there are returned after one checkpoint, so a full socket starves no one."""
+    def receive_now(self, size: int = 65536) -> bytes | None:
+        """Up to `size` bytes already there, `b""` at end of input, `None` when there are
+        none yet; a reset raises `OSError`."""
         try:
-            data = self.sock.recv(size)
+            return self.sock.recv(size)
         except BlockingIOError:
-            pass
-        else:
-            await anyio.lowlevel.checkpoint()
-            return data
-        while True:  # a spurious wake-up waits again
-            await anyio.wait_readable(self.sock)
+            return None
+
+    async def receive(self, size: int = 65536) -> bytes:
+        """Up to `size` bytes, waiting for some; `b""` at end of input. A reset, or the
+        socket closed meanwhile, raises `OSError`. Bytes already there are returned without
+        a checkpoint, so that a cancellation never loses any: a caller that loops passes one
+        of its own between reads (`anyio.lowlevel.checkpoint`)."""
+        while True:
+            data = self.receive_now(size)
+            if data is not None:
+                return data
+            self.waits += 1
             try:
-                return self.sock.recv(size)
-            except BlockingIOError:
-                pass
+                await anyio.wait_readable(self.sock)  # a spurious wake-up waits again
+            except anyio.ClosedResourceError as exc:
+                raise OSError("the connection was closed") from exc
 
     def send_now(self, data: bytes | memoryview) -> int:
         """Write what the socket's buffer takes of `data` now; how much. A peer that has
@@ -175,6 +200,7 @@ class Wire:
             self.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        anyio.notify_closing(self.sock)  # a task waiting on it is woken, not left hanging
         self.sock.close()
 
 
@@ -191,14 +217,21 @@ class HiveClient:
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed: HiveError | None = None
         self._ended = anyio.Event()
+        self._decoder = FrameDecoder(max_frame)
+        self._owner: object = None
+        """Who reads the socket now: `None`, the reader task (`_READER`), or the `_Answer`
+        of the call reading for its own reply."""
+        self._wake_reader = anyio.Event()
 
     @property
     def closed(self) -> HiveError | None:
-        """Why the connection ended, or `None` while it is up."""
+        """Why the connection ended, or `None` while it is up. A connection with nothing in
+        flight is not watched: that the daemon went away meanwhile is found by the next call
+        (which fails with `ConnectionLost(sent=False)`, so it can be sent again elsewhere)."""
         return self._closed
 
     async def wait_closed(self) -> HiveError:
-        """Wait until the connection ends (the daemon went away); why it ended."""
+        """Wait until the connection is found to have ended (see `closed`); why it ended."""
         await self._ended.wait()
         assert self._closed is not None
         return self._closed
@@ -224,9 +257,10 @@ class HiveClient:
             if isinstance(answer, Error):
                 raise HiveError.from_reply(answer)
             self = cls(stream, answer, max_frame)
+            self._decoder = decoder
             raised: BaseException | None = None
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_loop, decoder, leftover)
+                tg.start_soon(self._read_loop, leftover)
                 try:
                     yield self
                 except BaseException as exc:
@@ -240,35 +274,66 @@ class HiveClient:
         finally:
             stream.close()
 
-    async def _read_loop(self, decoder: FrameDecoder, leftover: list[bytes]) -> None:
-        reason = ConnectionLost()
+    async def _read_loop(self, leftover: list[bytes]) -> None:
+        """The reader task: reads while it holds the socket (`_hand_over`), else sleeps."""
         try:
             for body in leftover:
                 self._route(body)
-            while True:
-                try:
-                    data = await self._stream.receive(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                for body in decoder.feed(data):
-                    self._route(body)
-        except FrameError as exc:
-            reason = ConnectionLost(f"damaged frame from the daemon: {exc}")
-        finally:
-            self._closed = reason
-            self._ended.set()
-            for chan in self._pending.values():
-                if isinstance(chan, _Answer):
-                    chan.put(reason)
+            while self._closed is None:
+                if self._owner is not _READER:
+                    self._wake_reader = anyio.Event()
+                    await self._wake_reader.wait()
                     continue
-                with suppress(
-                    anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
-                ):
-                    chan.send_nowait(reason)
-                chan.close()
-            self._pending.clear()
+                waits = self._stream.waits
+                if not await self._read_some():
+                    return
+                if not self._pending:
+                    self._owner = None  # nothing in flight: the next call reads for itself
+                if self._stream.waits == waits:  # a socket never empty starves no one
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            self._end(ConnectionLost())
+
+    async def _read_some(self) -> bool:
+        """Read what the socket has (waiting for some) and route every whole frame; `False`
+        once the connection has ended."""
+        try:
+            data = await self._stream.receive(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._end(ConnectionLost())
+            return False
+        try:
+            bodies = self._decoder.feed(data)
+        except FrameError as exc:
+            self._end(ConnectionLost(f"damaged frame from the daemon: {exc}"))
+            return False
+        for body in bodies:
+            self._route(body)
+        return True
+
+    def _hand_over(self) -> None:
+        """Nobody reads now: if anything is still in flight, the reader task takes over."""
+        if self._owner is None and self._pending and self._closed is None:
+            self._owner = _READER
+            self._wake_reader.set()
+
+    def _end(self, reason: HiveError) -> None:
+        """The connection is over: fail everything in flight with `reason` (once)."""
+        if self._closed is not None:
+            return
+        self._closed = reason
+        self._ended.set()
+        self._wake_reader.set()
+        for chan in self._pending.values():
+            if isinstance(chan, _Answer):
+                chan.put(reason)
+                continue
+            with suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                chan.send_nowait(reason)
+            chan.close()
+        self._pending.clear()
 
     def _route(self, body: bytes) -> None:
         reply: Reply = reply_decoder.decode(body)
@@ -305,7 +370,12 @@ class HiveClient:
                 async with self._send_lock:
                     await self._stream.send(memoryview(frame)[sent:], begun=sent > 0)
         except OSError as exc:  # a frame not wholly sent: the daemon cannot have acted on it
-            raise ConnectionLost(sent=False) from exc
+            lost = ConnectionLost(f"connection to the daemon was lost: {exc}", sent=False)
+            if len(self._pending) <= 1:
+                self._end(lost)  # nothing else in flight: nothing left to read either
+            else:
+                self._hand_over()  # the replies already sent to the others are read first
+            raise lost from exc
 
     async def call(self, req: Request) -> Reply:
         """Send one request and return its reply; a typed `Error` raises `HiveError`."""
@@ -315,9 +385,20 @@ class HiveClient:
         answer = self._pending[call_id] = _Answer()
         try:
             await self._send(call_id, req)
-            await answer.done.wait()
+            if self._owner is None:  # nobody reads: read for ourselves, and for the others
+                self._owner = answer
+                waits = self._stream.waits
+                while answer.reply is None and await self._read_some():
+                    pass
+                if self._stream.waits == waits:
+                    await anyio.lowlevel.checkpoint()
+            else:
+                await answer.wait()
         finally:
             self._pending.pop(call_id, None)
+            if self._owner is answer:
+                self._owner = None
+                self._hand_over()
         reply = answer.reply
         if isinstance(reply, HiveError):
             raise reply
@@ -339,6 +420,7 @@ class HiveClient:
         call_id, recv = self._open(STREAM_BUFFER)
         try:
             await self._send(call_id, req)
+            self._hand_over()  # the reader task serves the stream for as long as it is open
             yield ReplyStream(self, recv)
         finally:
             with recv:
@@ -392,7 +474,7 @@ async def _read_one(stream: Wire, decoder: FrameDecoder) -> tuple[bytes, list[by
     while True:
         try:
             data = await stream.receive(65536)
-        except OSError:  # a reset
+        except OSError:  # a reset, or closed
             data = b""
         if not data:
             raise ConnectionLost("the daemon closed the connection during the handshake")

@@ -24,6 +24,12 @@ async def recv(c: Caller, req: m.Recv) -> m.Reply:
     return m.Deliveries(items=items, more=more)
 
 
+async def take(c: Caller, req: m.Take) -> m.Reply:
+    assert c.conn.holder is not None
+    messages, more = await c.hive.broker.take(c.conn.holder.agent, req.max, req.wait_seconds)
+    return m.Taken(messages=messages, more=more)
+
+
 async def wait_for_work(c: Caller, req: m.WaitForWork, emit: Emit) -> None:
     assert c.conn.holder is not None
     async for delivery, more in c.hive.broker.wait_for_work(c.conn.holder):
@@ -69,6 +75,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(m.Send, AGENTS, send),
     Verb(m.OperatorSend, OPERATOR, send),
     Verb(m.Recv, AGENTS, recv),
+    Verb(m.Take, AGENTS, take),
     Verb(m.WaitForWork, AGENTS, wait_for_work, streaming=True),
     Verb(m.Ack, AGENTS, ack),
     Verb(m.Renew, AGENTS, renew),

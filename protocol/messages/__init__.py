@@ -222,6 +222,8 @@ from .messaging import (
     RetryMessage,
     Send,
     Sent,
+    Take,
+    Taken,
     WaitForWork,
     Work,
 )
@@ -585,6 +587,8 @@ __all__ = [
     "Stop",
     "Subscribe",
     "Subscribed",
+    "Take",
+    "Taken",
     "Thaw",
     "TombstoneAdded",
     "TombstoneRemoved",

@@ -66,6 +66,16 @@ class Recv(Request, tag="recv"):
     wait_seconds: Annotated[float, Meta(ge=0)] = 0.0
 
 
+class Take(Request, tag="take"):
+    """Take up to `max` queued messages as delivered, waiting up to `wait_seconds` for the
+    first: a `Recv` and an `Ack` of each in one transaction, one durable write instead of
+    two. For a reader that hands the text on at once (the MCP `recv` tools): nothing is
+    leased, so a reader that fails afterwards does not get the message again."""
+
+    max: Annotated[int, Meta(ge=1, le=100)] = 1
+    wait_seconds: Annotated[float, Meta(ge=0)] = 0.0
+
+
 class WaitForWork(Request, tag="wait_for_work"):
     """Streaming long-poll for the harness: one `Work` frame per leased message.
 
@@ -131,6 +141,13 @@ class Sent(Reply, tag="sent"):
 
 class Deliveries(Reply, tag="deliveries"):
     items: list[Delivery]
+    more: int
+    """Messages still queued for you after these (counted up to 10,000)."""
+
+
+class Taken(Reply, tag="taken"):
+    messages: list[MessageRow]
+    """Each one already `acked`."""
     more: int
     """Messages still queued for you after these (counted up to 10,000)."""
 

@@ -97,6 +97,8 @@ from .messaging import (
     RetryMessage,
     Send,
     Sent,
+    Take,
+    Taken,
     WaitForWork,
     Work,
 )
@@ -150,6 +152,7 @@ AnyReply: TypeAlias = (
     | EventFrame
     | Sent
     | Deliveries
+    | Taken
     | Work
     | Renewed
     | Asked
@@ -196,6 +199,7 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     Whoami,
     Send,
     Recv,
+    Take,
     WaitForWork,
     Ack,
     Renew,

@@ -136,6 +136,56 @@ async def test_a_lease_says_how_many_more_are_waiting(hive):
         assert (len(got.items), got.more) == (3, 0)
 
 
+async def test_take_delivers_in_one_step_and_says_how_many_more(hive, admin):
+    """`Take` is a `Recv` and an `Ack` of each in one transaction: the messages come back
+    already acked, oldest first, and the events say leased then acked, as for a lease."""
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        async with admin.stream(m.Subscribe(kinds=["message_leased", "message_acked"])) as ev:
+            await anext(ev)  # Subscribed
+            ids = [
+                (await alice.expect(m.Send(to="bob", body=f"m{n}"), m.Sent)).message_ids[0]
+                for n in range(3)
+            ]
+            got = await bob.expect(m.Take(max=2), m.Taken)
+            assert [(msg.body, msg.state, msg.attempts) for msg in got.messages] == [
+                ("m0", "acked", 1),
+                ("m1", "acked", 1),
+            ]
+            assert got.more == 1 and all(msg.acked_at for msg in got.messages)
+            assert [await state_of(admin, mid) for mid in ids] == ["acked", "acked", "queued"]
+            seen = []
+            with trio.fail_after(5):
+                while len(seen) < 4:
+                    frame = await anext(ev)
+                    assert isinstance(frame, m.EventFrame)
+                    seen.append((type(frame.event).__name__, frame.event.message_id))
+            assert seen == [
+                ("MessageLeased", ids[0]),
+                ("MessageAcked", ids[0]),
+                ("MessageLeased", ids[1]),
+                ("MessageAcked", ids[1]),
+            ]
+        assert [msg.body for msg in (await bob.expect(m.Take(max=10), m.Taken)).messages] == [
+            "m2"
+        ]
+        assert (await bob.expect(m.Take(max=10), m.Taken)).messages == []
+        assert await recv_all(bob) == []  # nothing is left leased or queued
+
+
+async def test_take_waits_for_the_first_message_up_to_wait_seconds(hive):
+    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
+        with trio.fail_after(5):
+
+            async def later() -> None:
+                await trio.sleep(0.2)
+                await alice.expect(m.Send(to="bob", body="woke you"), m.Sent)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(later)
+                got = await bob.expect(m.Take(wait_seconds=30), m.Taken)
+            assert [msg.body for msg in got.messages] == ["woke you"]
+
+
 async def test_wait_for_work_streams_one_message_at_a_time(hive):
     async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
         await alice.expect(m.Send(to="bob", body="first"), m.Sent)

@@ -145,6 +145,23 @@ async def pair(nursery: trio.Nursery, short_tmp: Path, nats: NatsServer) -> tupl
     return alpha, beta
 
 
+async def test_a_message_taken_in_one_step_sends_its_receipt_home(pair):
+    """`Take` (what the MCP `recv` tools use) acks in the transaction that picks the message,
+    and the receipt goes back to the sender's hive as after an `Ack`."""
+    alpha, beta = pair
+    async with agent(alpha, "alice") as alice, agent(beta, "bob") as bob:
+        (mid,) = (await alice.expect(m.Send(to="bob@beta", body="take me"), m.Sent)).message_ids
+        got = await bob.expect(m.Take(max=10, wait_seconds=10), m.Taken)
+        assert [(g.from_, g.body, g.state) for g in got.messages] == [
+            ("alice@alpha", "take me", "acked")
+        ]
+
+        async def acked() -> bool:
+            return (await message(alpha, mid)).state == "acked"
+
+        await until(acked, what="the receipt")
+
+
 async def test_a_message_crosses_hives_is_acked_there_and_the_reply_keeps_the_thread(pair):
     alpha, beta = pair
     async with agent(alpha, "alice") as alice, agent(beta, "bob") as bob:

@@ -134,6 +134,7 @@ async def test_a_turn_over_the_warn_line_warns_once_and_one_at_the_limit_pauses(
     assert any("alice reached its limit" in t and "hive ctl resume alice" in t for t in told)
     await admin.expect(m.OperatorSend(to="alice", body="now"), m.Sent)
     assert (await alice.expect(m.Recv(max=1, wait_seconds=0.3), m.Deliveries)).items == []
+    assert (await alice.expect(m.Take(max=1, wait_seconds=0.3), m.Taken)).messages == []
     inbox = (await admin.expect(m.GetInbox(), m.Inbox)).items
     assert {i.kind for i in inbox} >= {"budget", "held_agent"}
     assert next(i for i in inbox if i.kind == "held_agent").command == "hive ctl resume alice"
