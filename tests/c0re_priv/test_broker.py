@@ -165,9 +165,7 @@ async def test_take_delivers_in_one_step_and_says_how_many_more(hive, admin):
                 ("MessageLeased", ids[1]),
                 ("MessageAcked", ids[1]),
             ]
-        assert [msg.body for msg in (await bob.expect(m.Take(max=10), m.Taken)).messages] == [
-            "m2"
-        ]
+        assert [msg.body for msg in (await bob.expect(m.Take(max=10), m.Taken)).messages] == ["m2"]
         assert (await bob.expect(m.Take(max=10), m.Taken)).messages == []
         assert await recv_all(bob) == []  # nothing is left leased or queued
 
