@@ -4,7 +4,9 @@
 one transaction (each inside its own savepoint, so one failing job rolls back only itself),
 commits once, and wakes each caller with its result once the commit is durable
 (`synchronous=FULL` in WAL mode). `Store.read(fn)` runs on a separate connection from a
-small pool. All sqlite work happens in worker threads, never on the trio thread; a batch
+small pool. All sqlite work happens in worker threads, never on the trio thread: the writer
+has a thread of its own for the life of `run_writer` (handing it a batch and being woken
+costs a queue put and one wake-up, not a thread-pool job), readers use trio's pool. A batch
 that has begun is never interrupted. On cancellation the writer commits what is already
 queued before it returns: a caller that was told "done" always finds its write on disk.
 
@@ -19,13 +21,17 @@ restart instead. A crash of the daemon alone loses nothing (the frames are in th
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import outcome
 import trio
+from trio.lowlevel import Abort, Task, TrioToken
 
 from .errors import storage_full
 from .log_once import RateLimitedLog
@@ -47,14 +53,53 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class _Job(Generic[T]):
-    __slots__ = ("background", "done", "error", "fn", "result")
+    __slots__ = ("background", "done", "error", "fn", "result", "waiter")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], T], background: bool = False) -> None:
         self.fn = fn
         self.background = background
-        self.done = trio.Event()
+        self.done = False
+        self.waiter: Task | None = None
+        """The task parked on this job until it is committed."""
         self.result: T | None = None
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        self.done = True
+        if self.waiter is not None:
+            trio.lowlevel.reschedule(self.waiter)
+
+
+def _not_cancellable(_: Any) -> Abort:
+    return Abort.FAILED
+
+
+_Batch = tuple[list[_Job[Any]], TrioToken, Task]
+
+
+class _WriterThread:
+    """The thread the writer's batches run in: one for the life of `run_writer`."""
+
+    def __init__(self, run_batch: Callable[[list[_Job[Any]]], None]) -> None:
+        self._run_batch = run_batch
+        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (item := self._batches.get()) is not None:
+            jobs, token, task = item
+            result = outcome.capture(self._run_batch, jobs)
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    async def run(self, jobs: list[_Job[Any]]) -> None:
+        """Run the batch in the thread and wait for it; never cancelled midway."""
+        self._batches.put((jobs, trio.lowlevel.current_trio_token(), trio.lowlevel.current_task()))
+        await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+
+    def stop(self) -> None:
+        self._batches.put(None)
+        self._thread.join(timeout=10)
 
 
 class CannotOpenStore(Exception):
@@ -75,6 +120,7 @@ class Store:
         self._reader_limit = trio.CapacityLimiter(len(readers))
         self._send, self._recv = trio.open_memory_channel[_Job[Any]](MAX_BATCH * 16)
         self._closed = False
+        self._thread: _WriterThread
         self.batches = 0
         self.committed_jobs = 0
         self.full_log = RateLimitedLog(log)
@@ -124,8 +170,9 @@ class Store:
             raise StoreClosed("the store writer has stopped")
         job: _Job[T] = _Job(fn, background)
         await self._send.send(job)
-        with trio.CancelScope(shield=True):  # bounded: the writer finishes every queued job
-            await job.done.wait()
+        if not job.done:  # bounded: the writer finishes every queued job
+            job.waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -159,6 +206,7 @@ class Store:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The single writer. Commits what is queued when cancelled, then returns."""
+        self._thread = _WriterThread(self._run_batch)
         task_status.started()
         waiting: list[_Job[Any]] = []
         background: deque[_Job[Any]] = deque()
@@ -178,13 +226,16 @@ class Store:
         finally:
             with trio.CancelScope(shield=True):
                 self._closed = True
-                self._take_queued(waiting, background)
-                while waiting:
-                    batch, waiting[:] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
-                    await self._commit(batch)
+                try:
                     self._take_queued(waiting, background)
-                while background:
-                    await self._commit([background.popleft()])
+                    while waiting:
+                        batch, waiting[:] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+                        await self._commit(batch)
+                        self._take_queued(waiting, background)
+                    while background:
+                        await self._commit([background.popleft()])
+                finally:
+                    self._thread.stop()
 
     @staticmethod
     def _sort(job: _Job[Any], waiting: list[_Job[Any]], background: deque[_Job[Any]]) -> None:
@@ -200,14 +251,13 @@ class Store:
             self._sort(job, waiting, background)
 
     async def _commit(self, jobs: list[_Job[Any]]) -> None:
-        # A batch taken from the queue always runs to its end: shielded, since the thread hop
-        # checks for a cancellation before it starts (the daemon stopping at that instant
-        # failed every job of the batch with `Cancelled`, logged as a failed commit). The
-        # writer's own cancellation arrives at its next wait, and it drains the queue then.
+        # A batch taken from the queue always runs to its end: its wait cannot be cancelled
+        # (the daemon stopping at that instant must not fail every job of the batch with
+        # `Cancelled`). The writer's own cancellation arrives at its next wait, and it drains
+        # the queue then.
         failure: BaseException | None = None
         try:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._run_batch, jobs)
+            await self._thread.run(jobs)
         except BaseException as exc:  # the COMMIT itself failed: every job failed
             failure = exc
             full = storage_full(exc)
@@ -220,7 +270,7 @@ class Store:
         for job in jobs:
             if failure is not None and job.error is None:
                 job.error = failure
-            job.done.set()
+            job.finish()
         self.batches += 1
         self.committed_jobs += len(jobs)
 

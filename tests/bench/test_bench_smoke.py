@@ -33,6 +33,7 @@ ROWS = {
         "daemon, 1 agent",
         "daemon, 8 agents",
         "daemon, 32 agents",
+        "daemon, 32 agents, Send + Take (as the MCP tools)",
         "Ping, alice socket",
         "open_threads.for_agent() in process",
         "GetOpenThreads, alice socket",
@@ -88,7 +89,7 @@ ROWS = {
     "mcp_peer.py": [
         "floor: 2 calls of a do-nothing tool (SDK's own stdio server)",
         "hyperhive: send + recv_batch (python -m ag3nt mcp)",
-        "the daemon's part: Send, Recv, Ack over HiveClient (no MCP)",
+        "the daemon's part: Send, Take over HiveClient (no MCP)",
     ],
     "reminders.py": [
         "Remind, 16 agents concurrently",
