@@ -244,6 +244,13 @@ def add_batch_option(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BATCH,
         help=f"reminder_batch of the chunked run (default: the daemon's, {DEFAULT_BATCH})",
     )
+    parser.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=None,
+        help="reminder_chunk_ms of the chunked run (default: the daemon's,"
+        f" {HiveSettings().reminder_chunk_ms:g})",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     report = Report("bench/reminders.py", args.quick)
     scratch = Path(tempfile.mkdtemp(prefix="hvr", dir="/tmp"))
     try:
-        with running_daemon(scratch / "chunked", config(args.batch), AGENTS) as daemon:
+        chunk_config = config(args.batch, args.chunk_ms)
+        with running_daemon(scratch / "chunked", chunk_config, AGENTS) as daemon:
             chunked = trio.run(burst, daemon, plan, True)
         with running_daemon(scratch / "one", config(plan.reminders, 0), AGENTS) as daemon:
             one_tx = trio.run(burst, daemon, plan, False)
@@ -266,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         "reminders/s",
         f"{chunked.created:,} reminders in {chunked.create_seconds:.2f} s",
     )
-    chunks = f"chunks of at most {args.batch} and {HiveSettings().reminder_chunk_ms:g} ms"
+    chunk_ms = HiveSettings().reminder_chunk_ms if args.chunk_ms is None else args.chunk_ms
+    chunks = f"chunks of at most {args.batch} and {chunk_ms:g} ms"
     report_burst(report, CHUNKED, chunked, chunks)
     report_burst(report, ONE_TX, one_tx, f"reminder_batch = {plan.reminders}, no time limit")
     report_sends(report, SEND_IDLE, chunked.idle)

@@ -268,9 +268,11 @@ async def read_or_wait(stream: trio.SocketStream, size: int, deadline: float) ->
     `deadline`; `None` once it passes.
 
     Bytes already there are read at once; only a wait builds a cancel scope. Either way the
-    caller passes one checkpoint, so a peer that keeps its socket full cannot starve others.
+    caller passes one checkpoint (the wait, or one after the read), so a peer that keeps its
+    socket full cannot starve others.
     """
     fd = _fd(stream)
+    waited = False
     while True:
         try:
             data = os.read(fd, size)
@@ -279,10 +281,12 @@ async def read_or_wait(stream: trio.SocketStream, size: int, deadline: float) ->
         except OSError as exc:  # ECONNRESET
             raise trio.BrokenResourceError(f"the peer hung up: {exc.strerror}") from exc
         else:
-            await trio.lowlevel.checkpoint()
+            if not waited:
+                await trio.lowlevel.checkpoint()
             return data
         with trio.move_on_at(deadline):
             await trio.lowlevel.wait_readable(fd)
+            waited = True
             continue
         return None
 

@@ -4,15 +4,18 @@ and the client's own socket I/O (`protocol.client.Wire`)."""
 
 from __future__ import annotations
 
+import math
+import random
 import socket
 
 import msgspec
+import pytest
 import trio
 
 from c0re_priv import server
 from c0re_priv.server import write_now
 from protocol import messages as m
-from protocol.client import HiveClient
+from protocol.client import ConnectionLost, HiveClient
 from protocol.framing import FrameDecoder
 from protocol.messages import PROTOCOL_VERSION
 from protocol.wire import encode, encode_call, reply_decoder, welcome_decoder
@@ -147,3 +150,73 @@ async def test_the_client_waits_out_a_full_listen_backlog(short_tmp):
         for s in fillers:
             s.close()
         listener.close()
+
+
+async def test_calls_cancelled_while_reading_for_others_leave_every_other_call_answered(
+    hive, admin
+):
+    """Leader/follower: the call that reads the socket may be cancelled midway (its caller
+    gave up), while others wait on what it reads. Another reader takes over; every call that
+    was not cancelled gets its own reply, and the connection stays usable."""
+    rng = random.Random(17)
+    expected = {m.Ping: m.Pong, m.ServerInfo: m.Info, m.ListAgents: m.Agents}
+    answered: list[tuple[type[m.Request], m.Reply]] = []
+    cancelled = 0
+
+    async def one(req: m.Request, timeout: float | None) -> None:
+        nonlocal cancelled
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            answered.append((type(req), await admin.call(req)))
+        cancelled += scope.cancelled_caught
+
+    async def volley() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(100):
+                req = rng.choice([m.Ping(), m.ServerInfo(), m.ListAgents()])
+                timeout = rng.choice([None, None, 0.0, 0.0005, 0.002])
+                nursery.start_soon(one, req, timeout)
+                if rng.random() < 0.3:
+                    await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(60):
+        for _ in range(10):
+            await volley()
+        async with admin.stream(m.Subscribe(kinds=["status_changed"])) as events:
+            await anext(events)  # with a stream open, the reader task reads throughout
+            await volley()
+        for _ in range(20):  # one at a time, each reading for itself again
+            assert isinstance(await admin.call(m.Ping()), m.Pong)
+    assert cancelled > 0 and len(answered) > 100
+    assert all(isinstance(reply, expected[req]) for req, reply in answered)
+    assert admin.closed is None
+
+
+async def test_a_daemon_gone_while_the_connection_idles_is_found_by_the_next_call(short_tmp):
+    """Nothing in flight, nothing reads: a daemon that went away meanwhile is found by the
+    next call, which fails as not sent (so the MCP link sends it again on a new
+    connection), and the connection then says it is closed."""
+    path = str(short_tmp / "gone.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    async def serve_then_go() -> None:
+        conn, _ = await trio.to_thread.run_sync(listener.accept)
+        with conn:
+            await trio.to_thread.run_sync(conn.recv, 4096)  # the Hello
+            welcome = m.Welcome(protocol=PROTOCOL_VERSION, role="admin", agent=None, server_rev="t")
+            conn.sendall(encode(welcome))
+
+    with listener, trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_then_go)
+            async with HiveClient.connect(path) as client:
+                while nursery.child_tasks:  # the server has closed its end
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)
+                assert client.closed is None  # idle: not watched
+                with pytest.raises(ConnectionLost) as lost:
+                    await client.call(m.Ping())
+                assert lost.value.sent is False
+                assert client.closed is not None
+                assert (await client.wait_closed()) is client.closed
