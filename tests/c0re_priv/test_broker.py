@@ -111,10 +111,18 @@ async def test_in_reply_to_threads_visible_messages_and_ignores_the_rest(hive):
         await recv_all(boss)
 
 
-async def test_recv_waits_for_the_first_message_up_to_wait_seconds(hive):
+def bodies(reply: m.Reply) -> list[str]:
+    if isinstance(reply, m.Deliveries):
+        return [d.message.body for d in reply.items]
+    assert isinstance(reply, m.Taken)
+    return [msg.body for msg in reply.messages]
+
+
+@pytest.mark.parametrize("verb", [m.Recv, m.Take])
+async def test_recv_and_take_wait_for_the_first_message_up_to_wait_seconds(hive, verb):
     async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
         with trio.fail_after(5):
-            assert (await bob.expect(m.Recv(wait_seconds=0), m.Deliveries)).items == []
+            assert bodies(await bob.call(verb(wait_seconds=0))) == []
 
             async def later() -> None:
                 await trio.sleep(0.2)
@@ -122,8 +130,8 @@ async def test_recv_waits_for_the_first_message_up_to_wait_seconds(hive):
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(later)
-                got = await bob.expect(m.Recv(wait_seconds=30), m.Deliveries)
-            assert [d.message.body for d in got.items] == ["woke you"]
+                got = await bob.call(verb(wait_seconds=30))
+            assert bodies(got) == ["woke you"]
 
 
 async def test_a_lease_says_how_many_more_are_waiting(hive):
@@ -168,20 +176,6 @@ async def test_take_delivers_in_one_step_and_says_how_many_more(hive, admin):
         assert [msg.body for msg in (await bob.expect(m.Take(max=10), m.Taken)).messages] == ["m2"]
         assert (await bob.expect(m.Take(max=10), m.Taken)).messages == []
         assert await recv_all(bob) == []  # nothing is left leased or queued
-
-
-async def test_take_waits_for_the_first_message_up_to_wait_seconds(hive):
-    async with agent(hive, "alice") as alice, agent(hive, "bob") as bob:
-        with trio.fail_after(5):
-
-            async def later() -> None:
-                await trio.sleep(0.2)
-                await alice.expect(m.Send(to="bob", body="woke you"), m.Sent)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(later)
-                got = await bob.expect(m.Take(wait_seconds=30), m.Taken)
-            assert [msg.body for msg in got.messages] == ["woke you"]
 
 
 async def test_wait_for_work_streams_one_message_at_a_time(hive):
