@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import outcome
 import trio
 from trio.lowlevel import Abort, Task, TrioToken
 
@@ -74,7 +73,8 @@ def _not_cancellable(_: Any) -> Abort:
     return Abort.FAILED
 
 
-_Batch = tuple[list[_Job[Any]], TrioToken, Task]
+_Failure = list[BaseException]
+_Batch = tuple[list[_Job[Any]], TrioToken, Task, _Failure]
 
 
 class _WriterThread:
@@ -88,14 +88,21 @@ class _WriterThread:
 
     def _loop(self) -> None:
         while (item := self._batches.get()) is not None:
-            jobs, token, task = item
-            result = outcome.capture(self._run_batch, jobs)
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            jobs, token, task, failure = item
+            try:
+                self._run_batch(jobs)
+            except BaseException as exc:  # handed to the waiting task, raised there
+                failure.append(exc)
+            token.run_sync_soon(trio.lowlevel.reschedule, task)
 
     async def run(self, jobs: list[_Job[Any]]) -> None:
         """Run the batch in the thread and wait for it; never cancelled midway."""
-        self._batches.put((jobs, trio.lowlevel.current_trio_token(), trio.lowlevel.current_task()))
+        failure: _Failure = []
+        token, task = trio.lowlevel.current_trio_token(), trio.lowlevel.current_task()
+        self._batches.put((jobs, token, task, failure))
         await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+        if failure:
+            raise failure[0]
 
     def stop(self) -> None:
         self._batches.put(None)

@@ -207,17 +207,18 @@ class Wire:
 class HiveClient:
     """One connection to a daemon socket. Create with `HiveClient.connect(path)`."""
 
-    def __init__(self, stream: Wire, welcome: Welcome, max_frame: int) -> None:
+    def __init__(self, stream: Wire, welcome: Welcome, decoder: FrameDecoder) -> None:
         self._stream = stream
         self.welcome = welcome
-        self._max_frame = max_frame
+        self._decoder = decoder
+        """The connection's frames so far (the handshake's decoder, carried on)."""
+        self._max_frame = decoder.max_frame
         self._ids = itertools.count(1)
         self._pending: dict[int, MemoryObjectSendStream[Reply | HiveError] | _Answer] = {}
         # uncontended (one call at a time), taking the lock costs no trip through the loop
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._closed: HiveError | None = None
         self._ended = anyio.Event()
-        self._decoder = FrameDecoder(max_frame)
         self._owner: object = None
         """Who reads the socket now: `None`, the reader task (`_READER`), or the `_Answer`
         of the call reading for its own reply."""
@@ -256,8 +257,7 @@ class HiveClient:
             answer = welcome_decoder.decode(first)
             if isinstance(answer, Error):
                 raise HiveError.from_reply(answer)
-            self = cls(stream, answer, max_frame)
-            self._decoder = decoder
+            self = cls(stream, answer, decoder)
             raised: BaseException | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_loop, leftover)
