@@ -4,7 +4,8 @@ This module owns the `reminders` table and the scheduler task. A reminder belong
 agent whose socket set it and every lookup an agent makes is bounded by `owner = caller`
 (another agent's id is `not_found`), so no sequence of calls lets one agent see, cancel or
 receive another's reminder. When due, a reminder becomes a `reminder` message to its owner
-(with `reminder_id`), inserted with the broker's `insert_message` and announced with
+(with `reminder_id`) whose body is `Reminder #<id>: <body>`, written as the broker's
+`insert_message` writes one (but for a group of reminders per statement) and announced with
 `Broker.published`: from there it is leased and acked like every message (at least once).
 An oversize body is moved to a file at creation by `Broker.spill`, the same code `send`
 uses. This module never delivers to anyone but the owner and never holds the writer for
@@ -16,21 +17,21 @@ when a reminder that is due sooner is added or retried. Each tick is one `Store.
 hence one transaction: every reminder it takes is delivered and marked delivered together,
 or neither is.
 
-Why a tick takes at most `reminder_batch` (default 64) reminders, and stops after
-`reminder_chunk_ms` (default 2 ms) of work: the store has one writer,
-and a job holds it for as long as its transaction runs; a `Send` queued meanwhile waits
-behind it. A burst of 10,000 reminders due at one instant, delivered in a single job, holds
-the writer (and, through the GIL, most of the daemon) for about 0.6 s: every `Send`, lease
-and ack in the hive stalls that long. So a tick takes the soonest `reminder_batch` and,
-while more are due, the next tick follows at once: its job queues behind whatever writes
-arrived meanwhile, so those wait for about one chunk instead of the whole burst. 64 is
-where `bench/reminders.py` found the knee on the development VM: `Send` p99 during the
-burst ~11 ms (one transaction: ~600 ms; chunks of 256: ~55 ms; of 32: ~9 ms) while the
-burst still goes out at ~10,000 reminders a second (one transaction: ~18,000; chunks of
-32: ~7,000). The count also bounds the events one tick publishes at once. A count alone
-holds the writer for as long as that many take on the host at hand (17 ms for 64 on a
-loaded VM, where a `Send` then waited 7× its idle time); the time limit bounds the wait
-itself, wherever the hive runs.
+Why a tick takes at most `reminder_batch` (default 64) reminders, stops after
+`reminder_chunk_ms` (default 2 ms) of work, and gives way to a waiting write: the store has
+one writer, and a job holds it for as long as its transaction runs; a `Send` queued meanwhile
+waits behind it. A burst of 10,000 reminders due at one instant, delivered in a single job,
+holds the writer for about half a second: every `Send`, lease and ack in the hive stalls that
+long. So a tick takes the soonest reminders, `STATEMENT_REMINDERS` (8) per statement, and
+between two statements ends early once its time is up or as soon as the store says an
+interactive write is queued (`Store.writes_waiting`); while more are due, the next tick
+follows at once, behind the writes that arrived meanwhile. A `Send` made during a burst so
+waits for at most one statement's worth of reminders. The count and the time limit keep each
+transaction, and the events a tick publishes at once, small wherever the hive runs. `reminder_chunk_ms = 0` turns both limits off: one
+transaction per `reminder_batch`. A statement delivers its group with sqlite doing the work
+per row (`INSERT … SELECT`, then two updates), which costs a third of a reminder-at-a-time
+loop in CPU and holds the GIL only between statements. Measured in `bench/reminders.py`;
+figures in `bench/README.md`.
 
 Shutdown: a tick is shielded from cancellation (it is bounded work, and the events of what
 it committed must be published); the scheduler is cancelled between ticks, while it sleeps
@@ -47,6 +48,7 @@ both refused with `rate_limited` and `retry_after_seconds`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -67,7 +69,8 @@ from protocol.messages import (
     ReminderState,
 )
 
-from .broker import SYSTEM, Broker, insert_message
+from .broker import COLUMNS as MESSAGE_COLUMNS
+from .broker import SYSTEM, Broker, message_row
 from .config import HiveConfig
 from .errors import Fail
 from .events import EventBus
@@ -100,10 +103,6 @@ def reminder_row(r: sqlite3.Row) -> ReminderRow:
     )
 
 
-def reminder_text(reminder_id: int, body: str) -> str:
-    return f"Reminder #{reminder_id}: {body}"
-
-
 def backoff(retry_seconds: float, attempts: int) -> float:
     """Seconds to wait after the `attempts`-th failed attempt: doubling, at most an hour."""
     return float(min(MAX_BACKOFF_SECONDS, retry_seconds * 2 ** min(attempts - 1, 30)))
@@ -121,11 +120,16 @@ def reminder_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     return counts
 
 
+STATEMENT_REMINDERS = 8
+"""Reminders delivered by one statement; between two, a chunk looks at the clock and the queue."""
+
+
 @dataclass
 class Tick:
     """What one scheduler transaction did."""
 
-    delivered: list[tuple[ReminderRow, MessageRow]]
+    delivered: list[MessageRow]
+    """The reminder messages inserted, each with its `reminder_id`, owner first in `to`."""
     failed: list[ReminderRow]
     """Failed attempts: still `pending` (retried at `next_attempt_at`) or now `failed`."""
     next_due: float
@@ -140,54 +144,99 @@ def deliver_due(
     max_attempts: int,
     retry_seconds: float,
     budget_seconds: float = 0.0,
+    writes_waiting: Callable[[], bool] | None = None,
 ) -> Tick:
-    """Deliver up to `limit` reminders due at `now`, soonest first, in the caller's transaction;
-    with a `budget_seconds`, stop once that much time has gone (after one at least)."""
+    """Deliver up to `limit` reminders due at `now`, soonest first, in the caller's transaction.
+
+    They go `STATEMENT_REMINDERS` at a time, each group in three set-based statements: sqlite
+    does the per-reminder work, and releases the GIL while it does. Between two groups the
+    chunk ends early (having delivered one group at least) once `budget_seconds` have gone,
+    or as soon as `writes_waiting()` says a write is queued behind it.
+    """
     stop_at = time.perf_counter() + budget_seconds if budget_seconds > 0 else math.inf
-    due = conn.execute(
-        f"SELECT {COLUMNS} FROM reminders WHERE state = 'pending' AND next_attempt_at <= ?"
-        " ORDER BY next_attempt_at, id LIMIT ?",
-        (now, limit),
-    ).fetchall()
-    registered = {r[0] for r in conn.execute("SELECT name FROM agents")}
-    delivered: list[tuple[ReminderRow, MessageRow]] = []
+    registered: set[str] | None = None
+    delivered: list[MessageRow] = []
     failed: list[ReminderRow] = []
-    for r in due:
-        if (delivered or failed) and time.perf_counter() >= stop_at:
-            break  # the rest are still due: the next tick follows at once
-        attempts = r["attempt_count"] + 1
-        if r["owner"] in registered:
-            msg = insert_message(
-                conn,
-                sender=SYSTEM,
-                recipient=r["owner"],
-                body=reminder_text(r["id"], r["body"]),
-                now=now,
-                kind="reminder",
-                reminder_id=r["id"],
-            )
-            row = conn.execute(
-                "UPDATE reminders SET state = 'delivered', delivered_at = ?, message_id = ?,"
-                f" attempt_count = ?, next_attempt_at = NULL WHERE id = ? RETURNING {COLUMNS}",
-                (now, msg.id, attempts, r["id"]),
-            ).fetchone()
-            delivered.append((reminder_row(row), msg))
-            continue
-        error = f"owner {r['owner']!r} is not a registered agent"
-        if attempts >= max_attempts:
-            state, retry_at = "failed", None
-        else:
-            state, retry_at = "pending", now + backoff(retry_seconds, attempts)
-        row = conn.execute(
-            "UPDATE reminders SET state = ?, attempt_count = ?, last_error = ?,"
-            f" next_attempt_at = ? WHERE id = ? RETURNING {COLUMNS}",
-            (state, attempts, error, retry_at, r["id"]),
-        ).fetchone()
-        failed.append(reminder_row(row))
+    while (done := len(delivered) + len(failed)) < limit:
+        if done and (
+            time.perf_counter() >= stop_at or (writes_waiting is not None and writes_waiting())
+        ):
+            break  # the rest are still due: the next tick follows
+        # the soonest still due: each group leaves the due set (delivered, failed, or retried
+        # later than `now`), so the index walk starts afresh and no reminder is tried twice
+        group = conn.execute(
+            "SELECT id, owner FROM reminders WHERE state = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT ?",
+            (now, min(STATEMENT_REMINDERS, limit - done)),
+        ).fetchall()
+        if not group:
+            break
+        if registered is None:
+            registered = {r[0] for r in conn.execute("SELECT name FROM agents")}
+        owned = [rid for rid, owner in group if owner in registered]
+        if owned:
+            delivered += _deliver(conn, owned, now)
+        for rid, owner in group:
+            if owner not in registered:
+                failed.append(_fail(conn, rid, owner, now, max_attempts, retry_seconds))
     nxt = conn.execute(
         "SELECT min(next_attempt_at) FROM reminders WHERE state = 'pending'"
     ).fetchone()[0]
     return Tick(delivered, failed, nxt if nxt is not None else math.inf)
+
+
+def _deliver(conn: sqlite3.Connection, ids: list[int], now: float) -> list[MessageRow]:
+    """Each reminder of `ids` (all pending, all owned by registered agents) becomes a message
+    to its owner, as `insert_message` would write it, and is marked delivered."""
+    rows = conn.execute(
+        "INSERT INTO messages (sender, recipient, body, thread, kind, state, broadcast,"
+        " created_at, reminder_id)"
+        " SELECT ?, owner, 'Reminder #' || id || ': ' || body, 0, 'reminder', 'queued', 0, ?, id"
+        " FROM reminders WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+        f" RETURNING {MESSAGE_COLUMNS}",
+        (SYSTEM, now, json.dumps(ids)),
+    ).fetchall()
+    messages = [message_row(r) for r in rows]
+    # each is a thread of its own; the ids are consecutive, taken by this one statement
+    first, last = min(msg.id for msg in messages), max(msg.id for msg in messages)
+    conn.execute(
+        "UPDATE messages SET thread = id WHERE id BETWEEN ? AND ? AND thread = 0", (first, last)
+    )
+    for msg in messages:
+        msg.thread = msg.id
+    conn.executemany(
+        "UPDATE reminders SET state = 'delivered', delivered_at = ?, message_id = ?,"
+        " attempt_count = attempt_count + 1, next_attempt_at = NULL WHERE id = ?",
+        [(now, msg.id, msg.reminder_id) for msg in messages],
+    )
+    return messages
+
+
+def _fail(
+    conn: sqlite3.Connection,
+    reminder_id: int,
+    owner: str,
+    now: float,
+    max_attempts: int,
+    retry_seconds: float,
+) -> ReminderRow:
+    """Record a failed attempt: the owner is no longer a registered agent."""
+    attempts = (
+        conn.execute("SELECT attempt_count FROM reminders WHERE id = ?", (reminder_id,)).fetchone()[
+            0
+        ]
+        + 1
+    )
+    if attempts >= max_attempts:
+        state, retry_at = "failed", None
+    else:
+        state, retry_at = "pending", now + backoff(retry_seconds, attempts)
+    row = conn.execute(
+        "UPDATE reminders SET state = ?, attempt_count = ?, last_error = ?,"
+        f" next_attempt_at = ? WHERE id = ? RETURNING {COLUMNS}",
+        (state, attempts, f"owner {owner!r} is not a registered agent", retry_at, reminder_id),
+    ).fetchone()
+    return reminder_row(row)
 
 
 class Reminders:
@@ -392,14 +441,17 @@ class Reminders:
                 max_attempts=s.reminder_max_attempts,
                 retry_seconds=s.reminder_retry_seconds,
                 budget_seconds=s.reminder_chunk_ms / 1000,
+                # no time limit: one transaction, not cut short for anyone either
+                writes_waiting=self._store.writes_waiting if s.reminder_chunk_ms else None,
             ),
             "reminder scheduler",
             background=True,  # behind any message traffic that is waiting
         )
-        self._broker.published(msg for _, msg in tick.delivered)
-        for reminder, msg in tick.delivered:
+        self._broker.published(tick.delivered)
+        for msg in tick.delivered:
+            assert msg.reminder_id is not None
             self._bus.publish(
-                ReminderDelivered(reminder_id=reminder.id, owner=reminder.owner, message_id=msg.id)
+                ReminderDelivered(reminder_id=msg.reminder_id, owner=msg.to, message_id=msg.id)
             )
         for reminder in tick.failed:
             final = reminder.state == "failed"

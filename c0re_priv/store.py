@@ -11,7 +11,9 @@ that has begun is never interrupted. On cancellation the writer commits what is 
 queued before it returns: a caller that was told "done" always finds its write on disk.
 
 A background job (bulk work the daemon does for itself, such as a chunk of due reminders)
-commits without an fsync of its own (`synchronous=NORMAL` for that transaction): WAL frames
+runs alone, and can end its transaction early: `writes_waiting()`, asked from the writer's
+thread while it runs, says whether an interactive write has queued behind it. It commits
+without an fsync of its own (`synchronous=NORMAL` for that transaction): WAL frames
 reach the disk in order, so the next interactive commit's fsync makes it durable too, and
 nobody can act on what it wrote before one (leasing a message is an interactive write). A
 power cut before that rolls the job back whole: due reminders are then delivered after the
@@ -41,6 +43,10 @@ T = TypeVar("T")
 MAX_BATCH = 1024
 FULL_RETRY_SECONDS = 5.0
 READERS = 4
+CHECKPOINT_SECONDS = 0.5
+"""How long after a commit the checkpointer copies the WAL back into the database."""
+BACKSTOP_PAGES = 10_000
+"""WAL pages (~40 MB) past which the writer checkpoints itself: the checkpointer is behind."""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -109,6 +115,10 @@ class _WriterThread:
         self._thread.join(timeout=10)
 
 
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class CannotOpenStore(Exception):
     """The database cannot be opened; the message says why in one sentence."""
 
@@ -127,7 +137,11 @@ class Store:
         self._reader_limit = trio.CapacityLimiter(len(readers))
         self._send, self._recv = trio.open_memory_channel[_Job[Any]](MAX_BATCH * 16)
         self._closed = False
+        self._interactive = 0
+        """Interactive writes queued and not yet committed; kept on the trio thread."""
         self._thread: _WriterThread
+        self._committed = trio.Event()
+        self.checkpoints = 0
         self.batches = 0
         self.committed_jobs = 0
         self.full_log = RateLimitedLog(log)
@@ -145,6 +159,7 @@ class Store:
             if mode != "wal":
                 raise CannotOpenStore(f"sqlite refused WAL mode for {path} (got {mode})")
             writer.execute("PRAGMA synchronous=FULL")
+            writer.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             migrate(writer)
             readers = [_connect(path) for _ in range(READERS)]
         except sqlite3.Error as exc:
@@ -176,13 +191,25 @@ class Store:
         if self._closed:
             raise StoreClosed("the store writer has stopped")
         job: _Job[T] = _Job(fn, background)
-        await self._send.send(job)
+        if not background:
+            self._interactive += 1
+        try:
+            await self._send.send(job)
+        except BaseException:  # never queued
+            if not background:
+                self._interactive -= 1
+            raise
         if not job.done:  # bounded: the writer finishes every queued job
             job.waiter = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    def writes_waiting(self) -> bool:
+        """Whether an interactive write is queued and not yet committed. Safe to call from the
+        writer's thread: a background job asks it between two steps, and ends early if so."""
+        return self._interactive > 0
 
     async def write_when_space(
         self, fn: Callable[[sqlite3.Connection], T], what: str, background: bool = False
@@ -212,7 +239,16 @@ class Store:
     async def run_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """The single writer. Commits what is queued when cancelled, then returns."""
+        """The single writer, and the checkpointer beside it. Commits what is queued when
+        cancelled, then returns."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._checkpointer)
+            try:
+                await self._write_loop(task_status)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _write_loop(self, task_status: trio.TaskStatus[None]) -> None:
         self._thread = _WriterThread(self._run_batch)
         task_status.started()
         waiting: list[_Job[Any]] = []
@@ -277,9 +313,36 @@ class Store:
         for job in jobs:
             if failure is not None and job.error is None:
                 job.error = failure
+            if not job.background:
+                self._interactive -= 1
             job.finish()
         self.batches += 1
         self.committed_jobs += len(jobs)
+        self._committed.set()
+
+    async def _checkpointer(self) -> None:
+        """Copy committed WAL frames back into the database, off the writer's path.
+
+        sqlite's own checkpoint runs inside the commit that takes the WAL past 1,000 pages:
+        that commit (an agent's `Send`, say) waits for the copy and an fsync of the database,
+        5-30 ms on the development VM during a reminder burst. Here a connection of its own
+        does a PASSIVE checkpoint in a worker thread half a second after writes, which never
+        blocks the writer (it appends to the WAL meanwhile) and lets the WAL start over once
+        all of it was copied. The writer checkpoints itself only past `BACKSTOP_PAGES`.
+        """
+        conn = await trio.to_thread.run_sync(_connect, self.path)
+        try:
+            while True:
+                await self._committed.wait()
+                self._committed = trio.Event()
+                await trio.sleep(CHECKPOINT_SECONDS)
+                try:
+                    await trio.to_thread.run_sync(_checkpoint, conn)
+                except sqlite3.Error as exc:  # a full disk, say: the writer says so itself
+                    log.debug("checkpoint failed: %s", exc)
+                self.checkpoints += 1
+        finally:
+            conn.close()
 
     def _run_batch(self, jobs: list[_Job[Any]]) -> None:
         conn = self._writer

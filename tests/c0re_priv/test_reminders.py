@@ -44,7 +44,7 @@ from c0re_priv.daemon import run_hive
 from c0re_priv.hive import Hive
 from c0re_priv.migrations import MIGRATIONS, migrate
 from c0re_priv.rate_limit import Rate, TokenBucket
-from c0re_priv.reminders import deliver_due
+from c0re_priv.reminders import STATEMENT_REMINDERS, deliver_due
 from protocol import messages as m
 from protocol.client import HiveClient, HiveError, SyncClient
 from tests.conftest import DaemonProcess, make_config, paths_in
@@ -246,30 +246,75 @@ async def test_shutdown_mid_burst_leaves_nothing_half_delivered(clock, short_tmp
     assert messages_per_reminder(db) == dict.fromkeys(ids, 1)
 
 
-def test_a_chunk_ends_when_its_time_is_up_and_the_rest_stay_due(tmp_path: Path):
-    """`reminder_chunk_ms` bounds a tick by time: with no time to spare each tick delivers
-    one reminder (never none), says the rest are still due, and none is delivered twice."""
+def _due_reminders(tmp_path: Path, count: int) -> sqlite3.Connection:
     conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     conn.row_factory = sqlite3.Row
     migrate(conn)
     conn.execute(
         "INSERT INTO agents (name, role, created_at, started_at) VALUES ('a', 'agent', 0, 0)"
     )
-    for n in range(5):
+    for n in range(count):
         conn.execute(
             "INSERT INTO reminders (owner, body, due_at, created_at, next_attempt_at)"
             " VALUES ('a', ?, 10, 0, 10)",
             (f"r{n}",),
         )
+    return conn
+
+
+def test_a_chunk_ends_when_its_time_is_up_and_the_rest_stay_due(tmp_path: Path):
+    """`reminder_chunk_ms` bounds a tick by time: with no time to spare each tick delivers
+    one statement's group (never none), says the rest are still due, and none is delivered
+    twice."""
+    group = STATEMENT_REMINDERS
+    conn = _due_reminders(tmp_path, 2 * group + 3)
     tick = partial(deliver_due, now=20.0, limit=64, max_attempts=5, retry_seconds=30)
     delivered = []
-    for left in (4, 3, 2, 1, 0):
+    for size, more in ((group, True), (group, True), (3, False)):
         got = tick(conn, budget_seconds=1e-9)
-        assert len(got.delivered) == 1
-        assert got.next_due <= 20.0 if left else got.next_due == math.inf
-        delivered += [r.id for r, _ in got.delivered]
-    assert sorted(delivered) == [1, 2, 3, 4, 5]
+        assert len(got.delivered) == size
+        assert got.next_due <= 20.0 if more else got.next_due == math.inf
+        delivered += [msg.reminder_id for msg in got.delivered]
+    assert sorted(delivered) == list(range(1, 2 * group + 4))
     assert tick(conn, budget_seconds=1e-9).delivered == []
+    conn.close()
+
+
+def test_a_chunk_gives_way_to_a_waiting_write_after_one_group(tmp_path: Path):
+    """A write queued behind a chunk ends it at the next group: the chunk that had a whole
+    second to spare delivers one group, and the next tick (nobody waiting) the rest."""
+    conn = _due_reminders(tmp_path, 3 * STATEMENT_REMINDERS)
+    tick = partial(deliver_due, now=20.0, limit=64, max_attempts=5, retry_seconds=30)
+    asked = []
+
+    def waiting() -> bool:
+        asked.append(True)
+        return True
+
+    first = tick(conn, budget_seconds=1.0, writes_waiting=waiting)
+    assert len(first.delivered) == STATEMENT_REMINDERS
+    assert asked == [True]  # asked once, between the first group and the second
+    rest = tick(conn, budget_seconds=1.0, writes_waiting=lambda: False)
+    assert len(rest.delivered) == 2 * STATEMENT_REMINDERS
+    assert rest.next_due == math.inf
+    rows = conn.execute(
+        "SELECT m.id, m.thread, m.sender, m.recipient, m.body, m.kind, m.state, r.id AS rid,"
+        " r.state AS rstate, r.message_id, r.attempt_count, r.body AS rbody"
+        " FROM reminders r JOIN messages m ON m.reminder_id = r.id"
+    ).fetchall()
+    assert len(rows) == 3 * STATEMENT_REMINDERS
+    for r in rows:
+        assert (r["thread"], r["sender"], r["recipient"], r["kind"], r["state"]) == (
+            r["id"],
+            "system",
+            "a",
+            "reminder",
+            "queued",
+        )
+        assert r["body"] == f"Reminder #{r['rid']}: {r['rbody']}"
+        assert (r["rstate"], r["message_id"], r["attempt_count"]) == ("delivered", r["id"], 1)
+    returned = {msg.id: msg for msg in first.delivered + rest.delivered}
+    assert {msg.thread for msg in returned.values()} == set(returned)
     conn.close()
 
 

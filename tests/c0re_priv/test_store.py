@@ -86,3 +86,62 @@ async def test_background_work_still_progresses_under_steady_traffic(short_tmp: 
     )
     assert count == 20
     store.close()
+
+
+async def test_a_running_background_job_sees_a_write_queue_up_behind_it(short_tmp: Path) -> None:
+    """`writes_waiting()` is what lets a background job end early: asked from the writer's
+    thread, it turns true once an interactive write is queued, and false once it committed.
+    A cancelled or refused write leaves nothing counted."""
+    store = Store.open(short_tmp / "s.sqlite")
+    started = threading.Event()
+    seen: list[bool] = []
+
+    def background(conn: sqlite3.Connection) -> None:
+        table(conn)
+        seen.append(store.writes_waiting())
+        started.set()
+        for _ in range(2000):  # up to 10 s: until the interactive write below is queued
+            if store.writes_waiting():
+                seen.append(True)
+                return
+            threading.Event().wait(0.005)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        nursery.start_soon(lambda: store.write(background, background=True))
+        await trio.to_thread.run_sync(started.wait, 10)
+        with trio.fail_after(10):
+            await store.write(lambda c: c.execute("INSERT INTO t VALUES ('fg', 0)"))
+        assert seen == [False, True]
+        assert not store.writes_waiting()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.write(lambda c: None)  # cancelled before it was queued
+        assert not store.writes_waiting()
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_the_checkpointer_copies_the_wal_back_off_the_writers_path(short_tmp: Path) -> None:
+    """Committed pages reach the database file soon after the commit, copied by the
+    checkpointer (a connection of its own), although the writer's own checkpoint would wait
+    for 10,000 pages: no commit pays for the copy."""
+    path = short_tmp / "s.sqlite"
+    store = Store.open(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        await store.write(lambda c: c.execute("CREATE TABLE b (x BLOB)"))
+        await trio.sleep(0.1)
+        before = (path.stat().st_size, store.checkpoints)
+
+        def rows(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO b VALUES (randomblob(4000))", [()] * 200)
+
+        await store.write(rows)
+        assert path.stat().st_size == before[0]  # in the WAL only, so far
+        with trio.fail_after(10):
+            while store.checkpoints == before[1]:
+                await trio.sleep(0.05)
+        assert path.stat().st_size > 200 * 4000
+        nursery.cancel_scope.cancel()
+    store.close()
