@@ -48,6 +48,19 @@ RunDir = Annotated[
 ]
 
 
+GIL_SWITCH_SECONDS = 0.001
+"""The daemon's GIL switch interval (Python's default is 5 ms). The daemon has two busy
+threads, trio's and the store writer's; when one wants the GIL while the other runs Python,
+it waits up to this long. During a reminder burst `bench/reminders.py` measured `Send` p50
+and p99 ~15 % lower with 1 ms than with 5 ms, at no more daemon CPU."""
+
+
+def _daemon_process(verbose: bool) -> None:
+    """What a process that runs the daemon sets up before it starts."""
+    _setup_logging(verbose)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+
+
 def _setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -93,7 +106,7 @@ def c0re(
     from .config import ConfigError, HiveConfig, load_config, resolve_paths
     from .daemon import run_hive
 
-    _setup_logging(verbose)
+    _daemon_process(verbose)
     try:
         cfg = load_config(config) if config is not None else HiveConfig()
     except ConfigError as exc:
@@ -122,7 +135,7 @@ def up(
     from .hive import Hive
     from .up import run_up
 
-    _setup_logging(verbose)
+    _daemon_process(verbose)
     if not config.exists():
         runtime = _default_runtime()
         write_default_config(config, runtime)

@@ -11,13 +11,13 @@ that has begun is never interrupted. On cancellation the writer commits what is 
 queued before it returns: a caller that was told "done" always finds its write on disk.
 
 A background job (bulk work the daemon does for itself, such as a chunk of due reminders)
-runs alone, and can end its transaction early: `writes_waiting()`, asked from the writer's
-thread while it runs, says whether an interactive write has queued behind it. It commits
-without an fsync of its own (`synchronous=NORMAL` for that transaction): WAL frames
-reach the disk in order, so the next interactive commit's fsync makes it durable too, and
-nobody can act on what it wrote before one (leasing a message is an interactive write). A
-power cut before that rolls the job back whole: due reminders are then delivered after the
-restart instead. A crash of the daemon alone loses nothing (the frames are in the OS cache).
+goes in a transaction of its own, taking turns with the batches under steady traffic, and
+gives way: `writes_waiting()`, asked from the writer's thread while it runs, says whether an
+interactive write is waiting, and the job then returns early (after a bounded step). Writes
+that were waiting when it began, or queued while it ran, ride in its transaction: the
+writer's thread runs them after the job and commits all of them at once, one fsync, instead
+of committing the job and handing back to trio for a batch of their own. A write arriving
+while a background job runs so waits for one step of it, not for the job.
 """
 
 from __future__ import annotations
@@ -139,6 +139,10 @@ class Store:
         self._closed = False
         self._interactive = 0
         """Interactive writes queued and not yet committed; kept on the trio thread."""
+        self._riders: deque[_Job[Any]] | None = None
+        """While a background job runs: the interactive writes queued meanwhile, which its
+        transaction takes once the job gives way (the trio thread appends, the writer's
+        thread takes)."""
         self._thread: _WriterThread
         self._committed = trio.Event()
         self.checkpoints = 0
@@ -193,12 +197,15 @@ class Store:
         job: _Job[T] = _Job(fn, background)
         if not background:
             self._interactive += 1
-        try:
-            await self._send.send(job)
-        except BaseException:  # never queued
-            if not background:
-                self._interactive -= 1
-            raise
+        if self._riders is not None and not background:
+            self._riders.append(job)  # rides in the running background job's transaction
+        else:
+            try:
+                await self._send.send(job)
+            except BaseException:  # never queued
+                if not background:
+                    self._interactive -= 1
+                raise
         if not job.done:  # bounded: the writer finishes every queued job
             job.waiter = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
@@ -264,7 +271,14 @@ class Store:
                     background_turn = bool(background)  # it was passed over: it goes next
                     await self._commit(batch)
                 else:
-                    await self._commit([background.popleft()])
+                    # writes waiting now, or queued while it runs, ride in its transaction
+                    self._riders = riders = deque(waiting[:MAX_BATCH])
+                    del waiting[:MAX_BATCH]
+                    try:
+                        await self._commit([background.popleft()])
+                    finally:
+                        self._riders = None
+                    waiting[:0] = riders  # too late to ride: first in the next batch
                     background_turn = False
         finally:
             with trio.CancelScope(shield=True):
@@ -315,7 +329,13 @@ class Store:
                 job.error = failure
             if not job.background:
                 self._interactive -= 1
-            job.finish()
+                job.finish()
+        if jobs[0].background:
+            if len(jobs) > 1:
+                # the writes that rode along reply first: the background job's caller (the
+                # reminder scheduler) publishes its events and queues its next chunk after
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            jobs[0].finish()
         self.batches += 1
         self.committed_jobs += len(jobs)
         self._committed.set()
@@ -345,26 +365,30 @@ class Store:
             conn.close()
 
     def _run_batch(self, jobs: list[_Job[Any]]) -> None:
+        """Run `jobs` in one transaction; a background job's batch then takes the writes that
+        queued behind it (`_riders`, appended to `jobs`) and commits them with it."""
         conn = self._writer
-        background = all(job.background for job in jobs)
-        if background:
-            # no fsync of its own: the next interactive commit's fsync covers its WAL frames
-            conn.execute("PRAGMA synchronous=NORMAL")
+        riders = self._riders if all(job.background for job in jobs) else None
         conn.execute("BEGIN IMMEDIATE")
         try:
             for job in jobs:
-                conn.execute("SAVEPOINT job")
-                try:
-                    job.result = job.fn(conn)
-                except Exception as exc:  # the job's own failure, handed back to its caller
-                    job.error = exc
-                    conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
+                self._run_job(conn, job)
+            while riders and len(jobs) <= MAX_BATCH:
+                job = riders.popleft()
+                jobs.append(job)
+                self._run_job(conn, job)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        finally:
-            if background:
-                conn.execute("PRAGMA synchronous=FULL")
+
+    @staticmethod
+    def _run_job(conn: sqlite3.Connection, job: _Job[Any]) -> None:
+        conn.execute("SAVEPOINT job")
+        try:
+            job.result = job.fn(conn)
+        except Exception as exc:  # the job's own failure, handed back to its caller
+            job.error = exc
+            conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")

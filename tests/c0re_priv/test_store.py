@@ -145,3 +145,55 @@ async def test_the_checkpointer_copies_the_wal_back_off_the_writers_path(short_t
         assert path.stat().st_size > 200 * 4000
         nursery.cancel_scope.cancel()
     store.close()
+
+
+async def test_writes_queued_behind_a_background_job_commit_in_its_transaction(
+    short_tmp: Path,
+) -> None:
+    """Writes that queue while a background job runs ride in its transaction, once it gives
+    way: one commit for the job and all of them, and each gets its own result or error."""
+    store = Store.open(short_tmp / "s.sqlite")
+    started = threading.Event()
+
+    def background(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES ('bg', 0)")
+        started.set()
+        for _ in range(2000):  # gives way once all three writes below are queued
+            if store._interactive == 3:
+                return "bg"
+            threading.Event().wait(0.005)
+        raise AssertionError("the writes never queued")
+
+    def fg(n: int):  # type: ignore[no-untyped-def]
+        def fn(conn: sqlite3.Connection) -> int:
+            if n == 1:
+                raise ValueError("this one fails alone")
+            conn.execute("INSERT INTO t VALUES ('fg', ?)", (n,))
+            return n
+
+        return fn
+
+    results: dict[str, object] = {}
+
+    async def write(name: str, fn, background: bool = False) -> None:  # type: ignore[no-untyped-def]
+        try:
+            results[name] = await store.write(fn, background=background)
+        except ValueError as exc:
+            results[name] = str(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        await store.write(table)
+        batches, jobs = store.batches, store.committed_jobs
+        with trio.fail_after(10):
+            async with trio.open_nursery() as writes:
+                writes.start_soon(write, "bg", background, True)
+                await trio.to_thread.run_sync(started.wait, 10)
+                for n in range(3):
+                    writes.start_soon(write, f"fg{n}", fg(n))
+        nursery.cancel_scope.cancel()
+    assert results == {"bg": "bg", "fg0": 0, "fg1": "this one fails alone", "fg2": 2}
+    assert (store.batches - batches, store.committed_jobs - jobs) == (1, 4)
+    rows = sqlite3.connect(short_tmp / "s.sqlite").execute("SELECT lane, txn FROM t").fetchall()
+    assert sorted(rows) == [("bg", 0), ("fg", 0), ("fg", 2)]
+    store.close()
