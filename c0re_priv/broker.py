@@ -10,6 +10,12 @@ message: it waits out an exponential backoff (`not_before`) while the messages b
 flow on, and after `max_attempts` failures it is `dead`, set aside for the operator, who
 may retry or drop it. A lease handed back because the daemon or the agent was being
 stopped is not a failure.
+
+Durability: a `send` returns once its message is on disk (fsynced). Leasing, taking and
+acking return once committed, without an fsync of their own (`Store.write(durable=False)`):
+the next send's fsync covers them, a crash of the daemon keeps them, and what a power cut
+undoes is a message handed out or acked, which then goes out again, as at-least-once allows.
+
 The broker never blocks the trio thread on sqlite and never publishes an event for a write
 that did not commit.
 """
@@ -332,7 +338,7 @@ class Broker:
             return token, message_row(row)
 
         leased, more, ready_at = await self._store.write(
-            partial(self._pick, agent, now, limit, lease)
+            partial(self._pick, agent, now, limit, lease), durable=False
         )
         deliveries = []
         for token, msg in leased:
@@ -373,7 +379,7 @@ class Broker:
             return message_row(row)
 
         taken, more, ready_at = await self._store.write(
-            partial(self._pick, agent, now, limit, take)
+            partial(self._pick, agent, now, limit, take), durable=False
         )
         for msg in taken:
             self._bus.publish(MessageLeased(message_id=msg.id, agent=agent, attempts=msg.attempts))
@@ -485,7 +491,9 @@ class Broker:
                 federation_outbox.enqueue_receipt(conn, row["sender"], row["remote_id"], agent, now)
             return row
 
-        row = await self._store.write(write)
+        row = await self._store.write(
+            write, durable=False
+        )  # undone only by a power cut: redelivered
         if row is None:
             raise Fail("not_found", "no such lease: already acked, expired, or not yours")
         self._forget(lease)

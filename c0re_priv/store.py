@@ -58,11 +58,14 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class _Job(Generic[T]):
-    __slots__ = ("background", "done", "error", "fn", "result", "waiter")
+    __slots__ = ("background", "done", "durable", "error", "fn", "result", "waiter")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T], background: bool = False) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], T], background: bool = False, durable: bool = True
+    ) -> None:
         self.fn = fn
         self.background = background
+        self.durable = durable
         self.done = False
         self.waiter: Task | None = None
         """The task parked on this job until it is committed."""
@@ -179,8 +182,18 @@ class Store:
         for conn in self._readers:
             conn.close()
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], background: bool = False) -> T:
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], background: bool = False, durable: bool = True
+    ) -> T:
         """Run `fn` inside the next group commit; return its result once durable.
+
+        A write that is not `durable` returns once committed (every reader sees it, a crash
+        of the daemon keeps it) without waiting for an fsync of its own: a batch made only of
+        such writes commits without one, and the next durable commit's fsync covers it (WAL
+        frames reach the disk in order). Only a power cut or kernel crash before then can undo
+        it, so it is for writes whose undoing is harmless: handing out or acking a message,
+        which at-least-once delivery then hands out again. Anything that follows from it and
+        matters (a reply sent) is a durable write, whose fsync makes this one durable too.
 
         A `background` write (bulk work such as a burst of due reminders) runs in a
         transaction of its own, and only when no other write is waiting: interactive writes
@@ -194,7 +207,7 @@ class Store:
         """
         if self._closed:
             raise StoreClosed("the store writer has stopped")
-        job: _Job[T] = _Job(fn, background)
+        job: _Job[T] = _Job(fn, background, durable)
         if not background:
             self._interactive += 1
         if self._riders is not None and not background:
@@ -369,8 +382,13 @@ class Store:
         queued behind it (`_riders`, appended to `jobs`) and commits them with it."""
         conn = self._writer
         riders = self._riders if all(job.background for job in jobs) else None
-        conn.execute("BEGIN IMMEDIATE")
+        # sqlite sets `synchronous` per connection, never inside a transaction: a batch that
+        # may take riders, or holds one durable write, waits for its fsync
+        relaxed = riders is None and not any(job.durable for job in jobs)
+        if relaxed:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 self._run_job(conn, job)
             while riders and len(jobs) <= MAX_BATCH:
@@ -382,6 +400,9 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if relaxed:
+                conn.execute("PRAGMA synchronous=FULL")
 
     @staticmethod
     def _run_job(conn: sqlite3.Connection, job: _Job[Any]) -> None:

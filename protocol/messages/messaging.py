@@ -68,9 +68,11 @@ class Recv(Request, tag="recv"):
 
 class Take(Request, tag="take"):
     """Take up to `max` queued messages as delivered, waiting up to `wait_seconds` for the
-    first: a `Recv` and an `Ack` of each in one transaction, one durable write instead of
-    two. For a reader that hands the text on at once (the MCP `recv` tools): nothing is
-    leased, so a reader that fails afterwards does not get the message again."""
+    first: a `Recv` and an `Ack` of each in one transaction, one write instead of two. For a
+    reader that hands the text on at once (the MCP `recv` tools): nothing is leased, so a
+    reader that fails afterwards does not get the message again. Like `Recv` and `Ack`, it
+    returns once committed, before an fsync: only a power cut can undo it, and the messages
+    are then delivered again."""
 
     max: Annotated[int, Meta(ge=1, le=100)] = 1
     wait_seconds: Annotated[float, Meta(ge=0)] = 0.0
@@ -84,7 +86,8 @@ class WaitForWork(Request, tag="wait_for_work"):
 
 
 class Ack(Request, tag="ack"):
-    """Mark a leased message delivered. Only the recipient's socket can ack it."""
+    """Mark a leased message delivered. Only the recipient's socket can ack it. Returns once
+    committed, before an fsync: a power cut can undo it, and the message goes out again."""
 
     lease: Annotated[str, Meta(min_length=1, max_length=64)]
 

@@ -266,6 +266,30 @@ def test_kill_9_between_lease_and_ack_delivers_again_after_restart(daemon_proces
         )
 
 
+def test_kill_9_after_an_ack_or_a_take_keeps_them_although_neither_waited_for_an_fsync(
+    daemon_process: DaemonProcess,
+):
+    """`Ack` and `Take` answer before an fsync (`durable=False`): a crash of the daemon alone
+    must still keep them, since their WAL frames are written before the reply, and only a
+    power cut may undo them. Both messages are acked after the restart, none handed out."""
+    paths = daemon_process.paths
+    with SyncClient.connect(str(paths.agent_sock("alice"))) as alice:
+        (acked,) = alice.expect(m.Send(to="bob", body="ack me"), m.Sent).message_ids
+        (taken,) = alice.expect(m.Send(to="bob", body="take me"), m.Sent).message_ids
+    with SyncClient.connect(str(paths.agent_sock("bob"))) as bob:
+        got = bob.expect(m.Recv(), m.Deliveries)
+        assert got.items[0].message.id == acked
+        bob.expect(m.Ack(lease=got.items[0].lease), m.Ok)
+        assert [msg.id for msg in bob.expect(m.Take(max=10), m.Taken).messages] == [taken]
+        daemon_process.kill()
+    daemon_process.start()
+    with SyncClient.connect(str(paths.agent_sock("bob"))) as bob:
+        assert bob.expect(m.Recv(max=10), m.Deliveries).items == []
+    with sqlite3.connect(paths.db) as db:
+        states = dict(db.execute("SELECT id, state FROM messages").fetchall())
+    assert states == {acked: "acked", taken: "acked"}
+
+
 # ------------------------------------------------------------------ oversize bodies
 
 

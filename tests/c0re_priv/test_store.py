@@ -197,3 +197,37 @@ async def test_writes_queued_behind_a_background_job_commit_in_its_transaction(
     rows = sqlite3.connect(short_tmp / "s.sqlite").execute("SELECT lane, txn FROM t").fetchall()
     assert sorted(rows) == [("bg", 0), ("fg", 0), ("fg", 2)]
     store.close()
+
+
+async def test_a_batch_of_writes_that_need_no_fsync_commits_without_one(short_tmp: Path) -> None:
+    """`durable=False` writes alone commit with `synchronous=NORMAL` (no fsync of their own);
+    one durable write in the batch, or a later batch, gets the fsync back."""
+    store = Store.open(short_tmp / "s.sqlite")
+    gate = threading.Event()
+
+    def level(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    def blocker(conn: sqlite3.Connection) -> int:
+        gate.wait(10)  # the writes below queue up behind it, into one batch
+        return level(conn)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        assert await store.write(level, durable=False) == 1  # NORMAL
+        assert await store.write(level) == 2  # FULL again
+        got: dict[str, int] = {}
+
+        async def write(name: str, fn, durable: bool) -> None:  # type: ignore[no-untyped-def]
+            got[name] = await store.write(fn, durable=durable)
+
+        async with trio.open_nursery() as writes:
+            writes.start_soon(write, "blocker", blocker, False)
+            await trio.sleep(0.1)
+            writes.start_soon(write, "relaxed", level, False)
+            writes.start_soon(write, "durable", level, True)
+            await trio.sleep(0.1)
+            gate.set()
+        assert got == {"blocker": 1, "relaxed": 2, "durable": 2}
+        nursery.cancel_scope.cancel()
+    store.close()
