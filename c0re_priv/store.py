@@ -196,8 +196,9 @@ class Store:
         matters (a reply sent) is a durable write, whose fsync makes this one durable too.
 
         A `background` write (bulk work such as a burst of due reminders) runs in a
-        transaction of its own, and only when no other write is waiting: interactive writes
-        queued behind it wait for at most the one background job already running.
+        transaction of its own, taking turns with the batches of other writes; those queued
+        while it runs wait for one step of it (it asks `writes_waiting()` between steps) and
+        then ride in its transaction.
 
         An exception raised by `fn` rolls back `fn`'s own changes only and is re-raised here.
         Once queued, a write is waited for even if the caller is cancelled meanwhile (the

@@ -280,6 +280,22 @@ def test_a_chunk_ends_when_its_time_is_up_and_the_rest_stay_due(tmp_path: Path):
     conn.close()
 
 
+def test_a_group_with_a_removed_owner_delivers_the_rest_and_retries_that_one(tmp_path: Path):
+    """One statement's group mixes owners: the registered ones' reminders are delivered, the
+    one whose owner is gone records a failed attempt and is due again after the backoff."""
+    conn = _due_reminders(tmp_path, 3)
+    conn.execute("UPDATE reminders SET owner = 'gone' WHERE id = 2")
+    got = deliver_due(conn, now=20.0, limit=64, max_attempts=5, retry_seconds=30)
+    assert [msg.reminder_id for msg in got.delivered] == [1, 3]
+    assert [(r.id, r.state, r.attempt_count, r.next_attempt_at) for r in got.failed] == [
+        (2, "pending", 1, 50.0)
+    ]
+    assert got.failed[0].last_error == "owner 'gone' is not a registered agent"
+    assert got.next_due == 50.0
+    assert deliver_due(conn, now=20.0, limit=64, max_attempts=5, retry_seconds=30).failed == []
+    conn.close()
+
+
 def test_a_chunk_gives_way_to_a_waiting_write_after_one_group(tmp_path: Path):
     """A write queued behind a chunk ends it at the next group: the chunk that had a whole
     second to spare delivers one group, and the next tick (nobody waiting) the rest."""
