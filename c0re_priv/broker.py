@@ -491,9 +491,8 @@ class Broker:
                 federation_outbox.enqueue_receipt(conn, row["sender"], row["remote_id"], agent, now)
             return row
 
-        row = await self._store.write(
-            write, durable=False
-        )  # undone only by a power cut: redelivered
+        # durable=False: only a power cut can undo it, and the message then goes out again
+        row = await self._store.write(write, durable=False)
         if row is None:
             raise Fail("not_found", "no such lease: already acked, expired, or not yours")
         self._forget(lease)

@@ -27,8 +27,8 @@ between two statements ends early once its time is up or as soon as the store sa
 interactive write is queued (`Store.writes_waiting`); while more are due, the next tick
 follows at once, behind the writes that arrived meanwhile. A `Send` made during a burst so
 waits for at most one statement's worth of reminders. The count and the time limit keep each
-transaction, and the events a tick publishes at once, small wherever the hive runs. `reminder_chunk_ms = 0` turns both limits off: one
-transaction per `reminder_batch`. A statement delivers its group with sqlite doing the work
+transaction, and the events a tick publishes at once, small wherever the hive runs.
+`reminder_chunk_ms = 0` turns both limits off: one transaction per `reminder_batch`. A statement delivers its group with sqlite doing the work
 per row (`INSERT … SELECT`, then two updates), which costs a third of a reminder-at-a-time
 loop in CPU and holds the GIL only between statements. Measured in `bench/reminders.py`;
 figures in `bench/README.md`.
@@ -129,7 +129,7 @@ class Tick:
     """What one scheduler transaction did."""
 
     delivered: list[MessageRow]
-    """The reminder messages inserted, each with its `reminder_id`, owner first in `to`."""
+    """The reminder messages inserted, each addressed to its owner, with its `reminder_id`."""
     failed: list[ReminderRow]
     """Failed attempts: still `pending` (retried at `next_attempt_at`) or now `failed`."""
     next_due: float
@@ -165,7 +165,8 @@ def deliver_due(
         # the soonest still due: each group leaves the due set (delivered, failed, or retried
         # later than `now`), so the index walk starts afresh and no reminder is tried twice
         group = conn.execute(
-            "SELECT id, owner FROM reminders WHERE state = 'pending' AND next_attempt_at <= ?"
+            "SELECT id, owner, attempt_count FROM reminders"
+            " WHERE state = 'pending' AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at, id LIMIT ?",
             (now, min(STATEMENT_REMINDERS, limit - done)),
         ).fetchall()
@@ -173,12 +174,14 @@ def deliver_due(
             break
         if registered is None:
             registered = {r[0] for r in conn.execute("SELECT name FROM agents")}
-        owned = [rid for rid, owner in group if owner in registered]
+        owned = [rid for rid, owner, _ in group if owner in registered]
         if owned:
             delivered += _deliver(conn, owned, now)
-        for rid, owner in group:
+        for rid, owner, attempts in group:
             if owner not in registered:
-                failed.append(_fail(conn, rid, owner, now, max_attempts, retry_seconds))
+                failed.append(
+                    _fail(conn, rid, owner, attempts + 1, now, max_attempts, retry_seconds)
+                )
     nxt = conn.execute(
         "SELECT min(next_attempt_at) FROM reminders WHERE state = 'pending'"
     ).fetchone()[0]
@@ -216,17 +219,12 @@ def _fail(
     conn: sqlite3.Connection,
     reminder_id: int,
     owner: str,
+    attempts: int,
     now: float,
     max_attempts: int,
     retry_seconds: float,
 ) -> ReminderRow:
-    """Record a failed attempt: the owner is no longer a registered agent."""
-    attempts = (
-        conn.execute("SELECT attempt_count FROM reminders WHERE id = ?", (reminder_id,)).fetchone()[
-            0
-        ]
-        + 1
-    )
+    """Record the `attempts`-th failed attempt: the owner is no longer a registered agent."""
     if attempts >= max_attempts:
         state, retry_at = "failed", None
     else:

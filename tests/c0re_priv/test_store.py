@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -164,7 +165,7 @@ async def test_writes_queued_behind_a_background_job_commit_in_its_transaction(
             threading.Event().wait(0.005)
         raise AssertionError("the writes never queued")
 
-    def fg(n: int):  # type: ignore[no-untyped-def]
+    def fg(n: int) -> Callable[[sqlite3.Connection], int]:
         def fn(conn: sqlite3.Connection) -> int:
             if n == 1:
                 raise ValueError("this one fails alone")
@@ -175,7 +176,9 @@ async def test_writes_queued_behind_a_background_job_commit_in_its_transaction(
 
     results: dict[str, object] = {}
 
-    async def write(name: str, fn, background: bool = False) -> None:  # type: ignore[no-untyped-def]
+    async def write(
+        name: str, fn: Callable[[sqlite3.Connection], object], background: bool = False
+    ) -> None:
         try:
             results[name] = await store.write(fn, background=background)
         except ValueError as exc:
@@ -218,7 +221,7 @@ async def test_a_batch_of_writes_that_need_no_fsync_commits_without_one(short_tm
         assert await store.write(level) == 2  # FULL again
         got: dict[str, int] = {}
 
-        async def write(name: str, fn, durable: bool) -> None:  # type: ignore[no-untyped-def]
+        async def write(name: str, fn: Callable[[sqlite3.Connection], int], durable: bool) -> None:
             got[name] = await store.write(fn, durable=durable)
 
         async with trio.open_nursery() as writes:
