@@ -15,7 +15,9 @@ Scheduling: `run_scheduler` is one task in the daemon's services nursery. It sle
 earliest `next_attempt_at` of a pending reminder, not on a fixed poll, and is poked awake
 when a reminder that is due sooner is added or retried. Each tick is one `Store.write` job,
 hence one transaction: every reminder it takes is delivered and marked delivered together,
-or neither is.
+or neither is. It commits without an fsync of its own (`Store.write(durable=False)`): a power
+cut can undo a chunk only whole, and its reminders are then delivered after the restart, as
+at-least-once allows; the next durable commit (an agent's reply, say) makes it durable too.
 
 Why a tick takes at most `reminder_batch` (default 64) reminders, stops after
 `reminder_chunk_ms` (default 2 ms) of work, and gives way to a waiting write: the store has
@@ -444,6 +446,9 @@ class Reminders:
             ),
             "reminder scheduler",
             background=True,  # behind any message traffic that is waiting
+            # a power cut can undo a chunk only whole, reminders and their messages together,
+            # and they then go out after the restart: no fsync of its own (`Store.write`)
+            durable=False,
         )
         self._broker.published(tick.delivered)
         for msg in tick.delivered:

@@ -17,12 +17,16 @@ interactive write is waiting, and the job then returns early (after a bounded st
 that were waiting when it began, or queued while it ran, ride in its transaction: the
 writer's thread runs them after the job and commits all of them at once, one fsync, instead
 of committing the job and handing back to trio for a batch of their own. A write arriving
-while a background job runs so waits for one step of it, not for the job.
+while a background job runs so waits for one step of it, not for the job. A background job
+that is not durable (a chunk of reminders: a power cut undoes it whole, and it is done again)
+commits without an fsync, unless a durable write rode in it: the writer's thread then fsyncs
+the WAL itself before anyone is told "done", as `synchronous=FULL` would have.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -149,6 +153,7 @@ class Store:
         self._thread: _WriterThread
         self._committed = trio.Event()
         self.checkpoints = 0
+        self.wal_syncs = 0
         self.batches = 0
         self.committed_jobs = 0
         self.full_log = RateLimitedLog(log)
@@ -233,14 +238,18 @@ class Store:
         return self._interactive > 0
 
     async def write_when_space(
-        self, fn: Callable[[sqlite3.Connection], T], what: str, background: bool = False
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        what: str,
+        background: bool = False,
+        durable: bool = True,
     ) -> T:
         """`write` for the daemon's own services (lease reaper, reminder scheduler): a full
         disk is waited out, retrying every few seconds and saying so once a minute, instead
         of ending the service and with it the daemon."""
         while True:
             try:
-                return await self.write(fn, background)
+                return await self.write(fn, background, durable)
             except Exception as exc:
                 full = storage_full(exc)
                 if full is None:
@@ -383,9 +392,11 @@ class Store:
         queued behind it (`_riders`, appended to `jobs`) and commits them with it."""
         conn = self._writer
         riders = self._riders if all(job.background for job in jobs) else None
-        # sqlite sets `synchronous` per connection, never inside a transaction: a batch that
-        # may take riders, or holds one durable write, waits for its fsync
-        relaxed = riders is None and not any(job.durable for job in jobs)
+        # sqlite sets `synchronous` per connection, never inside a transaction: a batch of
+        # writes that are not durable commits without an fsync, and when a durable write
+        # rode in it after all, the WAL is synced here before anyone is told "done"
+        relaxed = not any(job.durable for job in jobs) and not riders
+        taken = len(jobs)
         if relaxed:
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
@@ -404,6 +415,18 @@ class Store:
         finally:
             if relaxed:
                 conn.execute("PRAGMA synchronous=FULL")
+        if relaxed and any(job.durable for job in jobs[taken:]):
+            self._sync_wal()
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL, as `synchronous=FULL` does after a commit: every frame written so
+        far, the last commit's included, is then on disk."""
+        fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.wal_syncs += 1
 
     @staticmethod
     def _run_job(conn: sqlite3.Connection, job: _Job[Any]) -> None:

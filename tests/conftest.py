@@ -157,7 +157,29 @@ def daemon_process(short_tmp: Path) -> Iterator[DaemonProcess]:
             daemon.proc.wait(10)
 
 
+LONGEST_FIRST = (
+    "tests/soak/test_soak.py",  # 120 s, most of it waiting: begun first, it overlaps the rest
+    "tests/ag3nt/test_claude_runtime.py",  # 209 s
+    "tests/bench/test_bench_smoke.py",  # 161 s
+    "tests/ag3nt/test_mcp_server.py",  # 115 s
+    "tests/ag3nt/test_harness.py",  # 88 s
+    "tests/c0re_priv/test_federation.py",  # 73 s
+    "tests/c0re_priv/test_estop.py",  # 62 s
+    "tests/ag3nt/test_claude_hive.py",  # 59 s
+    "tests/c0re_priv/test_budgets.py",  # 46 s
+    "tests/c0re_priv/test_forge.py",  # 43 s
+    "tests/c0re_priv/test_reminders.py",  # 40 s
+    "tests/c0re_priv/test_delivery_model.py",  # 39 s
+)
+"""The files that take longest (2 workers on 2 cores, 2 December 2026), in the order the
+workers start them (`--dist loadfile --no-loadscopereorder` in test.sh): begun last, one of
+them left a worker alone for the final minute or two. Every other file follows, in
+collection order. A file missing here, or gone, only changes the order."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = {path: rank for rank, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::", 1)[0], len(first)))
     if os.environ.get("HIVE_SLOW"):
         return
     skip = pytest.mark.skip(reason="slow; set HIVE_SLOW=1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -232,5 +233,50 @@ async def test_a_batch_of_writes_that_need_no_fsync_commits_without_one(short_tm
             await trio.sleep(0.1)
             gate.set()
         assert got == {"blocker": 1, "relaxed": 2, "durable": 2}
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_background_job_that_need_not_be_durable_syncs_only_for_a_durable_rider(
+    short_tmp: Path,
+) -> None:
+    """A `durable=False` background job commits with `synchronous=NORMAL`: alone, or with
+    riders that need no fsync either, it makes none; a durable write that rides in it gets the
+    WAL fsynced by the writer's thread before it is told "done"."""
+    store = Store.open(short_tmp / "s.sqlite")
+
+    def level(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    def waits_for(riders: int) -> Callable[[sqlite3.Connection], int]:
+        def background(conn: sqlite3.Connection) -> int:
+            for _ in range(2000):  # gives way once the riders are queued
+                if store._interactive == riders:
+                    return level(conn)
+                threading.Event().wait(0.005)
+            raise AssertionError("the riders never queued")
+
+        return background
+
+    got: dict[str, int] = {}
+
+    async def write(name: str, fn: Callable[[sqlite3.Connection], int], **how: bool) -> None:
+        got[name] = await store.write(fn, **how)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        assert await store.write(waits_for(0), background=True, durable=False) == 1
+        assert store.wal_syncs == 0
+        with trio.fail_after(10):
+            for durable in (False, True):
+                async with trio.open_nursery() as writes:
+                    writes.start_soon(
+                        partial(write, "bg", waits_for(1), background=True, durable=False)
+                    )
+                    await trio.sleep(0.1)  # the job runs, and waits for its rider
+                    writes.start_soon(partial(write, "rider", level, durable=durable))
+                assert got == {"bg": 1, "rider": 1}  # one transaction, at NORMAL
+                assert store.wal_syncs == int(durable)
+        assert await store.write(level) == 2  # FULL again
         nursery.cancel_scope.cancel()
     store.close()
