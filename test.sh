@@ -11,4 +11,4 @@ echo "== mypy --strict" && "$VENV/bin/mypy"
 echo "== pytest"
 # Two workers, a test file each at a time: the suite mostly waits on what it runs for real
 # (sandboxes, daemons, the Claude CLI, Chromium). HIVE_TEST_WORKERS=0 runs it in one process.
-exec "$VENV/bin/python" -m pytest -p no:cacheprovider -n "${HIVE_TEST_WORKERS:-2}" --dist loadfile --no-loadscopereorder "$@"
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -n "${HIVE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -172,7 +172,7 @@ LONGEST_FIRST = (
     "tests/c0re_priv/test_delivery_model.py",  # 39 s
 )
 """The files that take longest (2 workers on 2 cores, 2 December 2026), in the order the
-workers start them (`--dist loadfile --no-loadscopereorder` in test.sh): begun last, one of
+workers start them (`--dist loadfile --no-loadscope-reorder` in test.sh): begun last, one of
 them left a worker alone for the final minute or two. Every other file follows, in
 collection order. A file missing here, or gone, only changes the order."""
 
