@@ -79,9 +79,23 @@ class HiveUp:
             env=env,
             stdout=self.log_file.open("wb"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, as a terminal gives it
         )
         self.wait(lambda: LINK.search(self.log()) is not None and self._answers(), timeout)
         threading.Thread(target=self._follow, daemon=True).start()
+
+    def web_pid(self) -> int | None:
+        """The dashboard process: `hive up`'s child running `c0re_web`."""
+        assert self.proc is not None
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == str(self.proc.pid) and b"c0re_web" in argv:
+                return int(entry.name)
+        return None
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")

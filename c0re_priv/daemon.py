@@ -92,7 +92,7 @@ async def _run_hive(
             await core.start(hive.store.run_writer)
             async with trio.open_nursery() as services:
                 if handle_signals:
-                    await services.start(_cancel_on_signal, services.cancel_scope)
+                    await services.start(_cancel_on_signal, services.cancel_scope, hive.stopping)
                 await hive.registry.load()
                 # before any socket serves: a held agent must never be leased a message
                 await hive.estop.load()
@@ -153,12 +153,16 @@ async def _run_hive(
 
 
 async def _cancel_on_signal(
-    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    scope: trio.CancelScope,
+    stopping: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             sd_notify("STOPPING=1")
+            stopping.set()
             scope.cancel()
             return

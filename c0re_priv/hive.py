@@ -93,6 +93,8 @@ class Hive:
         """The wall clock of the timed services (broker, questions, reminders); tests mock it."""
         self.settings = config.hive
         self.paths = paths
+        self.stopping = trio.Event()
+        """Set when a signal has asked the daemon to stop (its shutdown is under way)."""
         self.rev = detect_rev()
         self.protocol = PROTOCOL_VERSION
         self.started_at = time.time()

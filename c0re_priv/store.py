@@ -51,6 +51,11 @@ CHECKPOINT_SECONDS = 0.5
 """How long after a commit the checkpointer copies the WAL back into the database."""
 BACKSTOP_PAGES = 10_000
 """WAL pages (~40 MB) past which the writer checkpoints itself: the checkpointer is behind."""
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
+"""What the WAL file is cut back to once it starts over. A burst of commits with no pause
+between them (a 900-reminder burst and the 900 turns it set off, in one run) grows it, since
+it can only start over once a checkpoint finished before the next write; without a limit it
+then stays at its largest size for the life of the database."""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -172,6 +177,7 @@ class Store:
                 raise CannotOpenStore(f"sqlite refused WAL mode for {path} (got {mode})")
             writer.execute("PRAGMA synchronous=FULL")
             writer.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            writer.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             migrate(writer)
             readers = [_connect(path) for _ in range(READERS)]
         except sqlite3.Error as exc:

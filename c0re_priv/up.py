@@ -2,7 +2,8 @@
 
 The daemon runs in this process (it owns the signals); the web process is a child that runs
 unprivileged. When the daemon stops (Ctrl-C, SIGTERM) the nursery is cancelled, which stops
-the web process; the daemon's own shutdown stops every agent's container.
+the web process; the daemon's own shutdown stops every agent's container. A web process that
+ends while the hive is not stopping (killed, crashed) is logged and started again.
 """
 
 from __future__ import annotations
@@ -31,11 +32,45 @@ def web_available() -> bool:
     return importlib.util.find_spec("c0re_web") is not None
 
 
+WEB_RESTART_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
+"""Pauses before the dashboard process is started again after it ended on its own, one more
+step each time it ends within `WEB_STEADY_SECONDS` of its start."""
+WEB_STEADY_SECONDS = 60.0
+STOP_GRACE_SECONDS = 1.0
+"""How long to wait, once the web process ended, for the daemon to say it is stopping: a
+signal sent to the whole process group (Ctrl-C in a terminal, `systemctl stop`) reaches both,
+and the web process may end first. Not stopping by then, the web process failed."""
+
+
 async def run_web(
-    paths: Paths, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    paths: Paths,
+    port: int,
+    stopping: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run `hive web` (as `python -m c0re_web web`: this package never imports the dashboard)
-    as a child, echoing what it prints (its login link) to our stdout."""
+    as a child, echoing what it prints (its login link) to our stdout; started again, after a
+    pause, whenever it ends while the hive is not stopping."""
+    failures = 0
+    while True:
+        started = trio.current_time()
+        code = await _web_process(paths, port, task_status)
+        task_status = trio.TASK_STATUS_IGNORED
+        with trio.move_on_after(STOP_GRACE_SECONDS):
+            await stopping.wait()
+        if stopping.is_set():
+            return  # the same signal stopped it: the daemon's shutdown is under way
+        if trio.current_time() - started > WEB_STEADY_SECONDS:
+            failures = 0
+        pause = WEB_RESTART_SECONDS[min(failures, len(WEB_RESTART_SECONDS) - 1)]
+        failures += 1
+        log.error("the dashboard process exited with %s; starting it again in %.0fs", code, pause)
+        await trio.sleep(pause)
+
+
+async def _web_process(paths: Paths, port: int, task_status: trio.TaskStatus[None]) -> int:
+    """One run of the web process, until it ends (its exit code) or we are cancelled."""
     argv = [
         sys.executable,
         "-m",
@@ -64,8 +99,7 @@ async def run_web(
             *lines, buffered = buffered.split(b"\n")
             for line in lines:
                 print(f"  web:      {line.decode(errors='replace')}", flush=True)
-        await proc.wait()
-        log.error("the web process exited with %s", proc.returncode)
+        return await proc.wait()
     finally:
         with trio.CancelScope(shield=True):
             if proc.returncode is None:
@@ -88,8 +122,8 @@ async def run_up(config: HiveConfig, paths: Paths, on_ready: Callable[[Hive], No
             await run_hive(config, paths, on_ready=on_ready, task_status=task_status)
             nursery.cancel_scope.cancel()  # the daemon stopped: stop everything else too
 
-        await nursery.start(daemon)
+        hive = await nursery.start(daemon)
         if web_available():
-            await nursery.start(partial(run_web, paths, config.hive.web_port))
+            await nursery.start(partial(run_web, paths, config.hive.web_port, hive.stopping))
         else:
             print("  web:      the dashboard is not part of this build", flush=True)

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
+from c0re_priv import store as store_module
 from c0re_priv.store import Store
 
 
@@ -278,5 +280,34 @@ async def test_a_background_job_that_need_not_be_durable_syncs_only_for_a_durabl
                 assert got == {"bg": 1, "rider": 1}  # one transaction, at NORMAL
                 assert store.wal_syncs == int(durable)
         assert await store.write(level) == 2  # FULL again
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_the_wal_file_is_cut_back_once_a_burst_is_over(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits with no pause between them grow the WAL past the limit; once the checkpointer
+    has copied it all, the next write starts it over and cuts the file back to the limit."""
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 256 * 1024)
+    store = Store.open(short_tmp / "s.sqlite")
+    wal = short_tmp / "s.sqlite-wal"
+
+    def insert(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES ('burst', length(randomblob(4000)))")
+        conn.execute("INSERT INTO big VALUES (randomblob(4000))")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        await store.write(table)
+        await store.write(lambda conn: conn.execute("CREATE TABLE big (b BLOB)"))
+        for _ in range(300):  # one after another: no gap for the WAL to start over in
+            await store.write(insert)
+        assert wal.stat().st_size > 1024 * 1024
+        with trio.fail_after(10):
+            while store.checkpoints == 0:
+                await trio.sleep(0.05)
+        await store.write(insert)
+        assert wal.stat().st_size <= 256 * 1024
         nursery.cancel_scope.cancel()
     store.close()

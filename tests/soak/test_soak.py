@@ -9,7 +9,9 @@ long version is `bench/soak.py`.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -105,3 +107,25 @@ def test_the_default_hive_stays_up_idle(hives: Hives) -> None:
     assert_steady(hive)
     assert "crashed" not in hive.log() and "FAILED" not in hive.log()
     assert hive.messages() == [], "the idle hive was sent something"
+
+
+@pytest.mark.timeout(180)
+def test_a_dashboard_that_dies_comes_back_and_ctrl_c_stops_all_quietly(hives: Hives) -> None:
+    """Runs last, on the idle hive: its web process is killed and started again (with a new
+    login link); then Ctrl-C as a terminal sends it, SIGINT to the whole process group, web
+    process included, stops everything with no error said."""
+    hive = hives.idle
+    assert hive.proc is not None
+    killed = hive.web_pid()
+    assert killed is not None
+    links = hive.log().count("login link")
+    os.kill(killed, signal.SIGKILL)
+    hive.wait(lambda: hive.log().count("login link") > links and hive.web_answers(), 60)
+    assert hive.web_pid() not in (None, killed)
+    assert "the dashboard process exited with -9; starting it again" in hive.log()
+    stopped_at = len(hive.log())
+    os.killpg(hive.proc.pid, signal.SIGINT)
+    assert hive.proc.wait(90) == 0
+    after = hive.log()[stopped_at:]
+    assert "shutting down" in after and "hyperhive stopped" in after
+    assert " ERROR " not in after and "Traceback" not in after, after
