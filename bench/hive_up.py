@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from measure import children
+
 from protocol import messages as m
 from protocol.client import HiveError, SyncClient
 
@@ -87,15 +89,8 @@ class HiveUp:
     def web_pid(self) -> int | None:
         """The dashboard process: `hive up`'s child running `c0re_web`."""
         assert self.proc is not None
-        for entry in Path("/proc").iterdir():
-            try:
-                stat = (entry / "stat").read_text()
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError):
-                continue
-            if stat.rsplit(")", 1)[1].split()[1] == str(self.proc.pid) and b"c0re_web" in argv:
-                return int(entry.name)
-        return None
+        found = [pid for pid, argv in children(self.proc.pid).items() if b"c0re_web" in argv]
+        return found[0] if found else None
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -19,6 +19,7 @@ Run: `.venv/bin/python bench/mcp_peer.py [--quick] [--json] [--peer]`. It measur
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from typing import Any
 
 import anyio
 from daemon_process import running_daemon
-from measure import cpu_seconds, percentile
+from measure import children, cpu_seconds, percentile
 from report import Report, parse_args
 
 from protocol import messages as m
@@ -91,26 +92,11 @@ async def mcp_session(argv: list[str], env: dict[str, str] | None = None) -> Asy
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-    before = set(_children())
+    before = set(children(os.getpid()))
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
-        (pid,) = [p for p in _children() if p not in before][:1] or [0]
+        (pid,) = [p for p in children(os.getpid()) if p not in before][:1] or [0]
         yield Session(session, pid)
-
-
-def _children() -> list[int]:
-    """This process's child pids (the stdio servers the client started)."""
-    me = str(Path("/proc/self").resolve().name)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[1] == me:
-                found.append(int(entry.name))
-    return found
 
 
 @dataclass

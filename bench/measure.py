@@ -50,6 +50,22 @@ Probes = dict[str, Callable[[], float]]
 """Readings taken at both ends of a window, by name."""
 
 
+def children(parent: int) -> dict[int, list[bytes]]:
+    """The processes whose parent is `parent`, each with its argv, from /proc."""
+    found: dict[int, list[bytes]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            found[int(entry.name)] = argv
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) used so far by process `pid`, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -56,20 +56,6 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def web_pid(parent: int) -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == parent and b"web" in cmdline:
-            return int(entry)
-    return None
-
-
 def config(agents: int) -> str:
     lines = ['[hive]\nstop_grace_seconds = 5\n\n[agents.manager]\nrole = "manager"\n']
     lines += [f"[agents.agent-{n:02d}]\n" for n in range(1, agents)]
@@ -79,7 +65,7 @@ def config(agents: int) -> str:
 def sample(up: HiveUp, started: float) -> Sample:
     assert up.proc is not None
     daemon = up.proc.pid
-    web = web_pid(daemon)
+    web = up.web_pid()
     rows = up.agents()
     counts = {"acked": 0, "backlog": 0}
     for r in up.messages():

@@ -30,9 +30,10 @@ interactive write is queued (`Store.writes_waiting`); while more are due, the ne
 follows at once, behind the writes that arrived meanwhile. A `Send` made during a burst so
 waits for at most one statement's worth of reminders. The count and the time limit keep each
 transaction, and the events a tick publishes at once, small wherever the hive runs.
-`reminder_chunk_ms = 0` turns both limits off: one transaction per `reminder_batch`. A statement delivers its group with sqlite doing the work
-per row (`INSERT … SELECT`, then two updates), which costs a third of a reminder-at-a-time
-loop in CPU and holds the GIL only between statements. Measured in `bench/reminders.py`;
+`reminder_chunk_ms = 0` turns both limits off: one transaction per `reminder_batch`. A
+statement delivers its group with sqlite doing the work per row (`INSERT … SELECT`, then two
+updates), which costs a third of a reminder-at-a-time loop in CPU and holds the GIL only
+between statements. Measured in `bench/reminders.py`;
 figures in `bench/README.md`.
 
 Shutdown: a tick is shielded from cancellation (it is bounded work, and the events of what

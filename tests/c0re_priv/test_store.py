@@ -250,8 +250,11 @@ async def test_a_background_job_that_need_not_be_durable_syncs_only_for_a_durabl
     def level(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA synchronous").fetchone()[0])
 
+    started = threading.Event()
+
     def waits_for(riders: int) -> Callable[[sqlite3.Connection], int]:
         def background(conn: sqlite3.Connection) -> int:
+            started.set()  # inside its transaction: a write queued now rides in it
             for _ in range(2000):  # gives way once the riders are queued
                 if store._interactive == riders:
                     return level(conn)
@@ -271,11 +274,12 @@ async def test_a_background_job_that_need_not_be_durable_syncs_only_for_a_durabl
         assert store.wal_syncs == 0
         with trio.fail_after(10):
             for durable in (False, True):
+                started.clear()
                 async with trio.open_nursery() as writes:
                     writes.start_soon(
                         partial(write, "bg", waits_for(1), background=True, durable=False)
                     )
-                    await trio.sleep(0.1)  # the job runs, and waits for its rider
+                    await trio.to_thread.run_sync(started.wait, 10)
                     writes.start_soon(partial(write, "rider", level, durable=durable))
                 assert got == {"bg": 1, "rider": 1}  # one transaction, at NORMAL
                 assert store.wal_syncs == int(durable)
@@ -287,27 +291,36 @@ async def test_a_background_job_that_need_not_be_durable_syncs_only_for_a_durabl
 async def test_the_wal_file_is_cut_back_once_a_burst_is_over(
     short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Commits with no pause between them grow the WAL past the limit; once the checkpointer
-    has copied it all, the next write starts it over and cuts the file back to the limit."""
+    """A WAL that could not start over (a reader held its snapshot through a burst of commits)
+    grows past the limit; once it is all copied back, the next write starts it over and cuts
+    the file back to the limit."""
     monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 256 * 1024)
     store = Store.open(short_tmp / "s.sqlite")
     wal = short_tmp / "s.sqlite-wal"
+    reader = sqlite3.connect(short_tmp / "s.sqlite", isolation_level=None)
 
     def insert(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO t VALUES ('burst', length(randomblob(4000)))")
         conn.execute("INSERT INTO big VALUES (randomblob(4000))")
 
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run_writer)
-        await store.write(table)
         await store.write(lambda conn: conn.execute("CREATE TABLE big (b BLOB)"))
-        for _ in range(300):  # one after another: no gap for the WAL to start over in
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM big").fetchall()  # the snapshot pins the WAL
+        for _ in range(300):
             await store.write(insert)
         assert wal.stat().st_size > 1024 * 1024
+        reader.execute("COMMIT")
+        # copy it all back, as the store's checkpointer does half a second after writes (and
+        # may be doing right now: then this one is busy, and the next finds it all copied)
         with trio.fail_after(10):
-            while store.checkpoints == 0:
+            while True:
+                busy, frames, copied = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy and frames == copied:
+                    break
                 await trio.sleep(0.05)
         await store.write(insert)
         assert wal.stat().st_size <= 256 * 1024
         nursery.cancel_scope.cancel()
+    reader.close()
     store.close()

@@ -3,8 +3,10 @@
 Two hives side by side on this host, as two operators would run them: one left idle for
 90 s (zero restarts, zero crash events, every agent still serving), the other driven for
 60 s by the operator and by the scripted agents messaging each other (every message acked
-in the end, nothing restarted). They run at once, so the suite waits 90 s, not 150 s. The
-long version is `bench/soak.py`.
+in the end, nothing restarted). They run at once, so the suite waits 90 s, not 150 s. Last,
+the idle hive's dashboard process is killed (`hive up` starts it again) and the hive is
+stopped as a terminal's Ctrl-C stops it, with SIGINT to its whole process group. The long
+version is `bench/soak.py`.
 """
 
 from __future__ import annotations
