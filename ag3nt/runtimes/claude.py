@@ -1,10 +1,12 @@
 """The `claude` runtime: each turn is one run of the Claude Code CLI in print mode.
 
-It owns three things: the CLI process of the running turn (started in its own process group,
+It owns four things: the CLI process of the running turn (started in its own process group,
 so a cancelled turn takes the CLI and everything it started down with it), the agent's Claude
 session (its id kept in `<state_dir>/.hive/claude-session.json` and resumed on every turn, so
-it survives harness restarts), and the MCP config that points the CLI at `python -m ag3nt mcp` on
-this agent's socket (`<state_dir>/.hive/mcp.json`). It reads the CLI's stream-json output line
+it survives harness restarts), the MCP server it keeps loaded for the runs while `serve` runs
+(`ag3nt.mcp_listener`), and the MCP config that points the CLI at it through `ag3nt.mcp_relay`,
+or at `python -m ag3nt mcp` on this agent's socket when there is none
+(`<state_dir>/.hive/mcp.json`). It reads the CLI's stream-json output line
 by line into `TurnStats`, and turns the failures the harness treats differently into
 `LoginRequired` and `RateLimited`; a prompt that outgrew the context is compacted once and
 retried. It never talks to the daemon itself: whatever the agent says goes through the MCP
@@ -25,7 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -36,6 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 import anyio.abc
+from anyio.abc import TaskStatus
 
 from protocol.messages import TurnStats
 
@@ -497,6 +500,8 @@ class ClaudeRuntime:
         self.hive_dir = ctx.state_dir / ".hive"
         self.session_file = self.hive_dir / "claude-session.json"
         self.mcp_config = self.hive_dir / "mcp.json"
+        self.mcp_listener: Path | None = None
+        """The socket of the MCP server `serve` keeps loaded, while it does."""
         self.session_id: str | None = None
         self.context_tokens = 0
         self.compact_floor = 0
@@ -578,8 +583,28 @@ class ClaudeRuntime:
         old, self.model = self.model, model
         return f"claude: model {model} from the next turn on (was {old or 'the CLI default'})"
 
-    async def serve(self) -> None:
-        return None  # Claude Code starts its own MCP server for each session
+    async def serve(
+        self, *, task_status: TaskStatus[Path | None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the MCP server loaded for the CLI's runs (`ag3nt.mcp_listener`) until cancelled.
+
+        Each run's config then starts `ag3nt.mcp_relay` to it instead of the whole server.
+        Started with `TaskGroup.start`, it reports the listener's socket once there is one.
+        When no socket can be made, it logs why, reports None and returns: the runs then start
+        the server themselves.
+        """
+        listening = await anyio.to_thread.run_sync(_load_listener)  # ~1.5 s of imports, once
+        try:
+            async with listening(str(self.ctx.socket), self.ctx.role) as path:
+                self.mcp_listener = path
+                task_status.started(path)
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    self.mcp_listener = None
+        except OSError as exc:
+            log.warning("cannot keep the MCP server loaded (%s); each run starts its own", exc)
+            task_status.started(None)
 
     async def aclose(self) -> None:
         """Kill the running CLI, if any (its turn then fails or is being cancelled anyway)."""
@@ -836,10 +861,13 @@ class ClaudeRuntime:
 
     def _write_mcp_config(self) -> None:
         c = self.ctx
+        argv = [*c.ag3nt_command, "mcp", "--socket", str(c.socket)]
+        if self.mcp_listener is not None:  # the relay runs `argv` itself if the socket is gone
+            argv = [sys.executable, "-m", "ag3nt.mcp_relay", str(self.mcp_listener), *argv]
         server = {
             "type": "stdio",
-            "command": c.ag3nt_command[0],
-            "args": [*c.ag3nt_command[1:], "mcp", "--socket", str(c.socket)],
+            "command": argv[0],
+            "args": argv[1:],
             # the server inherits the CLI's environment; the file holds no secret of extra_env
             "env": {"HIVE_AGENT_SOCKET": str(c.socket)},
         }
@@ -880,6 +908,12 @@ def _write_json(path: Path, value: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
     tmp.replace(path)
+
+
+def _load_listener() -> Callable[[str, str], AbstractAsyncContextManager[Path]]:
+    from ..mcp_listener import listening  # the `mcp` SDK: imported only where it is served
+
+    return listening
 
 
 def die_with_this_thread(argv: list[str]) -> list[str]:

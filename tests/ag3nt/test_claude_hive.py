@@ -11,6 +11,7 @@ mid-call; a rate limit the harness waits out and retries; an expired login that 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -221,6 +222,9 @@ def test_a_claude_agent_in_its_sandbox_works_switches_model_resumes_and_cancels(
     second_turn = api.messages_requests()[3:]
     assert second_turn and {r.model for r in second_turn} == {"claude-haiku-4-5"}
     assert wakes(second_turn[0]) == ["ping 1", "ping 2"]  # resumed
+    # by now the harness keeps the MCP server loaded: the run started the relay to it
+    config = json.loads((d.paths.agent_state("alice") / ".hive" / "mcp.json").read_text())
+    assert config["mcpServers"]["hyperhive"]["args"][:2] == ["-m", "ag3nt.mcp_relay"]
 
     # a new harness resumes the same session
     before = len(api.messages_requests())

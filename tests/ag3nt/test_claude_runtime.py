@@ -231,6 +231,38 @@ def test_a_turn_with_several_mcp_tool_calls_replies_and_records_the_usage(
     assert [server["command"], *server["args"]] == [*AG3NT, "mcp", "--socket", str(ctx.socket)]
 
 
+def test_beside_serve_each_run_reaches_the_loaded_mcp_server_through_the_relay(
+    daemon_process: DaemonProcess, api: MessagesAPI, tmp_path: Path
+) -> None:
+    """The harness runs `serve` beside the turns: each run's config starts `ag3nt.mcp_relay`,
+    and the tools answer from the server `serve` keeps loaded. The per-run server this test
+    gives the relay to fall back to exits at once, so a reply proves the relay reached it."""
+    ctx = context(daemon_process, "alice", tmp_path)
+    ctx.ag3nt_command = [sys.executable, "-c", "raise SystemExit(3)"]
+    runtime = ClaudeRuntime(ctx)
+
+    async def scenario() -> tuple[list[list[str]], Path]:
+        configs = []
+        async with anyio.create_task_group() as tg:
+            listener = await tg.start(runtime.serve)
+            assert listener is not None and runtime.mcp_listener == listener
+            for n in (1, 2):
+                await runtime.turn(wake(message(daemon_process, "bob", "alice", f"relay {n}")))
+                server = json.loads(runtime.mcp_config.read_text())["mcpServers"]["hyperhive"]
+                configs.append([server["command"], *server["args"]])
+            tg.cancel_scope.cancel()
+        return configs, listener
+
+    configs, listener = run(scenario)
+
+    fallback = [*ctx.ag3nt_command, "mcp", "--socket", str(ctx.socket)]
+    relay = [sys.executable, "-m", "ag3nt.mcp_relay", str(listener), *fallback]
+    assert configs == [relay, relay]
+    replies = [r.body for r in messages(daemon_process) if r.from_ == "alice"]
+    assert sorted(replies) == ["ack: relay 1", "ack: relay 2"]
+    assert runtime.mcp_listener is None and not listener.parent.exists()
+
+
 def test_tool_search_is_off_so_the_first_call_carries_the_hyperhive_tools(
     daemon_process: DaemonProcess, api: MessagesAPI, tmp_path: Path
 ) -> None:

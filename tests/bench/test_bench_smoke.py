@@ -86,6 +86,10 @@ ROWS = {
         "bytes per update, 200 msg/s",
         "bytes per update, 1,000 msg/s",
     ],
+    "claude_turn.py": [
+        "MCP server started per run (python -m ag3nt mcp)",
+        "MCP server kept loaded in the harness (ag3nt.mcp_relay)",
+    ],
     "mcp_peer.py": [
         "floor: 2 calls of a do-nothing tool (SDK's own stdio server)",
         "hyperhive: send + recv_batch (python -m ag3nt mcp)",
