@@ -73,6 +73,17 @@ class TurnState:
     """Set when `holding` is set, to wake the lease keeper."""
 
 
+def sole_cause(exc: BaseException) -> BaseException:
+    """`exc`, or the one failure a task group's exceptions all are: when the daemon goes away,
+    every task reading from it raises `ConnectionLost`, and that is a reconnect, not a crash."""
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = [sole_cause(e) for e in exc.exceptions]
+        if any(type(leaf) is not type(leaves[0]) for leaf in leaves):
+            return exc
+        exc = leaves[0]
+    return exc
+
+
 class Harness:
     def __init__(self, ctx: AgentContext, make_runtime: RuntimeFactory) -> None:
         self.ctx = ctx
@@ -90,13 +101,15 @@ class Harness:
                 started = time.monotonic()
                 try:
                     await self._run_connected()
-                except ConnectionLost as exc:
-                    log.warning("lost the daemon (%s); reconnecting", exc.message)
-                except HiveError as exc:
-                    log.error("daemon refused the harness: %s", exc)
-                except Exception:
-                    log.exception("harness loop failed; restarting it")
-                    await self._report_crash()
+                except Exception as raised:
+                    exc = sole_cause(raised)
+                    if isinstance(exc, ConnectionLost):
+                        log.warning("lost the daemon (%s); reconnecting", exc.message)
+                    elif isinstance(exc, HiveError):
+                        log.error("daemon refused the harness: %s", exc)
+                    else:
+                        log.exception("harness loop failed; restarting it")
+                        await self._report_crash()
                 if self.state.stopping:
                     break
                 failures = 0 if time.monotonic() - started > 60 else failures + 1
