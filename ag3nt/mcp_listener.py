@@ -9,7 +9,8 @@ directory only this uid can enter (`mkdtemp`, 0700; inside a sandbox `/tmp` is t
 own). The command in the CLI's config is `ag3nt.mcp_relay`, which copies its stdio to that
 socket. Each connection is one MCP session, framed as on stdio (one JSON-RPC message per
 line); all sessions share one daemon connection (`DaemonLink`), since they are all this
-agent. A session that fails is logged and closed; the listener goes on.
+agent. A session that fails is logged and closed, and at most `MAX_SESSIONS` are open at
+once; the listener goes on.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ MAX_LINE = 8 * DEFAULT_MAX_FRAME
 """The longest JSON-RPC line a session accepts: room for a frame's worth of escaped text."""
 SUN_PATH_MAX = 107
 """The longest path a Unix socket can be bound to on Linux (108 bytes with the NUL)."""
+MAX_SESSIONS = 16
+"""Sessions served at once. The CLI runs one at a time per agent; connections past this are
+closed at once, so whatever floods the socket cannot take the harness's file descriptors."""
+ACCEPT_RETRY_SECONDS = 0.5
 
 
 class _Lines:
@@ -98,13 +103,36 @@ async def listening(agent_socket: str, role: str) -> AsyncIterator[Path]:
         async with listener, anyio.create_task_group() as tg:
             link = DaemonLink(agent_socket)
             await tg.start(link.run)
-            server = build_server(link, role)
-
-            async def handle(stream: anyio.abc.SocketStream) -> None:
-                await serve_session(server, stream)
-
-            tg.start_soon(listener.serve, handle)
+            tg.start_soon(_accept, listener, build_server(link, role))
             yield path
             tg.cancel_scope.cancel()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _accept(listener: anyio.abc.SocketListener, server: MCPServer) -> None:
+    """Serve each connection as a session, at most `MAX_SESSIONS` at once; an accept that
+    fails (out of file descriptors) is retried, never the end of the listener."""
+    active = 0
+
+    async def session(stream: anyio.abc.SocketStream) -> None:
+        nonlocal active
+        try:
+            await serve_session(server, stream)
+        finally:
+            active -= 1
+
+    async with anyio.create_task_group() as tg:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                log.warning("cannot accept an MCP session (%s); trying again", exc)
+                await anyio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            if active >= MAX_SESSIONS:
+                log.warning("%d MCP sessions are open; closing a new one", active)
+                await stream.aclose()
+                continue
+            active += 1
+            tg.start_soon(session, stream)

@@ -594,17 +594,20 @@ class ClaudeRuntime:
         the server themselves.
         """
         listening = await anyio.to_thread.run_sync(_load_listener)  # ~1.5 s of imports, once
+        started = False
         try:
             async with listening(str(self.ctx.socket), self.ctx.role) as path:
                 self.mcp_listener = path
                 task_status.started(path)
+                started = True
                 try:
                     await anyio.sleep_forever()
                 finally:
                     self.mcp_listener = None
         except OSError as exc:
             log.warning("cannot keep the MCP server loaded (%s); each run starts its own", exc)
-            task_status.started(None)
+            if not started:
+                task_status.started(None)
 
     async def aclose(self) -> None:
         """Kill the running CLI, if any (its turn then fails or is being cancelled anyway)."""

@@ -285,3 +285,45 @@ def test_the_relay_alone_passes_bytes_both_ways_and_exits_on_the_servers_close(
     )
     server.close()
     assert (out.returncode, out.stdout) == (0, b"HELLO RELAY\n"), out.stderr
+
+
+def test_connections_past_the_session_limit_are_closed_and_the_listener_goes_on(
+    daemon_process: DaemonProcess,
+) -> None:
+    """Whatever floods the socket (only the agent's own uid can) gets closed connections,
+    not the harness's file descriptors; once the flood ends, runs are served again."""
+    import socket
+
+    from ag3nt.mcp_listener import MAX_SESSIONS
+
+    def flood(path: Path) -> tuple[list[socket.socket], list[bytes]]:
+        held = []
+        for _ in range(MAX_SESSIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            held.append(s)
+        time.sleep(0.5)  # the listener has taken them all as sessions
+        refused = []
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(str(path))
+                refused.append(s.recv(100))  # b"": closed at once
+        return held, refused
+
+    async def main() -> None:
+        async with listening(str(daemon_process.paths.agent_sock("alice")), "agent") as path:
+            held, refused = await anyio.to_thread.run_sync(flood, path)
+            assert refused == [b"", b"", b""]
+            for s in held:
+                s.close()
+            with anyio.fail_after(30):
+                while True:  # the held sessions end as the listener reads their EOF
+                    try:
+                        async with relayed(path, daemon_process, "alice") as session:
+                            assert (await text(session, "whoami")).startswith("name: alice")
+                            return
+                    except Exception:
+                        await anyio.sleep(0.2)
+
+    run(main)
