@@ -24,6 +24,11 @@ import threading
 CHUNK = 1 << 16
 
 
+def command(listener: str, server: list[str]) -> list[str]:
+    """The relay's command line: reach `listener`, or run `server` when it is not there."""
+    return [sys.executable, "-m", "ag3nt.mcp_relay", listener, *server]
+
+
 def _copy_in(sock: socket.socket) -> None:
     """stdin → socket, then a half-close, so the server sees the session end."""
     try:

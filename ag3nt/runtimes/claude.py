@@ -42,6 +42,7 @@ from anyio.abc import TaskStatus
 
 from protocol.messages import TurnStats
 
+from ..mcp_relay import command as relay_command
 from .base import AgentContext, LoginRequired, RateLimited, Turn, TurnFailed
 
 log = logging.getLogger("ag3nt.runtimes.claude")
@@ -866,7 +867,7 @@ class ClaudeRuntime:
         c = self.ctx
         argv = [*c.ag3nt_command, "mcp", "--socket", str(c.socket)]
         if self.mcp_listener is not None:  # the relay runs `argv` itself if the socket is gone
-            argv = [sys.executable, "-m", "ag3nt.mcp_relay", str(self.mcp_listener), *argv]
+            argv = relay_command(str(self.mcp_listener), argv)
         server = {
             "type": "stdio",
             "command": argv[0],

@@ -2,9 +2,10 @@
 
 A rules file (TOML) says: on a message matching X, call MCP tool Y with arguments built from
 the message. The tool is really called through the agent's own MCP server
-(`python -m ag3nt mcp`) with the official `mcp` client, so a scripted agent exercises exactly the
-path a Claude agent does: one MCP server for the runtime's life (`serve`), as Claude Code
-keeps one per session, so a turn costs tool calls, not an interpreter start. The first rule
+with the official `mcp` client over stdio, so a scripted agent exercises exactly the path a
+Claude agent does: the server loaded in the harness, reached through `ag3nt.mcp_relay`. One
+session lasts the runtime's life (`serve`), as Claude Code keeps one per run, so a turn costs
+tool calls, not an interpreter start. The first rule
 that matches fires; a message no rule matches
 ends the turn with no action (it is still acked: it was seen).
 
@@ -24,10 +25,12 @@ match's named groups.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import tomllib
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from protocol.messages import MessageRow, TurnStats
 
+from ..mcp_listener import listening
+from ..mcp_relay import command as relay_command
 from .base import AgentContext, Turn, TurnFailed
 
 DEFAULT_RULES = """
@@ -98,6 +103,7 @@ class Rule:
         return {k: v for k, v in found.groupdict().items() if v is not None}
 
 
+log = logging.getLogger("ag3nt.runtimes.scripted")
 SESSION_START_SECONDS = 60.0
 
 
@@ -221,18 +227,28 @@ class ScriptedRuntime:
             ok=True, result="no rule matched", duration_ms=int((time.monotonic() - started) * 1000)
         )
 
-    def _server(self) -> StdioServerParameters:
-        return StdioServerParameters(
-            command=self.ctx.ag3nt_command[0],
-            args=[*self.ctx.ag3nt_command[1:], "mcp", "--socket", str(self.ctx.socket)],
-            env=dict(self.ctx.extra_env) or None,
-        )
-
     async def serve(self) -> None:
         """Keep one MCP session open for the turns, until cancelled (the harness runs this
-        beside its work loop; if the server dies, this raises and the harness restarts)."""
+        beside its work loop; if the server dies, this raises and the harness restarts).
+
+        The server is the one a claude agent's runs reach: loaded in this harness
+        (`ag3nt.mcp_listener`), spoken to through `ag3nt.mcp_relay` on stdio. When no socket
+        can be made, the session starts `python -m ag3nt mcp` on its own instead."""
+        async with AsyncExitStack() as stack:
+            argv = [*self.ctx.ag3nt_command, "mcp", "--socket", str(self.ctx.socket)]
+            try:
+                where = listening(str(self.ctx.socket), self.ctx.role)
+                argv = relay_command(str(await stack.enter_async_context(where)), argv)
+            except OSError as exc:
+                log.warning("cannot serve the MCP tools in the harness (%s); starting them", exc)
+            server = StdioServerParameters(
+                command=argv[0], args=argv[1:], env=dict(self.ctx.extra_env) or None
+            )
+            await self._keep_session(server)
+
+    async def _keep_session(self, server: StdioServerParameters) -> None:
         async with (
-            stdio_client(self._server()) as (read, write),
+            stdio_client(server) as (read, write),
             ClientSession(read, write) as session,
         ):
             await session.initialize()
