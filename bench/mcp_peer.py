@@ -3,9 +3,11 @@
 A round is what two agents do to talk: alice calls `send` (to bob), then bob calls
 `recv_batch` until the message is there (with `wait_seconds`, so one call normally does).
 Both run `python -m ag3nt mcp` on their own agent socket of a daemon subprocess, spoken to
-by the official `mcp` client over stdio, as Claude Code does. The baseline: two calls of a
+by the official `mcp` client over stdio, as Claude Code does; and again the way the runtimes
+reach the tools now: `ag3nt.mcp_relay` to the server loaded in a harness (`ag3nt.mcp_listener`
+in a subprocess per agent). The baseline: two calls of a
 do-nothing tool on the SDK's own stdio server (`MCPServer`, one tool returning a constant),
-also a subprocess, with the same client: the least two tool calls can cost. Rounds of both
+also a subprocess, with the same client: the least two tool calls can cost. Rounds of all
 alternate and each figure is the median round. CPU per round of the MCP servers and of the
 daemon comes from /proc.
 
@@ -36,12 +38,14 @@ from daemon_process import running_daemon
 from measure import children, cpu_seconds, percentile
 from report import Report, parse_args
 
+from ag3nt.mcp_relay import command as relay_command
 from protocol import messages as m
 from protocol.client import HiveClient
 
 SECTION = "one round: send, then recv_batch until it is there (official mcp client, stdio)"
 FLOOR = "floor: 2 calls of a do-nothing tool (SDK's own stdio server)"
 HIVE = "hyperhive: send + recv_batch (python -m ag3nt mcp)"
+RELAYED = "hyperhive: send + recv_batch (ag3nt.mcp_relay to the server loaded in a harness)"
 DAEMON = "the daemon's part: Send, Take over HiveClient (no MCP)"
 PEER_VENV = Path("/tmp/hyperhive-bench-mcp-agent-mail")
 CONFIG = '[hive]\nautostart = false\nbackend = "process"\n\n[agents.alice]\n\n[agents.bob]\n'
@@ -55,6 +59,36 @@ class Plan:
     @classmethod
     def for_args(cls, quick: bool) -> Plan:
         return cls(rounds=1, calls=40) if quick else cls(rounds=3, calls=400)
+
+
+def harness_server(agent_socket: str) -> None:
+    """The MCP server loaded as a harness keeps it (run as a subprocess); prints its socket."""
+    from ag3nt.mcp_listener import listening
+
+    async def run() -> None:
+        async with listening(agent_socket, "agent") as path:
+            print(path, flush=True)
+            await anyio.sleep_forever()
+
+    anyio.run(run, backend="asyncio")
+
+
+@asynccontextmanager
+async def harness(agent_socket: Path) -> AsyncIterator[tuple[str, int]]:
+    """A `harness_server` subprocess: its socket and pid."""
+    proc = await anyio.open_process(
+        [sys.executable, __file__, "--harness-server", str(agent_socket)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await proc.stdout.receive(1)
+        yield line.decode().strip(), proc.pid
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 def floor_server() -> None:
@@ -126,11 +160,16 @@ def _cpu(pid: int) -> Callable[[], float]:
 async def bench(report: Report, plan: Plan, scratch: Path, peer: bool) -> None:
     with running_daemon(scratch, CONFIG, ["alice", "bob"]) as daemon:
         hive_argv = [sys.executable, "-m", "ag3nt", "mcp", "--socket"]
-        results: dict[str, list[Rounds]] = {FLOOR: [], HIVE: [], DAEMON: []}
+        results: dict[str, list[Rounds]] = {FLOOR: [], HIVE: [], RELAYED: [], DAEMON: []}
+        no_fallback = ["false"]  # a relay that cannot connect fails here, never starts a server
         async with (
             mcp_session([sys.executable, __file__, "--floor-server"]) as floor,
             mcp_session([*hive_argv, str(daemon.paths.agent_sock("alice"))]) as alice,
             mcp_session([*hive_argv, str(daemon.paths.agent_sock("bob"))]) as bob,
+            harness(daemon.paths.agent_sock("alice")) as (alice_listener, alice_harness),
+            harness(daemon.paths.agent_sock("bob")) as (bob_listener, bob_harness),
+            mcp_session(relay_command(alice_listener, no_fallback)) as alice_relayed,
+            mcp_session(relay_command(bob_listener, no_fallback)) as bob_relayed,
             HiveClient.connect(str(daemon.paths.agent_sock("alice"))) as alice_direct,
             HiveClient.connect(str(daemon.paths.agent_sock("bob"))) as bob_direct,
         ):
@@ -143,22 +182,36 @@ async def bench(report: Report, plan: Plan, scratch: Path, peer: bool) -> None:
                 await floor.text("noop", text=f"round {n}")
                 await floor.text("noop", text=f"round {n}")
 
-            async def hive_round(n: int) -> None:
-                body = f"round {n}"
-                await alice.text("send", to="bob", body=body)
-                while body not in await bob.text("recv_batch", max=10, wait_seconds=2.0):
-                    pass
+            def hive_round(a: Session, b: Session, tag: str) -> Callable[[int], Awaitable[None]]:
+                async def round_(n: int) -> None:
+                    body = f"{tag} round {n}"
+                    await a.text("send", to="bob", body=body)
+                    while body not in await b.text("recv_batch", max=10, wait_seconds=2.0):
+                        pass
 
+                return round_
+
+            relayed_pids = (alice_relayed.pid, bob_relayed.pid, alice_harness, bob_harness)
             for _ in range(plan.rounds):
                 results[FLOOR].append(
                     await timed(floor_round, plan.calls, {"server_cpu": _cpu(floor.pid)})
                 )
                 results[HIVE].append(
                     await timed(
-                        hive_round,
+                        hive_round(alice, bob, "stdio"),
                         plan.calls,
                         {
                             "server_cpu": lambda: _cpu(alice.pid)() + _cpu(bob.pid)(),
+                            "daemon_cpu": _cpu(daemon.pid),
+                        },
+                    )
+                )
+                results[RELAYED].append(
+                    await timed(
+                        hive_round(alice_relayed, bob_relayed, "relayed"),
+                        plan.calls,
+                        {
+                            "server_cpu": lambda: sum(_cpu(p)() for p in relayed_pids),
                             "daemon_cpu": _cpu(daemon.pid),
                         },
                     )
@@ -169,6 +222,7 @@ async def bench(report: Report, plan: Plan, scratch: Path, peer: bool) -> None:
         for label, rounds in results.items():
             add_row(report, label, rounds)
     report.ratio("hyperhive round / floor (2 calls)", HIVE, FLOOR)
+    report.ratio("hyperhive round through the relay / floor (2 calls)", RELAYED, FLOOR)
     report.ratio("daemon's part / hyperhive round", DAEMON, HIVE)
     if peer:
         await bench_peer(report, plan, scratch)
@@ -283,9 +337,13 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--floor-server"]:
         floor_server()
         return
+    if argv[:1] == ["--harness-server"]:
+        harness_server(argv[1])
+        return
 
     def extend(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--harness-server", help=argparse.SUPPRESS)
         parser.add_argument(
             "--peer",
             action="store_true",

@@ -93,6 +93,7 @@ ROWS = {
     "mcp_peer.py": [
         "floor: 2 calls of a do-nothing tool (SDK's own stdio server)",
         "hyperhive: send + recv_batch (python -m ag3nt mcp)",
+        "hyperhive: send + recv_batch (ag3nt.mcp_relay to the server loaded in a harness)",
         "the daemon's part: Send, Take over HiveClient (no MCP)",
     ],
     "reminders.py": [
