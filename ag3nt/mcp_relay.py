@@ -3,7 +3,7 @@
 The claude runtime's harness keeps the hyperhive MCP server loaded (`ag3nt.mcp_listener`):
 started per turn as `python -m ag3nt mcp`, the server cost ~1.8 s of CPU to import the `mcp`
 SDK, and the CLI waits for it before its first model call. This relay is what the CLI starts
-instead. It imports the standard library only (~40 ms), connects to the harness's socket
+instead. It imports the standard library only (~60 ms), connects to the harness's socket
 `LISTENER`, and copies bytes both ways: stdin to the socket, the socket to stdout (the stdio
 transport's framing, one JSON-RPC message per line, passes through untouched).
 
