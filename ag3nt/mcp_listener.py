@@ -3,14 +3,14 @@
 Claude Code starts the MCP servers of its config for every run, and the claude runtime runs
 the CLI once per turn. Started as `python -m ag3nt mcp`, the server spent ~1.8 s of CPU on
 every turn importing the `mcp` SDK and building its tool schemas, and the CLI waited for it
-before its first model call. So the claude runtime serves the same server (`build_server`,
-the same tools and errors) from the harness, where it is built once, on a Unix socket in a
-directory only this uid can enter (`mkdtemp`, 0700; inside a sandbox `/tmp` is the sandbox's
-own). The command in the CLI's config is `ag3nt.mcp_relay`, which copies its stdio to that
-socket. Each connection is one MCP session, framed as on stdio (one JSON-RPC message per
-line); all sessions share one daemon connection (`DaemonLink`), since they are all this
-agent. A session that fails is logged and closed, and at most `MAX_SESSIONS` are open at
-once; the listener goes on.
+before its first model call. So the runtimes serve the same server (`build_server`, the same
+tools and errors) from the harness, where it is built once, on a Unix socket in a directory
+only this uid can enter (`mkdtemp`, 0700; inside a sandbox `/tmp` is the sandbox's own). The
+command in the CLI's config is `ag3nt.mcp_relay`, which copies its stdio to that socket; the
+scripted runtime starts the same relay once for its life. Each connection is one MCP
+session, framed as on stdio (one JSON-RPC message per line); all sessions share one daemon
+connection (`DaemonLink`), since they are all this agent. A session that fails is logged
+and closed, and at most `MAX_SESSIONS` are open at once; the listener goes on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""`python -m ag3nt.mcp_relay LISTENER FALLBACK…`: the MCP server command of a claude turn.
+"""`python -m ag3nt.mcp_relay LISTENER FALLBACK…`: the MCP server command of a claude turn
+(and of the scripted runtime's one session).
 
-The claude runtime's harness keeps the hyperhive MCP server loaded (`ag3nt.mcp_listener`):
+The harness keeps the hyperhive MCP server loaded (`ag3nt.mcp_listener`):
 started per turn as `python -m ag3nt mcp`, the server cost ~1.8 s of CPU to import the `mcp`
 SDK, and the CLI waits for it before its first model call. This relay is what the CLI starts
 instead. It imports the standard library only (~60 ms), connects to the harness's socket

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ag3nt.harness import sole_cause
@@ -31,9 +32,9 @@ def acked(daemon: DaemonProcess, mid: int) -> bool:
     return any(r.id == mid and r.state == "acked" for r in rows)
 
 
-def wait(predicate: object, what: str, timeout: float = 30.0) -> None:
+def wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 

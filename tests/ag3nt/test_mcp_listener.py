@@ -5,7 +5,6 @@ Claude Code speaks to it, with the listener in this process and a real daemon su
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -65,25 +64,6 @@ def states(daemon: DaemonProcess) -> dict[str, str]:
         return {r.body: r.state for r in c.expect(m.ListMessages(limit=200), m.Messages).messages}
 
 
-def relay_pids() -> set[int]:
-    found = set()
-    for pid in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"ag3nt.mcp_relay" in argv and os.getpid() == _ppid(int(pid)):
-            found.add(int(pid))
-    return found
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
 def test_runs_talk_through_the_relay_one_session_after_another(
     daemon_process: DaemonProcess,
 ) -> None:
@@ -106,9 +86,6 @@ def test_runs_talk_through_the_relay_one_session_after_another(
                 async with relayed(bob, daemon_process, "bob") as session:
                     got = await text(session, "recv", wait_seconds=5)
                     assert f"turn {turn}" in got and "from alice" in got
-            with anyio.fail_after(10):
-                while relay_pids():  # every relay ended with its session
-                    await anyio.sleep(0.05)
 
     run(main)
     assert {k: v for k, v in states(daemon_process).items() if k.startswith("turn")} == {
@@ -185,7 +162,7 @@ def _raw_session(path: Path, payload: bytes, *, read_reply: bool) -> bytes:
         return out
 
 
-INIT = {
+INIT: dict[str, Any] = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",
@@ -246,7 +223,7 @@ def test_a_line_over_the_limit_closes_that_session(
 
     async def main() -> None:
         async with listening(str(daemon_process.paths.agent_sock("alice")), "agent") as path:
-            huge = json.dumps({**INIT, "params": {**INIT["params"], "x": "a" * 200_000}})  # type: ignore[dict-item]
+            huge = json.dumps({**INIT, "params": {**INIT["params"], "x": "a" * 200_000}})
             t0 = time.monotonic()
             reply = await anyio.to_thread.run_sync(
                 lambda: _raw_session(path, huge.encode() + b"\n", read_reply=True)
@@ -261,7 +238,8 @@ def test_a_line_over_the_limit_closes_that_session(
 def test_the_relay_alone_passes_bytes_both_ways_and_exits_on_the_servers_close(
     tmp_path: Path,
 ) -> None:
-    """No MCP here: a plain echo server that closes after one line, and the relay between."""
+    """No MCP here: a plain server that answers what it read once the relay passed on the end
+    of its stdin (a half-close), then closes; the relay exits 0 on that close."""
     import socket
     import threading
 
@@ -274,8 +252,8 @@ def test_the_relay_alone_passes_bytes_both_ways_and_exits_on_the_servers_close(
         conn, _ = server.accept()
         with conn:
             data = b""
-            while not data.endswith(b"\n"):
-                data += conn.recv(4096)
+            while chunk := conn.recv(4096):  # until the relay's half-close
+                data += chunk
             conn.sendall(data.upper())
 
     t = threading.Thread(target=echo_once, daemon=True)
