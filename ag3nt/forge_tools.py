@@ -191,7 +191,8 @@ class ForgeTools:
         reviewers: list[str] | None = None,
     ) -> str:
         """Ask to merge `source_branch` (of `source_repo`, default `repo`) into `repo`'s
-        `target_branch`. `reviewers` are agents asked to review; the target's owner always is."""
+        `target_branch`. `reviewers` are agents asked to review (the target's owner always is),
+        or "operator" to ask the operator, in whose inbox it then waits."""
         _check_repo(repo)
         _check_repo(source_repo)
         _check_branch("source_branch", source_branch)

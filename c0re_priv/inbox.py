@@ -1,8 +1,9 @@
 """The operator's inbox: everything that waits on the operator, in one list, newest first.
 
 The emergency stop (while engaged), questions for the operator (and those escalated to it),
-pending approvals, dead messages, failed agents, open budget alerts and agents held by their
-budget, each with what can be done about it: the actions the dashboard offers and the
+pending approvals, dead messages, failed agents, open budget alerts, agents held by their
+budget and merge requests that ask the operator to review them or that only the operator may
+merge, each with what can be done about it: the actions the dashboard offers and the
 `hive ctl` command that does it. Read only; one sweep per call, no cache (the dashboard
 draws it after each batch of events, `hive ctl inbox` on demand).
 """
@@ -15,6 +16,7 @@ from protocol import messages as m
 from protocol.messages import InboxItem
 
 from .attachments import excerpt
+from .forge import OPERATOR
 
 if TYPE_CHECKING:
     from .hive import Hive
@@ -136,6 +138,25 @@ async def collect(
                 detail=reason,
                 actions=["resume", "raise_limit"],
                 command=f"hive ctl resume {name}",
+            )
+        )
+    for mr in await hive.merge_requests.waiting_on_operator():
+        asked = OPERATOR in mr.reviewers and OPERATOR not in mr.approvals
+        why = "asks you to review" if asked else "only you can merge"
+        approved = ", ".join(mr.approvals) if mr.approvals else "nobody yet"
+        items.append(
+            InboxItem(
+                key=f"merge_request:{mr.id}",
+                kind="merge_request",
+                ref=mr.id,
+                agent=mr.author,
+                at=mr.updated_at,
+                title=f"!{mr.id} by {mr.author} into {mr.repo} ({why}): {_text(mr.title)}",
+                detail=f"{mr.source_repo} {mr.source_branch} → {mr.target_branch};"
+                f" approved by {approved}; {mr.comments} comments",
+                actions=["review"],
+                command=f"hive ctl forge mr {mr.id}; hive ctl forge approve {mr.id}"
+                f" / merge {mr.id} / close {mr.id}",
             )
         )
     items.sort(key=lambda item: item.at, reverse=True)

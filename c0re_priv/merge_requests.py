@@ -188,6 +188,47 @@ class MergeRequests:
 
         return await self.store.read(read)
 
+    def _agent_writers(self) -> Callable[[str], bool]:
+        """Whether a registered agent may merge into a repository (its owner is an agent, or
+        it is the org's and the hive has a manager), as of now: a plain function, safe to
+        call from the store's reader thread."""
+        agents = frozenset(self.registry.agents)
+        manager = any(a.role == "manager" for a in self.registry.agents.values())
+
+        def agent_may_merge(repo: str) -> bool:
+            owner, _ = split(repo)
+            return manager if owner == f.ORG else owner in agents
+
+        return agent_may_merge
+
+    async def waiting_on_operator(self) -> list[f.MergeRequestRow]:
+        """Open requests that wait on the operator, newest change first: those that name the
+        operator as a reviewer and lack its approval of their head, and those nobody but the
+        operator may merge (unless the operator opened them). Empty without a forge."""
+        if not self.forge.available:
+            return []
+        agent_may_merge = self._agent_writers()
+
+        def read(conn: sqlite3.Connection) -> list[f.MergeRequestRow]:
+            asked = conn.execute(
+                "SELECT m.* FROM merge_requests m JOIN merge_request_reviewers r"
+                " ON r.mr_id = m.id AND r.agent = ? WHERE m.state = 'open'",
+                (OPERATOR,),
+            ).fetchall()
+            others = conn.execute(
+                "SELECT * FROM merge_requests WHERE state = 'open' AND author != ?",
+                (OPERATOR,),
+            ).fetchall()
+            # only the operator merges these: they wait on it, approved or not
+            only_operator = {r["id"]: r for r in others if not agent_may_merge(r["repo"])}
+            rows = [self._row(conn, r) for r in asked if r["id"] not in only_operator]
+            return [mr for mr in rows if OPERATOR not in mr.approvals] + [
+                self._row(conn, r) for r in only_operator.values()
+            ]
+
+        found = await self.store.read(read)
+        return sorted(found, key=lambda mr: mr.updated_at, reverse=True)
+
     async def info(self, who: Who, mr_id: int) -> f.MergeRequestInfo:
         """The request with its discussion, its commits, its diff and whether it merges."""
         mr = await self.readable(who, mr_id)
@@ -264,7 +305,7 @@ class MergeRequests:
         ) is None and await target_git.refs("refs/heads/"):
             raise Fail("not_found", f"{req.repo} has no branch {req.target_branch!r}")
         reviewers = sorted(set(req.reviewers) - {who.name})
-        unknown = [r for r in reviewers if r not in self.registry.agents]
+        unknown = [r for r in reviewers if r != OPERATOR and r not in self.registry.agents]
         if unknown:
             raise Fail("not_found", f"no agent {', '.join(unknown)} to review")
         if target.owner in self.registry.agents and target.owner != who.name:

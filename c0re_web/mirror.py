@@ -244,12 +244,14 @@ class Mirror:
                 self.open_threads.setdefault(row.name, 0)
                 c.added.add(row.name)
                 c.removed.discard(row.name)
+                c.read_needs = True  # who may merge a forge request can change
                 c.toasts.append((None, f"{row.name} was added", "ok"))
             case m.AgentRemoved(name=name):
                 self.agents.pop(name, None)
                 self.open_threads.pop(name, None)
                 c.removed.add(name)
                 c.added.discard(name)
+                c.read_needs = True  # requests into its repositories are the operator's now
                 c.toasts.append((None, f"{name} was removed", "warn"))
             case m.AgentStateChanged(name=name, state=state, reason=reason):
                 if state in ("connected", "disconnected"):
@@ -460,8 +462,9 @@ class Mirror:
                 c.rows.add(name)
 
     def _merge_request(self, mr: f.MergeRequestRow, c: Changes) -> None:
-        # the pages that show it, and its author's and reviewers' open threads
-        c.forge = True
+        # the pages that show it, its author's and reviewers' open threads, and the operator's
+        # inbox (a request may ask the operator to review it, or wait for its merge)
+        c.forge = c.read_needs = True
         c.repos |= {mr.repo, mr.source_repo}
         c.mrs.add(mr.id)
         self._threads(c, mr.author, *mr.reviewers)

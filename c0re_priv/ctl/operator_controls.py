@@ -252,10 +252,10 @@ def inbox(limit: int = 200, run_dir: RunDir = None, as_json: JsonOut = False) ->
             echo("nothing waits on you")
             return
         for item in got.items:
-            echo(f"{ago(item.at):>8}  {item.kind:<12} {item.title}")
+            echo(f"{ago(item.at):>8}  {item.kind:<13} {item.title}")
             if item.detail:
-                echo(f"{'':>8}  {'':<12} {item.detail}")
-            echo(f"{'':>8}  {'':<12} → {item.command}")
+                echo(f"{'':>8}  {'':<13} {item.detail}")
+            echo(f"{'':>8}  {'':<13} → {item.command}")
         if got.total > len(got.items):
             echo(f"… and {got.total - len(got.items)} more (--limit)")
 

@@ -344,8 +344,10 @@ class OpenMergeRequest(Request, tag="mr_open"):
     `target_branch`; answered by `MergeRequestInfo`.
 
     You must be able to read both repositories. `reviewers` are agents asked to review (the
-    target's owner is added when it is an agent other than you); the request is an open
-    thread for you and for each of them until it is merged or closed.
+    target's owner is added when it is an agent other than you), or `"operator"` to ask the
+    operator (the request is then in the operator's inbox until it approves the head); the
+    request is an open thread for you and for each agent among them until it is merged or
+    closed.
     """
 
     repo: RepoPath

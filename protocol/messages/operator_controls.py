@@ -30,7 +30,14 @@ its own; `agent`: one agent (named by `agent`)."""
 HoldKind = Literal["estop", "budget"]
 LimitValue = Annotated[float, Meta(ge=0, le=1e15)]
 InboxKind = Literal[
-    "estop", "question", "approval", "dead_message", "failed_agent", "budget", "held_agent"
+    "estop",
+    "question",
+    "approval",
+    "dead_message",
+    "failed_agent",
+    "budget",
+    "held_agent",
+    "merge_request",
 ]
 InboxAction = Literal[
     "thaw",
@@ -43,6 +50,7 @@ InboxAction = Literal[
     "raise_limit",
     "dismiss",
     "resume",
+    "review",
 ]
 EscalationStep = Literal["raised", "manager", "operator"]
 
@@ -138,7 +146,8 @@ class InboxItem(Struct, kw_only=True):
     """Unique in the inbox: `<kind>:<ref>`."""
     kind: InboxKind
     ref: int | None
-    """The question, approval, message or alert id (`null` for agents and the stop)."""
+    """The question, approval, message, alert or merge request id (`null` for agents and the
+    stop)."""
     agent: str | None
     at: float
     """When it started waiting on the operator; the inbox is newest first."""

@@ -368,6 +368,98 @@ async def test_a_merge_request_from_open_to_merged(hive, admin, gits):
     assert kinds.count("MergeRequestUpdated") == 4  # comment, approval, updated, approval
 
 
+async def test_merge_requests_waiting_on_the_operator_are_in_its_inbox(hive, admin, gits):
+    """A request that asks the operator to review it is in the operator's inbox until the
+    operator approves its head (a push puts it back); one that only the operator may merge
+    (its target's owner was destroyed) is there until it is merged; the operator's own
+    requests, and those an agent may merge, never are."""
+
+    async def waiting() -> dict[int, m.InboxItem]:
+        items = (await admin.expect(m.GetInbox(), m.Inbox)).items
+        return {i.ref or 0: i for i in items if i.kind == "merge_request"}
+
+    _, bob_work = await fork_with_feature(gits)
+    await gits["bob"].run("checkout", "--quiet", "-b", "feat2", "main", cwd=bob_work)
+    await gits["bob"].commit(bob_work, {"two.md": "two\n"}, "two")
+    await gits["bob"].run("push", "--quiet", "mine", "feat2", cwd=bob_work)
+    bob_docs = await gits["bob"].clone(f.DOCS_REPO, into="bob-docs")
+    await gits["bob"].run("remote", "add", "mine", "hive://bob/docs", cwd=bob_docs)
+    await gits["bob"].run("checkout", "--quiet", "-b", "tip", cwd=bob_docs)
+    await gits["bob"].commit(bob_docs, {"tip.md": "a tip\n"}, "a tip")
+    await gits["bob"].run("push", "--quiet", "mine", "tip", cwd=bob_docs)
+    assert await waiting() == {}
+
+    def mr(source_branch: str, title: str, reviewers: tuple[str, ...] = ()) -> f.OpenMergeRequest:
+        return f.OpenMergeRequest(
+            repo="alice/notes",
+            source_repo="bob/notes",
+            source_branch=source_branch,
+            title=title,
+            reviewers=list(reviewers),
+        )
+
+    async with agent(hive, "bob") as bob:
+        with pytest.raises(HiveError) as unknown:
+            await bob.expect(mr("feat", "x", ("nobody",)), f.MergeRequestInfo)
+        assert unknown.value.code == "not_found"
+        asked = await bob.expect(
+            mr("feat", "Add bob.md \x1b[2J please", ("operator",)), f.MergeRequestInfo
+        )
+        assert asked.mr.reviewers == ["alice", "operator"]
+        later = await bob.expect(mr("feat2", "Two"), f.MergeRequestInfo)
+        # into the org's docs: the manager (boss) may merge it, so it is not the operator's
+        docs = await bob.expect(
+            f.OpenMergeRequest(
+                repo=f.DOCS_REPO, source_repo="bob/docs", source_branch="tip", title="Tip"
+            ),
+            f.MergeRequestInfo,
+        )
+    own = await admin.expect(mr("feat2", "Mine"), f.MergeRequestInfo)
+
+    got = await waiting()
+    assert list(got) == [asked.mr.id]
+    review = got[asked.mr.id]
+    assert review.actions == ["review"] and review.agent == "bob"
+    assert "asks you to review" in review.title  # shown, never obeyed: see the terminal below
+    assert "bob/notes feat → main" in review.detail and "nobody yet" in review.detail
+    assert review.command.startswith(f"hive ctl forge mr {asked.mr.id};")
+
+    # the operator approves it: alice, the target's owner, merges it now
+    await admin.expect(f.ApproveMergeRequest(id=asked.mr.id), f.MergeRequestInfo)
+    assert await waiting() == {}
+    # a push moves the head and drops the approval: asked again
+    await gits["bob"].run("checkout", "--quiet", "feat", cwd=bob_work)
+    await gits["bob"].commit(bob_work, {"bob.md": "from bob, again\n"}, "again")
+    await gits["bob"].run("push", "--quiet", "mine", "feat", cwd=bob_work)
+    assert list(await waiting()) == [asked.mr.id]
+
+    # alice is destroyed: nobody but the operator may merge into alice/notes now, approved or
+    # not, except the request the operator opened itself
+    await admin.expect(m.Destroy(name="alice"), m.Ok)
+    got = await waiting()
+    assert sorted(got) == sorted([asked.mr.id, later.mr.id])
+    assert own.mr.id not in got and docs.mr.id not in got
+    assert "only you can merge" in got[later.mr.id].title
+    await admin.expect(f.ApproveMergeRequest(id=asked.mr.id), f.MergeRequestInfo)
+    got = await waiting()
+    assert "only you can merge" in got[asked.mr.id].title
+    assert "approved by operator" in got[asked.mr.id].detail
+
+    # from the terminal, the same line and its command
+    done = await trio.run_process(
+        [sys.executable, "-m", "c0re_priv", "ctl", "inbox", "--run-dir", str(hive.paths.run_dir)],
+        capture_stdout=True,
+    )
+    text = done.stdout.decode()
+    assert f"merge_request !{later.mr.id} by bob into alice/notes (only you can merge)" in text
+    assert "\x1b" not in text and "Add bob.md \\x1b[2J please" in text
+    assert f"hive ctl forge mr {later.mr.id}; hive ctl forge approve {later.mr.id}" in text
+
+    await admin.expect(f.MergeMergeRequest(id=later.mr.id), f.MergeRequestInfo)
+    await admin.expect(f.CloseMergeRequest(id=asked.mr.id), f.MergeRequestInfo)
+    assert await waiting() == {}
+
+
 def f_kinds() -> set[str]:
     return {
         "merge_request_opened",

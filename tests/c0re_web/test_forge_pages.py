@@ -193,3 +193,37 @@ def test_a_conflicting_merge_is_refused_on_the_page_and_the_request_stays_open(
     expect(page.locator("#mr-panel h1 .chip").first).to_have_text("open")
     # the refused POST (409), as the browser and htmx report it, and nothing else
     assert errors and all("409" in e or "htmx:responseError" in e for e in errors), errors
+
+
+def test_a_request_for_the_operators_review_is_in_the_inbox_until_approved(
+    hive_web, repos, page: Page
+):
+    bob_git, fork = repos["bob"], repos["fork"]
+    assert isinstance(bob_git, Git) and isinstance(fork, Path)
+    bob_git("checkout", "--quiet", "-b", "ask", "main", cwd=fork)
+    bob_git.commit(fork, {"ask.md": "please look\n"}, "a question in a file")
+    bob_git("push", "--quiet", "hive://bob/site", "ask", cwd=fork)
+    open_live(page, f"{hive_web.base}/")
+    with hive_web.agent("bob") as bob:
+        mr_id = bob.expect(
+            f.OpenMergeRequest(
+                repo="alice/site",
+                source_repo="bob/site",
+                source_branch="ask",
+                title="Please review",
+                reviewers=["operator"],
+            ),
+            f.MergeRequestInfo,
+        ).mr.id
+    item = page.locator(f"#needs-you #needs-merge_request-{mr_id}")  # live, no reload
+    expect(item).to_contain_text(f"!{mr_id} by bob into alice/site (asks you to review)")
+    expect(item).to_contain_text(f"hive ctl forge mr {mr_id}")
+    item.get_by_role("link", name=f"Review !{mr_id}").click()
+    expect(page).to_have_url(f"{hive_web.base}/forge/mr/{mr_id}")
+    expect(page.locator("#mr-panel")).to_contain_text("Please review")
+    page.locator("#mr-panel").get_by_role("button", name="Approve").click()
+    approved = page.locator("#mr-panel dl.facts dt:text-is('approved by') + dd")
+    expect(approved).to_have_text("operator")
+    open_live(page, f"{hive_web.base}/")
+    expect(page.locator("#needs-you")).to_be_visible()
+    expect(page.locator(f"#needs-merge_request-{mr_id}")).to_have_count(0)
