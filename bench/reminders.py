@@ -184,11 +184,16 @@ async def burst(daemon: Daemon, plan: Plan, measure_idle: bool) -> Burst:
         finished = 0.0
 
         async def watch() -> None:
-            # delivered_at is each tick's start: the last commit is observed, not read back
+            # delivered_at is each tick's start: the last commit is observed, not read back.
+            # Each poll runs in a worker thread: on this loop it held up the probe's replies
+            # (the probe's own loop), which counted in the `Send` times measured during the
+            # burst and not in those measured before it.
             nonlocal first, finished
-            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            with closing(
+                sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+            ) as conn:
                 while True:
-                    if not due_left(conn, due):
+                    if not await trio.to_thread.run_sync(due_left, conn, due):
                         break
                     await trio.sleep(POLL_SECONDS)
             finished = time.time()
