@@ -36,6 +36,9 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 MR_COMMITS = 100
+MAX_OPEN_PER_AUTHOR = 50
+"""Open merge requests one author may have at once: an agent stuck in a loop cannot bury the
+reviewers, or the operator's inbox, in requests."""
 
 
 def head_ref(mr_id: int) -> str:
@@ -313,6 +316,16 @@ class MergeRequests:
         now = self.now()
 
         def insert(conn: sqlite3.Connection) -> int:
+            (open_now,) = conn.execute(
+                "SELECT count(*) FROM merge_requests WHERE author = ? AND state = 'open'",
+                (who.name,),
+            ).fetchone()
+            if open_now >= MAX_OPEN_PER_AUTHOR and who.role != "operator":
+                raise Fail(
+                    "conflict",
+                    f"you have {open_now} open merge requests (at most {MAX_OPEN_PER_AUTHOR}):"
+                    " merge or close some first",
+                )
             cur = conn.execute(
                 "INSERT INTO merge_requests (repo, source_repo, source_branch, target_branch,"
                 " title, description, author, state, head_sha, created_at, updated_at)"

@@ -460,6 +460,39 @@ async def test_merge_requests_waiting_on_the_operator_are_in_its_inbox(hive, adm
     assert await waiting() == {}
 
 
+async def test_an_author_has_a_bounded_number_of_open_requests(hive, admin, gits, monkeypatch):
+    """An agent stuck opening requests is refused past the cap (the operator is not), and may
+    open again once one is closed."""
+    from c0re_priv import merge_requests
+
+    monkeypatch.setattr(merge_requests, "MAX_OPEN_PER_AUTHOR", 2)
+    await fork_with_feature(gits)
+    ask = f.OpenMergeRequest(
+        repo="alice/notes",
+        source_repo="bob/notes",
+        source_branch="feat",
+        title="again",
+        reviewers=["operator"],
+    )
+    async with agent(hive, "bob") as bob:
+        first = await bob.expect(ask, f.MergeRequestInfo)
+        await bob.expect(ask, f.MergeRequestInfo)
+        with pytest.raises(HiveError) as capped:
+            await bob.expect(ask, f.MergeRequestInfo)
+        assert capped.value.code == "conflict" and "at most 2" in capped.value.message
+        await bob.expect(f.CloseMergeRequest(id=first.mr.id), f.MergeRequestInfo)
+        await bob.expect(ask, f.MergeRequestInfo)
+    for _ in range(3):
+        await admin.expect(
+            f.OpenMergeRequest(
+                repo="alice/notes", source_repo="bob/notes", source_branch="feat", title="mine"
+            ),
+            f.MergeRequestInfo,
+        )
+    inbox = await admin.expect(m.GetInbox(), m.Inbox)
+    assert len([i for i in inbox.items if i.kind == "merge_request"]) == 2
+
+
 def f_kinds() -> set[str]:
     return {
         "merge_request_opened",
