@@ -522,10 +522,13 @@ class Hub:
                 continue
             ids = sig[1]
             fresh = [i for i in ids if i in new]
-            drawn.update(ids)
             if old is not None and not old[0] and not sig[0] and ids[: len(old[1])] == old[1]:
+                # only the new lines are drawn: the older ones keep their chips, which the
+                # state patches below bring up to date (a reply and the ack of the message it
+                # answers often come in one batch)
                 head = " · ".join(conv.participants)
                 for line in conv.lines[len(old[1]) :]:
+                    drawn.add(line.msg.id)
                     html = r.op(
                         "line",
                         r.part("message_line", line),
@@ -535,6 +538,7 @@ class Hub:
                     )
                     out.append(Patch(f"line:{line.msg.id}", html, True, 1))
                 continue
+            drawn.update(ids)
             html = r.op(
                 "upsert",
                 r.part("conversation", conv),

@@ -253,6 +253,26 @@ def test_an_sse_frame_carries_the_seq_and_every_line():
     assert odd == "id: 8\nevent: update\ndata: a\ndata: b\ndata: c\u2028d\n\n"
 
 
+async def test_a_reply_and_the_ack_of_what_it_answers_in_one_batch_both_show(hub):
+    """The harness sends its reply during the turn and acks the message when the turn ends,
+    often within one batch: the reply is appended as a line, and the answered message's chip
+    must still move to "delivered" (it stayed "queued" on the page when the appended
+    conversation counted all its lines as drawn)."""
+    hub.mirror.apply([])
+    hub._dashboard(hub.mirror.apply([at(101, m.MessageSent(message=msg(7, "alice", "bob")))]))
+    both = hub.mirror.apply(
+        [
+            at(102, m.MessageLeased(message_id=7, agent="bob", attempts=1)),
+            at(103, m.MessageSent(message=msg(8, "bob", "alice", reply_to=7, thread=7))),
+            at(104, m.MessageAcked(message_id=7, agent="bob")),
+        ]
+    )
+    patches = {p.key: p for p in hub._dashboard(both)}
+    assert 'data-op="line"' in patches["line:8"].html
+    assert 'id="mstate-7"' in patches["mstate:7"].html and "delivered" in patches["mstate:7"].html
+    assert "mstate:8" not in patches  # drawn with its line, in its current state
+
+
 async def test_conversations_that_came_and_went_in_one_batch_are_counted_not_shown(hub):
     lst = hub.listen("dashboard", since=100)
     burst = [at(101 + i, m.MessageSent(message=msg(10 + i, "alice", "bob"))) for i in range(45)]
