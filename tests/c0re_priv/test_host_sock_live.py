@@ -140,10 +140,18 @@ async def test_subscribers_see_real_agents_start_work_stop_pause_and_restart(dae
         )
         compare(feed.seen["alice"], working)
         working["status_set_at"] = feed.seen["alice"]["status_set_at"]
-        await op.expect(m.OperatorSend(to="alice", body="remind look at it again"), m.Sent)
+        sent = await op.expect(m.OperatorSend(to="alice", body="remind look at it again"), m.Sent)
         await feed.until(lambda r: get(r, "alice", "pending_reminders") == 1)
         working["pending_reminders"] = 1
         compare(feed.seen["alice"], working)
+        # the turn's ack comes after its reminder: stopped before it, alice would get the
+        # message again after her restart (at least once) and set a second reminder
+        with trio.fail_after(30):
+            while True:
+                got = await op.expect(m.ListMessages(agent="alice", limit=10), m.Messages)
+                if any(r.id in sent.message_ids and r.state == "acked" for r in got.messages):
+                    break
+                await trio.sleep(0.05)
 
         # ---- a second subscriber hears only what changes after it subscribed
         late_sub = await HostLines.connect(sock)
