@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,77 @@ def test_a_message_patches_its_line_and_the_recipients_counts_in_place(swarm, pa
     expect(page.locator(f"#mstate-{mid}")).to_have_text("delivered")
     expect(page.locator("#counts-w042 .queued")).to_have_text("0 queued")
     page.screenshot(path=str(swarm.shots / "dashboard-live.png"))
+
+
+def _shown(page: Page, names: list[str]) -> dict[str, str]:
+    """What the page says of the messages in its flow (each one's state chip) and of the
+    agents' counts: the things the live stream patches in place."""
+    got: dict[str, str] = page.evaluate(
+        """names => {
+            const out = {};
+            for (const chip of document.querySelectorAll('#flow [id^="mstate-"]'))
+                out[chip.id] = chip.textContent.trim();
+            for (const n of names)
+                out['counts-' + n] = document.getElementById('counts-' + n).textContent.trim();
+            return out;
+        }""",
+        names,
+    )
+    return got
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(swarm, page, seed):
+    """Sends, replies, leases, acks and nacks in a random order and rhythm (so that they fall
+    into the stream's batches in every combination), and turns as a harness takes them (lease,
+    answer, ack, back to back), with the page open throughout: once it settles, every state
+    chip and every count it shows is what a fresh load shows."""
+    rng = random.Random(seed)
+    names = [f"w{60 + 10 * seed + i:03d}" for i in range(5)]
+    inbox: dict[str, list[m.Delivery]] = {n: [] for n in names}
+    with ExitStack() as stack:
+        clients = {n: stack.enter_context(swarm.agent(n)) for n in names}
+        for step in range(90):
+            who = rng.choice(names)
+            c = clients[who]
+            op = rng.random()
+            if op < 0.35:
+                to = rng.choice([n for n in names if n != who])
+                c.expect(m.Send(to=to, body=f"s{seed} step {step}"), m.Sent)
+            elif op < 0.5:  # a turn as a harness takes it: lease one, answer it, ack it
+                for d in c.expect(m.Recv(max=1), m.Deliveries).items:
+                    c.expect(
+                        m.Send(to=d.message.from_, body=f"turn {step}", in_reply_to=d.message.id),
+                        m.Sent,
+                    )
+                    c.expect(m.Ack(lease=d.lease), m.Ok)
+            elif op < 0.6 and inbox[who]:
+                d = rng.choice(inbox[who])
+                c.expect(
+                    m.Send(to=d.message.from_, body=f"re {step}", in_reply_to=d.message.id),
+                    m.Sent,
+                )
+            elif op < 0.8:
+                inbox[who] += c.expect(m.Recv(max=rng.randint(1, 3)), m.Deliveries).items
+            elif inbox[who]:
+                d = inbox[who].pop(rng.randrange(len(inbox[who])))
+                if rng.random() < 0.85:
+                    c.expect(m.Ack(lease=d.lease), m.Ok)
+                else:
+                    c.expect(m.Nack(lease=d.lease, reason="not now"), m.Ok)
+            time.sleep(rng.choice([0, 0, 0.002, 0.01, 0.03]))
+    fresh = page.context.new_page()
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            time.sleep(1.0)  # let the last batches land
+            live = _shown(page, names)
+            fresh.goto(page.url)
+            expect(fresh.locator("#live-status")).to_have_text("live")
+            loaded = _shown(fresh, names)
+            if live == loaded or time.monotonic() > deadline:
+                break
+        assert live == loaded
+        assert any(v == "delivered" for v in live.values())  # the traffic reached the flow
+    finally:
+        fresh.close()
