@@ -206,6 +206,15 @@ def _shown(page: Page, names: list[str]) -> dict[str, str]:
     return got
 
 
+def _chips(page: Page, within: str) -> dict[str, str]:
+    got: dict[str, str] = page.evaluate(
+        """within => Object.fromEntries([...document.querySelectorAll(
+            within + ' [id^="mstate-"]')].map(c => [c.id, c.textContent.trim()]))""",
+        within,
+    )
+    return got
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(swarm, page, seed):
     """Sends, replies, leases, acks and nacks in a random order and rhythm (so that they fall
@@ -214,6 +223,11 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
     chip and every count it shows is what a fresh load shows."""
     rng = random.Random(seed)
     names = [f"w{60 + 10 * seed + i:03d}" for i in range(5)]
+    base = page.url.split("/", 3)[:3]
+    agent_url = "/".join([*base, "agent", names[0], ""])
+    watched = page.context.new_page()  # names[0]'s own page, open throughout too
+    watched.goto(agent_url)
+    expect(watched.locator("#live-status")).to_have_text("live")
     inbox: dict[str, list[m.Delivery]] = {n: [] for n in names}
     with ExitStack() as stack:
         clients = {n: stack.enter_context(swarm.agent(n)) for n in names}
@@ -255,9 +269,15 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
             fresh.goto(page.url)
             expect(fresh.locator("#live-status")).to_have_text("live")
             loaded = _shown(fresh, names)
-            if live == loaded or time.monotonic() > deadline:
+            live_agent = _chips(watched, f"#inbox-list-{names[0]}")
+            fresh.goto(agent_url)
+            expect(fresh.locator("#live-status")).to_have_text("live")
+            loaded_agent = _chips(fresh, f"#inbox-list-{names[0]}")
+            if (live, live_agent) == (loaded, loaded_agent) or time.monotonic() > deadline:
                 break
         assert live == loaded
+        assert live_agent == loaded_agent and live_agent
         assert any(v == "delivered" for v in live.values())  # the traffic reached the flow
     finally:
         fresh.close()
+        watched.close()
