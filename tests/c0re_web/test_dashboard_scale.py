@@ -44,6 +44,10 @@ class Swarm:
     def agent(self, name: str) -> SyncClient:
         return SyncClient.connect(str(self.daemon.paths.agent_sock(name)), timeout=10)
 
+    def admin_answer(self, question_id: int, answer: str) -> None:
+        with SyncClient.connect(str(self.daemon.paths.admin_sock), timeout=10) as admin:
+            admin.expect(m.AnswerQuestion(question_id=question_id, answer=answer), m.Ok)
+
 
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[Swarm]:
@@ -199,6 +203,10 @@ def _shown(page: Page, names: list[str]) -> dict[str, str]:
                 out[chip.id] = chip.textContent.trim();
             for (const n of names)
                 out['counts-' + n] = document.getElementById('counts-' + n).textContent.trim();
+            const ids = sel => [...document.querySelectorAll(sel)].map(e => e.id).sort().join(' ');
+            out.questions = ids('#questions .question');
+            out.open_questions = ids('#open-questions .open-question');
+            out.needs_you = ids('#needs-you .inbox-item');
             return out;
         }""",
         names,
@@ -229,6 +237,8 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
     watched.goto(agent_url)
     expect(watched.locator("#live-status")).to_have_text("live")
     inbox: dict[str, list[m.Delivery]] = {n: [] for n in names}
+    asked: dict[int, tuple[str, str]] = {}  # open question id: (asker, target)
+    asks = 0
     with ExitStack() as stack:
         clients = {n: stack.enter_context(swarm.agent(n)) for n in names}
         for step in range(90):
@@ -238,14 +248,30 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
             if op < 0.35:
                 to = rng.choice([n for n in names if n != who])
                 c.expect(m.Send(to=to, body=f"s{seed} step {step}"), m.Sent)
-            elif op < 0.5:  # a turn as a harness takes it: lease one, answer it, ack it
+            elif op < 0.47:  # questions: asked, answered, withdrawn
+                mine = [q for q, (a, t) in asked.items() if who in (a, t)]
+                if mine and rng.random() < 0.6:
+                    q = rng.choice(mine)
+                    _, t = asked.pop(q)
+                    if t == who:
+                        c.expect(m.Answer(question_id=q, answer=f"yes {step}"), m.Ok)
+                    elif t == "operator" and rng.random() < 0.5:
+                        swarm.admin_answer(q, f"ok {step}")
+                    else:
+                        c.expect(m.CancelAsk(id=q), m.Ok)
+                else:
+                    t = rng.choice([*[n for n in names if n != who], "operator"])
+                    got = c.expect(m.Ask(target=t, question=f"q {step}?"), m.Asked)
+                    asked[got.question_id] = (who, t)
+                    asks += 1
+            elif op < 0.55:  # a turn as a harness takes it: lease one, answer it, ack it
                 for d in c.expect(m.Recv(max=1), m.Deliveries).items:
                     c.expect(
                         m.Send(to=d.message.from_, body=f"turn {step}", in_reply_to=d.message.id),
                         m.Sent,
                     )
                     c.expect(m.Ack(lease=d.lease), m.Ok)
-            elif op < 0.6 and inbox[who]:
+            elif op < 0.65 and inbox[who]:
                 d = rng.choice(inbox[who])
                 c.expect(
                     m.Send(to=d.message.from_, body=f"re {step}", in_reply_to=d.message.id),
@@ -278,6 +304,7 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
         assert live == loaded
         assert live_agent == loaded_agent and live_agent
         assert any(v == "delivered" for v in live.values())  # the traffic reached the flow
+        assert asks >= 5  # the questions panels were exercised too
     finally:
         fresh.close()
         watched.close()
