@@ -227,7 +227,7 @@ def _chips(page: Page, within: str) -> dict[str, str]:
 def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(swarm, page, seed):
     """Sends, replies, leases, acks and nacks in a random order and rhythm (so that they fall
     into the stream's batches in every combination), and turns as a harness takes them (lease,
-    answer, ack, back to back), with the page open throughout: once it settles, every state
+    answer, ack, back to back), questions and reminders, with the page open throughout: once it settles, every state
     chip and every count it shows is what a fresh load shows."""
     rng = random.Random(seed)
     names = [f"w{60 + 10 * seed + i:03d}" for i in range(5)]
@@ -241,7 +241,7 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
     asks = 0
     with ExitStack() as stack:
         clients = {n: stack.enter_context(swarm.agent(n)) for n in names}
-        for step in range(90):
+        for step in range(110):
             who = rng.choice(names)
             c = clients[who]
             op = rng.random()
@@ -266,18 +266,26 @@ def test_a_page_left_open_through_random_traffic_shows_what_a_fresh_load_shows(s
                     asks += 1
             elif op < 0.55:  # a turn as a harness takes it: lease one, answer it, ack it
                 for d in c.expect(m.Recv(max=1), m.Deliveries).items:
-                    c.expect(
-                        m.Send(to=d.message.from_, body=f"turn {step}", in_reply_to=d.message.id),
-                        m.Sent,
-                    )
+                    if d.message.from_ != "system":  # a reminder is not answered
+                        c.expect(
+                            m.Send(
+                                to=d.message.from_, body=f"turn {step}", in_reply_to=d.message.id
+                            ),
+                            m.Sent,
+                        )
                     c.expect(m.Ack(lease=d.lease), m.Ok)
-            elif op < 0.65 and inbox[who]:
-                d = rng.choice(inbox[who])
+            elif op < 0.65 and any(d.message.from_ != "system" for d in inbox[who]):
+                d = rng.choice([d for d in inbox[who] if d.message.from_ != "system"])
                 c.expect(
                     m.Send(to=d.message.from_, body=f"re {step}", in_reply_to=d.message.id),
                     m.Sent,
                 )
-            elif op < 0.8:
+            elif op < 0.7:  # a reminder, due while the traffic goes on or at once
+                c.expect(
+                    m.Remind(body=f"remember {step}", in_seconds=rng.choice([0, 0.3, 1])),
+                    m.Reminded,
+                )
+            elif op < 0.82:
                 inbox[who] += c.expect(m.Recv(max=rng.randint(1, 3)), m.Deliveries).items
             elif inbox[who]:
                 d = inbox[who].pop(rng.randrange(len(inbox[who])))
