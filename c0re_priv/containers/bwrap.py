@@ -14,6 +14,7 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -107,18 +108,26 @@ def bwrap_argv(
     argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     argv += ["--perms", "0755", "--tmpfs", "/run"]
     mounts = _Mounts(host_tops)
+    # Shallower destinations first, so that a deeper mount lands on top of a shallower one
+    # whatever the order they are listed in: the daemon's state dir may lie inside the code's
+    # checkout (`HIVE_STATE_DIR=$PWD/state`), and bound after it, the code would uncover the
+    # state dir again (with its host modes, which the agent's uid cannot traverse) instead of
+    # its hiding tmpfs.
+    ops: list[tuple[Path, Callable[[], None]]] = []
     for hidden in spec.hide:
-        mounts.tmpfs_at(hidden)
+        ops.append((hidden, partial(mounts.tmpfs_at, hidden)))
     for extra in ro_extra:  # the harness's own interpreter and code, wherever they live
-        mounts.bind("--ro-bind", extra, extra)
-    mounts.argv += ["--perms", "0755", "--dir", "/shared"]
-    mounts.bind("--bind", spec.shared_dir, Path("/shared"))
+        ops.append((extra, partial(mounts.bind, "--ro-bind", extra, extra)))
+    ops.append((Path("/shared"), partial(mounts.bind, "--bind", spec.shared_dir, Path("/shared"))))
     for peer in spec.peers:
-        mounts.bind("--ro-bind", peer, peer)
+        ops.append((peer, partial(mounts.bind, "--ro-bind", peer, peer)))
     for path in spec.ro_files:
-        mounts.bind("--ro-bind", path, path)
-    mounts.bind("--bind", spec.state_dir, spec.state_dir)
-    mounts.bind("--bind", spec.socket, spec.socket)
+        ops.append((path, partial(mounts.bind, "--ro-bind", path, path)))
+    ops.append((spec.state_dir, partial(mounts.bind, "--bind", spec.state_dir, spec.state_dir)))
+    ops.append((spec.socket, partial(mounts.bind, "--bind", spec.socket, spec.socket)))
+    mounts.argv += ["--perms", "0755", "--dir", "/shared"]
+    for _, op in sorted(ops, key=lambda o: len(o[0].parts)):  # stable: same depth, same order
+        op()
     argv += mounts.argv
     argv += ["--clearenv"]
     env = {

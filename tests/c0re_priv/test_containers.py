@@ -172,6 +172,46 @@ async def test_agents_see_only_their_own_state_the_manager_sees_all_and_shared_i
     assert not (bob_state / "evil.md").exists()
 
 
+@needs_bwrap
+@needs_root
+async def test_a_state_dir_inside_the_code_checkout_still_works_and_stays_hidden(short_tmp):
+    """`HIVE_STATE_DIR=$PWD/state ./up.sh`: the hive's state and run dirs inside the checkout,
+    which every sandbox binds read-only as the harness's code. Bound after the state dir's
+    hiding tmpfs, the checkout uncovered the host's state dir (0700 root), so the agent's uid
+    could not reach its own state dir: every harness failed on its first file and no message
+    was ever delivered (found running `./up.sh` from a fresh clone). Now deeper mounts land on
+    top: the agent's own dir works, the daemon's files stay hidden."""
+    checkout = short_tmp / "checkout"
+    hive = checkout / "hive"
+    alice_state = hive / "state" / "agents" / "alice" / "state"
+    alice_state.mkdir(parents=True)
+    for d in (hive / "state", hive / "state" / "agents", hive / "state" / "agents" / "alice"):
+        os.chmod(d, 0o700)  # as the daemon makes them
+    os.chown(alice_state, 61004, 61004)
+    os.chmod(alice_state, 0o755)
+    db = hive / "state" / "hive.sqlite"
+    db.write_text("secret")
+    (checkout / "code.py").write_text("print('code')")
+    os.chmod(checkout, 0o755)
+    checks = [
+        ("write", str(alice_state / "notes.md")),
+        ("read", str(alice_state / "notes.md")),
+        ("read", str(checkout / "code.py")),
+        ("read", str(db)),
+        ("read", str(hive / "state")),
+    ]
+    backend = BwrapBackend(ro_extra=(*_interpreter_paths(), checkout))
+    spec = make_spec(hive, "alice", probe_command(checks), uid=61004, gid=61004)
+    probe = await run_probe(spec, backend)
+    assert probe["checks"] == {
+        f"write {alice_state / 'notes.md'}": True,
+        f"read {alice_state / 'notes.md'}": True,
+        f"read {checkout / 'code.py'}": True,
+        f"read {db}": False,  # a tmpfs hides the daemon's state dir
+        f"read {hive / 'state'}": True,  # the tmpfs, with only the agent's own dir in it
+    }
+
+
 @needs_root
 async def test_a_memory_hungry_agent_is_held_to_its_limit(short_tmp):
     cgroups = Cgroups()
