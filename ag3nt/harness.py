@@ -34,6 +34,16 @@ LOGIN_RETRY_SECONDS = 60.0
 FAILED_TURN_PAUSE = 0.5
 """A breather after a failed turn; the daemon backs the message itself off (retry_backoff_seconds)."""
 MIN_RENEW_SECONDS = 0.5
+MAX_CRASHES = 5
+"""Crashes of the loop in a row (each within a minute of the last start) after which the
+harness exits instead: a loop that cannot even make its runtime will not mend by itself, and
+an exit lets the daemon restart the container and, if that keeps failing, mark the agent
+failed, which puts it in the operator's inbox and tells the managers with the log's tail."""
+
+
+class CrashLoop(RuntimeError):
+    """The harness loop crashed `MAX_CRASHES` times in a row."""
+
 
 RuntimeFactory = Callable[[AgentContext], Runtime]
 
@@ -94,11 +104,13 @@ class Harness:
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT; restart the loop after any failure, with backoff."""
-        failures = 0
+        failures = crashes = 0
+        crash: BaseException | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_signals, tg.cancel_scope)
             while not self.state.stopping:
                 started = time.monotonic()
+                crashed = False
                 try:
                     await self._run_connected()
                 except Exception as raised:
@@ -110,11 +122,24 @@ class Harness:
                     else:
                         log.exception("harness loop failed; restarting it")
                         await self._report_crash()
+                        crashed, crash = True, exc
                 if self.state.stopping:
                     break
-                failures = 0 if time.monotonic() - started > 60 else failures + 1
+                steady = time.monotonic() - started > 60
+                failures = 0 if steady else failures + 1
+                crashes = 0 if steady or not crashed else crashes + 1
+                if crashes >= MAX_CRASHES:
+                    log.error(
+                        "the harness loop crashed %d times in a row; exiting, so that the daemon"
+                        " restarts the container (and marks the agent failed if it goes on)",
+                        crashes,
+                    )
+                    break
                 await anyio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
             tg.cancel_scope.cancel()
+        if crashes >= MAX_CRASHES:
+            self.stop_reason = f"crashed {crashes} times in a row"
+            raise CrashLoop(f"the harness loop crashed {crashes} times in a row") from crash
 
     async def _watch_signals(self, main: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

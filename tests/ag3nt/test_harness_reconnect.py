@@ -14,7 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+import trio
+
+from ag3nt import harness as harness_module
 from ag3nt.harness import sole_cause
+from ag3nt.runtimes.base import AgentContext, Runtime
 from protocol import messages as m
 from protocol.client import ConnectionLost, HiveError, SyncClient
 from tests.conftest import DaemonProcess
@@ -73,3 +78,30 @@ def test_a_task_group_of_one_kind_of_failure_is_that_failure() -> None:
     assert sole_cause(mixed) is mixed
     refused = HiveError("forbidden", "no")
     assert sole_cause(refused) is refused
+
+
+async def test_a_harness_whose_loop_keeps_crashing_exits_so_the_daemon_can_fail_the_agent(
+    daemon_process: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime that cannot even be made (as when the agent's uid could not reach its state
+    dir) crashed the loop forever, retried every 30 s, while the agent looked alive and nothing
+    reached the operator. After `MAX_CRASHES` in a row the harness exits instead."""
+    monkeypatch.setattr(harness_module, "BACKOFF", (0.01,))
+    made: list[int] = []
+
+    def broken(ctx: AgentContext) -> Runtime:
+        made.append(1)
+        raise PermissionError(13, "Permission denied", str(ctx.state_dir / "rules.toml"))
+
+    ctx = AgentContext(
+        name="",
+        role="agent",
+        model="",
+        socket=daemon_process.paths.agent_sock("alice"),
+        state_dir=tmp_path,
+        ag3nt_command=[],
+    )
+    with pytest.raises(harness_module.CrashLoop) as stopped, trio.fail_after(30):
+        await harness_module.Harness(ctx, broken).serve()
+    assert len(made) == harness_module.MAX_CRASHES
+    assert isinstance(stopped.value.__cause__, PermissionError)
