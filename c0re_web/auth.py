@@ -11,6 +11,7 @@ script, no framing, no caching of live pages).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -24,6 +25,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SESSION_COOKIE = "hive_session"
+"""The cookie's name when nothing names the server (`session_cookie_name` gives the real one)."""
 MAX_SESSIONS = 256
 PUBLIC_PATHS = frozenset({"/login"})
 SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -38,12 +40,26 @@ SECURITY_HEADERS = {
 }
 
 
+def session_cookie_name(port: int, web_sock: str) -> str:
+    """The session cookie's name for the dashboard on `port` that serves the hive at `web_sock`.
+
+    A browser keeps one cookie jar per host name, not per port (RFC 6265, section 8.5): two
+    hives on one machine, both at `127.0.0.1`, would share one `hive_session` cookie, and
+    logging in to one would log the operator out of the other. So the name carries the port
+    and the hive's socket path, which no two dashboards running on one host share, and stays
+    the same when the web process restarts.
+    """
+    digest = hashlib.blake2b(f"{port}\0{web_sock}".encode(), digest_size=4).hexdigest()
+    return f"{SESSION_COOKIE}_{port}_{digest}"
+
+
 @dataclass
 class Auth:
     """The login token and the live sessions of one web process (both die with it)."""
 
     session_seconds: float
     clock: Callable[[], float] = time.time
+    cookie_name: str = SESSION_COOKIE
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     _token: str | None = None
     _sessions: dict[str, float] = field(default_factory=dict)
@@ -96,13 +112,16 @@ class Auth:
 
     def cookie_header(self, value: str) -> str:
         return (
-            f"{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict;"
+            f"{self.cookie_name}={value}; Path=/; HttpOnly; SameSite=Strict;"
             f" Max-Age={int(self.session_seconds)}"
         )
 
-    @staticmethod
-    def clear_cookie_header() -> str:
-        return f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    def clear_cookie_header(self) -> str:
+        return f"{self.cookie_name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+
+    def session_of(self, cookies: dict[str, str]) -> str | None:
+        """The session id this request's cookies prove, if any (see `session`)."""
+        return self.session(cookies.get(self.cookie_name))
 
 
 def same_origin(headers: Headers, origins: frozenset[str]) -> bool:
@@ -153,7 +172,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         cookies = cookie_parser(headers.get("cookie", ""))
-        sid = self.auth.session(cookies.get(SESSION_COOKIE))
+        sid = self.auth.session_of(cookies)
         if sid is None:
             await self._refuse(scope, headers, send)
             return

@@ -26,7 +26,7 @@ from typing import TextIO
 import uvicorn
 
 from .app import WebSettings, create_app
-from .auth import Auth
+from .auth import Auth, session_cookie_name
 from .privileges import WEB_USER, drop_to, ensure_user, socket_access_problem, unreadable_code
 from .render import Renderer
 
@@ -150,7 +150,7 @@ def serve(opts: WebOptions, out: TextIO = sys.stdout) -> None:
             raise StartupError(problem)
     shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else "::1" if host == "::" else host
     base = f"http://{_netloc(shown, port)}"
-    auth = Auth(opts.session_seconds)
+    auth = Auth(opts.session_seconds, cookie_name=session_cookie_name(port, str(opts.web_sock)))
     pid = os.getpid()
 
     def announce() -> None:

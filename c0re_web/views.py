@@ -31,7 +31,7 @@ from protocol import messages as m
 from protocol.client import HiveError
 from protocol.validate import InvalidRequest, build
 
-from .auth import SESSION_COOKIE, Auth
+from .auth import Auth
 from .daemon import DaemonLink
 from .forge_pages import draw_dashboard_panel
 from .live import HEARTBEAT, Hub
@@ -145,7 +145,7 @@ async def login(request: Request) -> Response:
             )
             return HTMLResponse(w.render.login_page(message), status_code=401)
         return RedirectResponse("/", 303, headers={"set-cookie": w.auth.cookie_header(cookie)})
-    if w.auth.session(request.cookies.get(SESSION_COOKIE)) is not None:
+    if w.auth.session_of(request.cookies) is not None:
         return RedirectResponse("/", 303)
     return HTMLResponse(
         w.render.login_page("Open the login link that `hive web` printed when it started.")
@@ -153,10 +153,11 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    web(request).auth.logout(request.session["sid"])
+    auth = web(request).auth
+    auth.logout(request.session["sid"])
     return Response(
         status_code=200,
-        headers={"set-cookie": Auth.clear_cookie_header(), "HX-Redirect": "/login"},
+        headers={"set-cookie": auth.clear_cookie_header(), "HX-Redirect": "/login"},
     )
 
 

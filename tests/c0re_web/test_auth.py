@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from c0re_web.app import WebSettings, create_app
-from c0re_web.auth import SESSION_COOKIE, Auth
+from c0re_web.auth import SESSION_COOKIE, Auth, session_cookie_name
 from c0re_web.serve import hosts_for, parse_bind
 
 HOST = "testserver"
@@ -199,3 +199,23 @@ def test_bind_parsing_and_the_hosts_a_loopback_server_answers_to():
     assert hosts_for("127.0.0.1", 8765, ()) == {"127.0.0.1:8765", "localhost:8765"}
     assert hosts_for("127.0.0.1", 8765, ("hive.lan", "proxy:443")) >= {"hive.lan:8765", "proxy:443"}
     assert hosts_for("0.0.0.0", 80, ()) == {"127.0.0.1:80", "localhost:80"}
+
+
+def test_each_dashboard_names_its_session_cookie_for_itself():
+    """Cookies are per host, not per port: two hives at 127.0.0.1 need two cookie names. The
+    name is a plain cookie token and stays the same when the web process restarts."""
+    names = {
+        session_cookie_name(port, sock)
+        for port in (8765, 8766)
+        for sock in ("/run/hyperhive/web.sock", "/tmp/hive2/run/web.sock")
+    }
+    assert len(names) == 4
+    assert session_cookie_name(8765, "/run/hyperhive/web.sock") in names
+    for name in names:
+        assert re.fullmatch(r"hive_session_\d+_[0-9a-f]{8}", name), name
+    named = Auth(session_seconds=60, cookie_name=session_cookie_name(8765, "/run/x/web.sock"))
+    value = named.redeem(named.new_login_token())
+    assert value is not None
+    assert named.session_of({SESSION_COOKIE: value}) is None
+    assert named.session_of({named.cookie_name: value}) is not None
+    assert named.cookie_header(value).startswith(f"{named.cookie_name}={value};")

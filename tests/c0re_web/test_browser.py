@@ -247,22 +247,56 @@ def test_an_ended_or_forged_session_goes_back_to_login(hive_web, browser):
         p = context.new_page()
         p.goto(hive_web.new_link())
         expect(p.locator("#live-status")).to_have_text("live")
+        (cookie,) = context.cookies()
         p.get_by_role("button", name="Log out").click()
         expect(p).to_have_url(f"{hive_web.base}/login")
         response = p.goto(f"{hive_web.base}/")
         assert response is not None and response.status == 401
         expect(p.locator("#login")).to_contain_text("session has ended")
         context.add_cookies(
-            [{"name": "hive_session", "value": "forged.value.sig", "url": hive_web.base}]
+            [{"name": cookie["name"], "value": "forged.value.sig", "url": hive_web.base}]
         )
         assert p.goto(f"{hive_web.base}/agent/alice/").status == 401  # type: ignore[union-attr]
     finally:
         context.close()
 
 
+def test_two_hives_on_one_host_keep_their_own_sessions_in_one_browser(hive_web, browser):
+    """A browser keeps cookies per host name, not per port: both dashboards are on 127.0.0.1,
+    and logging in to the second must not log the operator out of the first."""
+    with web_hive('[hive]\nautostart = false\nbackend = "process"\n\n[agents.erin]\n') as other:
+        assert other.base != hive_web.base
+        context = browser.new_context()
+        try:
+            first = context.new_page()
+            first.goto(hive_web.new_link())
+            expect(first.locator("#live-status")).to_have_text("live")
+            second = context.new_page()
+            second.goto(other.new_link())
+            expect(second.locator("#live-status")).to_have_text("live")
+            assert len({c["name"] for c in context.cookies()}) == 2
+            for p, hive, agent in ((first, hive_web, "alice"), (second, other, "erin")):
+                response = p.goto(f"{hive.base}/agent/{agent}/")
+                assert response is not None and response.status == 200, agent
+                response = p.goto(f"{hive.base}/")
+                assert response is not None and response.status == 200, agent
+                expect(p.locator("#live-status")).to_have_text("live")
+            with hive_web.agent("bob") as bob:
+                bob.expect(m.Send(to="operator", body="the first hive, still live"), m.Sent)
+            expect(first.locator("#flow")).to_contain_text("the first hive, still live")
+            expect(second.locator("#flow")).not_to_contain_text("the first hive")
+            # logging out of one leaves the other
+            second.get_by_role("button", name="Log out").click()
+            expect(second).to_have_url(f"{other.base}/login")
+            response = first.goto(f"{hive_web.base}/")
+            assert response is not None and response.status == 200
+        finally:
+            context.close()
+
+
 def test_a_post_from_another_origin_is_refused(hive_web, operator):
     (cookie,) = operator.cookies()
-    session = f"hive_session={cookie['value']}"
+    session = f"{cookie['name']}={cookie['value']}"
 
     def post(headers: dict[str, str]) -> int:
         req = urllib.request.Request(
@@ -421,7 +455,7 @@ def read_sse(hive_web: WebHive, cookie: str, headers: dict[str, str]) -> tuple[s
 
 def test_a_stream_resumes_from_last_event_id_or_asks_for_a_reload(hive_web, operator, page):
     (cookie,) = operator.cookies()
-    session = f"hive_session={cookie['value']}"
+    session = f"{cookie['name']}={cookie['value']}"
     page.goto(f"{hive_web.base}/")
     seq = int(page.locator("#live").get_attribute("data-seq") or "0")
     page.close()
