@@ -250,6 +250,12 @@ class Broker:
             if sender_record is not None and not sender_record.may_send_to(to):
                 raise Fail("forbidden", f"{sender!r} may not send to {to!r}")
             return [to]
+        if to == SYSTEM:
+            raise Fail(
+                "invalid",
+                "'system' is the hive itself (reminders and notices come from it) and reads"
+                " nothing: to be reminded again, set a reminder; to tell someone, send to them",
+            )
         if to not in ("*", OPERATOR) and to not in self._registry.agents:
             raise Fail("not_found", f"no agent named {to!r}")
         sender_record = self._registry.agents.get(sender)

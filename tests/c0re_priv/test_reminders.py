@@ -168,6 +168,9 @@ async def test_a_reminder_fires_at_its_time_not_before(clock, short_tmp):
         )
         assert msg.body == f"Reminder #{r.id}: check the nightly build"
         assert r.due_at <= msg.created_at < r.due_at + 0.001
+        # answering the reminder's sender is a clear refusal that says what to do instead
+        err = await refused(alice, m.Send(to=msg.from_, body="done", in_reply_to=msg.id))
+        assert err.code == "invalid" and "set a reminder" in err.message, err
         await alice.expect(m.Ack(lease=delivery.lease), m.Ok)
 
         assert (await alice.expect(m.ListMyReminders(), m.Reminders)).reminders == []
