@@ -61,7 +61,7 @@ def swarm() -> Iterator[Swarm]:
     agents = "".join(f"[agents.w{i:03d}]\n\n" for i in range(AGENTS - 1))
     config.write_text(
         f'[hive]\nautostart = false\nbackend = "process"\nweb_group = "{web_group}"\n\n'
-        f'[agents.boss]\nrole = "manager"\n\n{agents}'
+        f'[agents.boss]\nrole = "manager"\nmodel = "claude-sonnet-4-5"\n\n{agents}'
     )
     daemon = DaemonProcess(root, config)
     daemon.start()
@@ -132,11 +132,26 @@ def page(swarm: Swarm) -> Iterator[Page]:
 def test_every_row_is_one_line_and_messages_and_questions_are_on_the_first_screen(swarm, page):
     rows = page.locator("#agents .agent-row")
     expect(rows).to_have_count(AGENTS)
+    # the busiest row: the manager's chip, a long model name, a day's spend and reminders
+    with swarm.agent("boss") as boss:
+        boss.expect(m.ReportTurn(turn=m.TurnStats(ok=True, cost_usd=12.34)), m.Ok)
+        boss.expect(m.Remind(body="later", in_seconds=3600), m.Reminded)
+        boss.expect(m.Send(to="w007", body="the queue is long"), m.Sent)
+    expect(page.locator("#counts-boss")).to_contain_text("$12.34 today")
+    expect(page.locator("#counts-boss")).to_contain_text("reminders 1/0/0")
     heights = page.evaluate(
         "() => [...document.querySelectorAll('#agents .agent-row')]"
         ".map(r => r.getBoundingClientRect().height)"
     )
     assert max(heights) < 36, f"a row wraps: {max(heights)} px"
+    # nothing a row shows is cut off at this width (only a long status text may be)
+    cut = page.evaluate(
+        "() => [...document.querySelectorAll('#agents .agent-row > div:not(.status-text)')]"
+        ".filter(d => { const r = document.createRange(); r.selectNodeContents(d);"
+        " return r.getBoundingClientRect().right > d.getBoundingClientRect().right + 0.5; })"
+        ".map(d => `${d.parentElement.id} .${d.className}: ${d.textContent.trim()}`)"
+    )
+    assert cut == [], cut
     for panel in ("#messages", "#questions-panel"):
         box = page.locator(panel).bounding_box()
         assert box is not None and box["y"] < VIEWPORT["height"] - 150, (panel, box)
