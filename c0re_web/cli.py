@@ -17,6 +17,8 @@ import typer
 from protocol.client import default_run_dir
 from protocol.terminal import VisibleFormatter, visible
 
+from .peer_limits import PER_CLIENT_CONNECTIONS, REQUEST_SECONDS
+
 app = typer.Typer(help="hyperhive's operator dashboard.", no_args_is_help=True)
 
 RunDir = Annotated[
@@ -46,6 +48,17 @@ def web(
         typer.Option("--allow-host", help="Another Host[:PORT] browsers use (repeatable)."),
     ] = None,
     session_hours: Annotated[float, typer.Option(min=0.01, help="How long a login lasts.")] = 12.0,
+    max_connections_per_client: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Connections one client (a local uid, else an address) may hold open at once.",
+        ),
+    ] = PER_CLIENT_CONNECTIONS,
+    request_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a client has to send a whole request; then closed."),
+    ] = REQUEST_SECONDS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the operator dashboard; unprivileged, it reaches the daemon only through web.sock."""
@@ -61,6 +74,8 @@ def web(
         user=user,
         allow_hosts=tuple(allow_host or ()),
         session_seconds=session_hours * 3600,
+        max_connections_per_client=max_connections_per_client,
+        request_seconds=request_timeout,
         log_level="debug" if verbose else "info",
     )
     try:

@@ -27,6 +27,7 @@ import uvicorn
 
 from .app import WebSettings, create_app
 from .auth import Auth, session_cookie_name
+from .peer_limits import PER_CLIENT_CONNECTIONS, REQUEST_SECONDS, PeerLimits, guarded_protocol
 from .privileges import WEB_USER, drop_to, ensure_user, socket_access_problem, unreadable_code
 from .render import Renderer
 
@@ -59,6 +60,10 @@ class WebOptions:
     allow_hosts: tuple[str, ...] = ()
     """More `Host` values to answer to (a name the operator's browser uses, a reverse proxy)."""
     session_seconds: float = 12 * 3600
+    max_connections_per_client: int = PER_CLIENT_CONNECTIONS
+    """Connections one client (a local uid, else an address) may hold open at once."""
+    request_seconds: float = REQUEST_SECONDS
+    """How long a client has to send a whole request before its connection is closed."""
     log_level: str = "info"
 
 
@@ -165,9 +170,10 @@ def serve(opts: WebOptions, out: TextIO = sys.stdout) -> None:
         session_seconds=opts.session_seconds,
         on_sigusr1=announce,
     )
+    limits = PeerLimits(opts.max_connections_per_client, opts.request_seconds)
     config = uvicorn.Config(
         create_app(settings, auth, renderer),
-        http="h11",
+        http=guarded_protocol(limits),
         ws="none",
         loop="asyncio",
         lifespan="on",

@@ -67,10 +67,12 @@ class WebHive:
 
 
 @contextmanager
-def web_hive(hive_toml: str, files: Mapping[str, str] | None = None) -> Iterator[WebHive]:
+def web_hive(
+    hive_toml: str, files: Mapping[str, str] | None = None, web_args: tuple[str, ...] = ()
+) -> Iterator[WebHive]:
     """A daemon subprocess configured by `hive_toml` (`web_group` is added, `@ROOT@` is its
-    scratch directory, where `files` are written first), and `hive web` started the way root
-    starts it."""
+    scratch directory, where `files` are written first), and `hive web` (with `web_args`)
+    started the way root starts it."""
     root = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
     os.chmod(root, 0o755)  # the web user must reach run/web.sock
     web_group = ""
@@ -99,6 +101,7 @@ def web_hive(hive_toml: str, files: Mapping[str, str] | None = None) -> Iterator
             str(root / "run"),
             "--bind",
             "127.0.0.1:0",
+            *web_args,
         ],
         stdout=subprocess.PIPE,
         stderr=web_log,
