@@ -96,6 +96,17 @@ def local_peer_uid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
     return int(uid)
 
 
+def can_tell_local_clients_apart() -> bool:
+    """Whether `local_peer_uid` works here (a kernel without `inet_diag`, or a sandbox that
+    forbids netlink, says no): a connection of our own to a listener of our own."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname(), timeout=1) as probe:
+            host, port = probe.getsockname()
+            return local_peer_uid((host, port), listener.getsockname()) is not None
+
+
 @dataclass
 class PeerLimits:
     """The open connections of each client, shared by every connection of one server."""

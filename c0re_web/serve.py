@@ -27,7 +27,13 @@ import uvicorn
 
 from .app import WebSettings, create_app
 from .auth import Auth, session_cookie_name
-from .peer_limits import PER_CLIENT_CONNECTIONS, REQUEST_SECONDS, PeerLimits, guarded_protocol
+from .peer_limits import (
+    PER_CLIENT_CONNECTIONS,
+    REQUEST_SECONDS,
+    PeerLimits,
+    can_tell_local_clients_apart,
+    guarded_protocol,
+)
 from .privileges import WEB_USER, drop_to, ensure_user, socket_access_problem, unreadable_code
 from .render import Renderer
 
@@ -198,6 +204,12 @@ def serve(opts: WebOptions, out: TextIO = sys.stdout) -> None:
                 ", ".join(missing),
                 user.pw_name,
             )
+    if not can_tell_local_clients_apart():
+        log.warning(
+            "this kernel does not say which uid holds a local connection (sock_diag): every"
+            " local client, agents included, shares one allowance of %d connections",
+            limits.per_client,
+        )
     if not is_loopback(host):
         log.warning(
             "listening on %s: the dashboard speaks plain HTTP; prefer a loopback bind", host
