@@ -192,6 +192,9 @@ async def test_a_state_dir_inside_the_code_checkout_still_works_and_stays_hidden
     db = hive / "state" / "hive.sqlite"
     db.write_text("secret")
     (checkout / "code.py").write_text("print('code')")
+    # explicit modes: an in-process daemon test before this one leaves the worker's umask 077
+    os.chmod(checkout / "code.py", 0o644)
+    os.chmod(hive, 0o755)
     os.chmod(checkout, 0o755)
     checks = [
         ("write", str(alice_state / "notes.md")),
