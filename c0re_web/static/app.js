@@ -113,12 +113,69 @@
     if (d.id && d.id.indexOf("mstate-") === 0) touched.inbox = true;
   }
 
+  // ------------------------------------------------------------ what the operator is typing
+  // A live patch replaces whole cards and sections (an approval, a question, an agent's
+  // head). Whatever the operator had typed or ticked in a form there, and the focus and the
+  // cursor, move to the new element with the same place (the nearest id) and name, so a
+  // redraw never wipes a note or an answer being written, nor sends a form without it.
+
+  function fieldKey(el) {
+    var owner = el.closest("[id]");
+    if (!owner || !el.name || el.type === "hidden") return null;
+    var key = owner.id + "|" + el.name;
+    if (el.type === "checkbox" || el.type === "radio") key += "|" + el.value;
+    return key;
+  }
+
+  function edited(el) {
+    if (el.type === "checkbox" || el.type === "radio") return el.checked !== el.defaultChecked;
+    if (el.tagName === "SELECT") {
+      return Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+    }
+    return el.value !== el.defaultValue;
+  }
+
+  function saveFields() {
+    var saved = [];
+    var focused = document.activeElement;
+    document.querySelectorAll("input, textarea, select").forEach(function (el) {
+      if (el !== focused && !edited(el)) return;
+      var key = fieldKey(el);
+      if (!key) return;
+      var field = { key: key, el: el, value: el.value, checked: el.checked, focused: el === focused };
+      try { field.start = el.selectionStart; field.end = el.selectionEnd; } catch (e) { /* no cursor */ }
+      saved.push(field);
+    });
+    return saved;
+  }
+
+  function restoreFields(saved) {
+    var replaced = saved.filter(function (f) { return !f.el.isConnected; });
+    if (!replaced.length) return;
+    var now = {};
+    document.querySelectorAll("input, textarea, select").forEach(function (el) {
+      var key = fieldKey(el);
+      if (key && !(key in now)) now[key] = el;
+    });
+    replaced.forEach(function (f) {
+      var el = now[f.key];
+      if (!el) return; // its card is gone (decided, answered, withdrawn)
+      if (el.type === "checkbox" || el.type === "radio") el.checked = f.checked; else el.value = f.value;
+      if (f.focused) {
+        el.focus();
+        try { if (f.start != null) el.setSelectionRange(f.start, f.end); } catch (e) { /* no cursor */ }
+      }
+    });
+  }
+
   function applyPatches(html) {
     var holder = document.createElement("template");
     holder.innerHTML = html;
+    var fields = saveFields();
     Array.prototype.slice.call(holder.content.children).forEach(function (op) {
       if (op.tagName === "TEMPLATE") applyOp(op);
     });
+    restoreFields(fields);
     if (touched.rows) { touched.rows = false; arrangeAgents(); }
     if (touched.inbox) { touched.inbox = false; recountInbox(); }
   }
