@@ -236,7 +236,9 @@ in
           LockPersonality = true;
           MemoryDenyWriteExecute = true;
           SystemCallArchitectures = "native";
-          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+          # AF_NETLINK: one sock_diag lookup per connection tells which local uid holds it,
+          # so each agent has its own allowance of dashboard connections (docs/web.md)
+          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
           CapabilityBoundingSet = "";
           AmbientCapabilities = "";
           ReadOnlyPaths = [ cfg.runDir ];

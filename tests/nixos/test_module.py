@@ -101,7 +101,8 @@ def test_the_web_unit_is_unprivileged_and_hardened(generated: dict[str, Any]) ->
     assert service["NoNewPrivileges"] is True
     assert service["ProtectSystem"] == "strict"
     assert service["ProtectHome"] is True and service["PrivateTmp"] is True
-    assert service["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    # AF_NETLINK for sock_diag: which local uid holds a connection to the dashboard
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
     assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
     assert "/var/lib/hyperhive" in service["InaccessiblePaths"]
     user = generated["users"]["users"]["hive-web"]
