@@ -415,6 +415,19 @@ def test_a_live_redraw_keeps_what_the_operator_is_typing(hive_web, page):
     expect(note).to_have_value("half a note")
     page.locator(f"#approval-{first.id}").get_by_role("button", name="Deny").click()
     expect(page.locator(f"#approval-{first.id} .note")).to_have_text("note: half a note")
+    # a limit being set while turns redraw the spending table (and its form) under it
+    form = page.locator("#budget form.set-limit")
+    form.locator("select[name=who]").select_option("each_agent")
+    form.locator("select[name=key]").select_option("tokens_total")
+    form.locator("input[name=value]").fill("5000")
+    mark_fields(page)
+    with hive_web.agent("alice") as alice:
+        alice.expect(m.ReportTurn(turn=m.TurnStats(ok=True, input_tokens=777)), m.Ok)
+    expect(page.locator("#usage-alice")).to_contain_text("777")
+    expect(form.locator("input[name=value]")).not_to_have_attribute("data-old", "1")
+    expect(form.locator("select[name=who]")).to_have_value("each_agent")
+    expect(form.locator("select[name=key]")).to_have_value("tokens_total")
+    expect(form.locator("input[name=value]")).to_have_value("5000")
     # an agent's head, redrawn while a token is being pasted
     open_live(page, f"{hive_web.base}/agent/dave/")
     token = page.locator("#agent-head-dave input[name=token]")
