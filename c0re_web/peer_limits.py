@@ -147,11 +147,10 @@ def client_key(peer: tuple[str, int] | None, local: tuple[str, int] | None) -> s
     """Who a connection counts against: `uid N` for a process of this host, else its address."""
     if peer is None:
         return "unknown"
-    if local is not None and ipaddress.ip_address(peer[0]).is_loopback:
-        uid = local_peer_uid(peer, local)
-        if uid is not None:
-            return f"uid {uid}"
-    return f"address {peer[0]}"
+    # any address may be this host's own (a LAN address, or 127.0.0.1 mapped into IPv6 on a
+    # dual-stack bind): the kernel knows, so ask it whatever the address looks like
+    uid = local_peer_uid(peer, local) if local is not None else None
+    return f"uid {uid}" if uid is not None else f"address {peer[0]}"
 
 
 def guarded_protocol(limits: PeerLimits) -> type[H11Protocol]:

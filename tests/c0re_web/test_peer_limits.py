@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,3 +47,23 @@ def test_no_client_ever_holds_more_than_its_share(steps):
             limits.release(client)
             held[client] -= 1
         assert limits.open == {c: n for c, n in held.items() if n}
+
+
+def test_a_local_client_of_a_dual_stack_bind_is_still_its_uid():
+    """On `--bind [::]:PORT` a local browser's 127.0.0.1 arrives as ::ffff:127.0.0.1."""
+    try:
+        listener = socket.socket(socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 here")
+    with listener:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::", 0))
+        listener.listen(2)
+        port = listener.getsockname()[1]
+        for address in ("127.0.0.1", "::1"):
+            with socket.create_connection((address, port)) as client:
+                server_side, peer = listener.accept()
+                with server_side:
+                    local = server_side.getsockname()[:2]
+                    assert client.getsockname()[1] == peer[1]
+                    assert client_key(peer[:2], local) == f"uid {os.getuid()}", address
