@@ -135,8 +135,18 @@
     return el.value !== el.defaultValue;
   }
 
+  function detailsKey(el) {
+    var owner = el.parentElement && el.parentElement.closest("[id]");
+    if (!owner) return null;
+    return owner.id + "|details|" + Array.prototype.indexOf.call(owner.querySelectorAll("details"), el);
+  }
+
   function saveFields() {
     var saved = [];
+    document.querySelectorAll("details[open]").forEach(function (el) {
+      var key = detailsKey(el);
+      if (key) saved.push({ key: key, el: el, details: true });
+    });
     var focused = document.activeElement;
     document.querySelectorAll("input, textarea, select").forEach(function (el) {
       if (el !== focused && !edited(el)) return;
@@ -157,9 +167,14 @@
       var key = fieldKey(el);
       if (key && !(key in now)) now[key] = el;
     });
+    document.querySelectorAll("details").forEach(function (el) {
+      var key = detailsKey(el);
+      if (key && !(key in now)) now[key] = el;
+    });
     replaced.forEach(function (f) {
       var el = now[f.key];
       if (!el) return; // its card is gone (decided, answered, withdrawn)
+      if (f.details) { el.open = true; return; } // an open diff stays open (and loads again)
       if (el.type === "checkbox" || el.type === "radio") el.checked = f.checked; else el.value = f.value;
       if (f.focused) {
         el.focus();

@@ -395,6 +395,9 @@ def test_a_live_redraw_keeps_what_the_operator_is_typing(hive_web, page):
     card = page.locator(f"#question-{asked.question_id}")
     card.get_by_label("blue").check()
     card.locator("input[name=answer]").fill("and green")
+    diff = page.locator(f"#approval-{first.id} details.diff")
+    diff.locator("summary").click()
+    expect(diff.locator(".diff-body")).not_to_contain_text("loading")
     note.click()
     note.press("End")
     mark_fields(page)
@@ -411,6 +414,8 @@ def test_a_live_redraw_keeps_what_the_operator_is_typing(hive_web, page):
     expect(card.get_by_label("blue")).to_be_checked()
     expect(card.get_by_label("red")).not_to_be_checked()
     expect(card.locator("input[name=answer]")).to_have_value("and green")
+    expect(diff).to_have_attribute("open", "")  # the diff the operator opened stays open
+    expect(diff.locator(".diff-body")).not_to_contain_text("loading")
     page.keyboard.type("te")  # still focused, the cursor at the end
     expect(note).to_have_value("half a note")
     page.locator(f"#approval-{first.id}").get_by_role("button", name="Deny").click()
