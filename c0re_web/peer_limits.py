@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PER_CLIENT_CONNECTIONS = 32
 REQUEST_SECONDS = 15.0
 LOG_EVERY_SECONDS = 60.0
+LOGGED_CLIENTS = 1024
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -124,6 +125,10 @@ class PeerLimits:
             self.refused += 1
             now = time.monotonic()
             if now - self._logged.get(client, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+                if len(self._logged) >= LOGGED_CLIENTS:  # many addresses: forget the old ones
+                    self._logged = {
+                        c: t for c, t in self._logged.items() if now - t < LOG_EVERY_SECONDS
+                    }
                 self._logged[client] = now
                 log.warning(
                     "refused a connection from %s: it already holds %d (the most one client"
