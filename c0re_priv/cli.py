@@ -133,7 +133,7 @@ def up(
 
     from .config import ConfigError, load_config, resolve_paths, write_default_config
     from .hive import Hive
-    from .up import run_up
+    from .up import run_up, web_available, web_port_problem
 
     _daemon_process(verbose)
     if not config.exists():
@@ -148,6 +148,8 @@ def up(
         cfg.hive.web_port = web_port
     cfg.hive.web_group = _web_group(cfg.hive.web_group)
     paths = resolve_paths(cfg.hive, state_dir, run_dir)
+    if web_available() and (problem := web_port_problem(cfg.hive.web_port)) is not None:
+        _die(problem)
 
     def ready(hive: Hive) -> None:
         lifecycle = hive.lifecycle

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +31,30 @@ log = logging.getLogger(__name__)
 def web_available() -> bool:
     """Whether this build has the dashboard; finding a top-level package imports nothing."""
     return importlib.util.find_spec("c0re_web") is not None
+
+
+def web_port_problem(port: int) -> str | None:
+    """Why the dashboard could not listen on 127.0.0.1:`port`, asked before anything starts:
+    a port another hive's dashboard (or any program) holds is one sentence at once, not a
+    hive that says it is up and a dashboard failing again and again behind it."""
+    if port == 0:
+        return None  # any free port
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web process does
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        else:
+            return None
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        other = free.getsockname()[1]
+    return (
+        f"the dashboard's port 127.0.0.1:{port} is taken ({reason}): another hive's"
+        f" dashboard, or another program. Give this hive another port: --web-port {other},"
+        f" or web_port = {other} in its hive.toml"
+    )
 
 
 WEB_RESTART_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
