@@ -103,6 +103,15 @@ class Hive:
         """The `process` backend: agents' uids must reach their state dirs on the host."""
         for fixed in private_state.prepare(paths, agents_traverse=agents_traverse):
             log.warning("private state: %s", fixed)
+        if (closed := private_state.unreachable_parent(paths.run_dir)) is not None:
+            log.warning(
+                "the run dir %s is inside %s, which other users cannot enter: the dashboard"
+                " and agents running as their own uids cannot reach their sockets; make it"
+                " searchable (chmod o+x %s) or use another run dir",
+                paths.run_dir,
+                closed,
+                closed,
+            )
         self.id = hive_id(paths.state_dir)
         """Names this hive's cgroups, uid claims and processes on a host shared with others."""
         self.store = Store.open(paths.db)

@@ -32,6 +32,8 @@ view of its state dir and by the other agents in `/shared`, as before the daemon
 PRIVATE_DIR = 0o700
 SEARCHABLE_DIR = 0o711
 PRIVATE_FILE = 0o600
+PARENT_DIR = 0o755
+"""A missing parent of the state or run dir, made by the daemon."""
 RUN_DIR = 0o751
 """The web user and the admin group must reach their sockets; nobody may list the dir."""
 AGENT_SOCKETS_DIR = 0o711
@@ -76,7 +78,14 @@ def ensure_dir(path: Path, mode: int, fixed: list[str], *, exact: bool = False) 
     try:
         st = os.stat(path)  # a symlinked state dir is an operator's choice; its target counts
     except FileNotFoundError:
-        path.mkdir(parents=True, exist_ok=True)
+        for parent in reversed(path.parents):
+            if not parent.exists():
+                # what `mkdir -p` makes under a usual umask, not under the daemon's 077: the
+                # web user and the agents' uids go through these to reach their sockets (and,
+                # inside a sandbox that binds the checkout, to their own state dirs)
+                parent.mkdir(exist_ok=True)
+                os.chmod(parent, PARENT_DIR)
+        path.mkdir(exist_ok=True)
         os.chmod(path, mode)
         return
     if not stat.S_ISDIR(st.st_mode):
@@ -138,6 +147,15 @@ def prepare(paths: Paths, *, agents_traverse: bool = False) -> list[str]:
             fixed += secure_agent_dir(paths, entry.name, gid=None, traverse=agents_traverse)
     fixed += secure_db(paths.db)
     return fixed
+
+
+def unreachable_parent(path: Path) -> Path | None:
+    """The first directory above `path` that other users cannot search (no `o+x`), if any:
+    the web user and the agents' uids could not reach a socket below it."""
+    for parent in reversed(path.resolve().parents):
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return parent
+    return None
 
 
 def secure_agent_dir(paths: Paths, name: str, gid: int | None, traverse: bool) -> list[str]:

@@ -15,6 +15,8 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from protocol import messages as m
 from protocol.client import SyncClient
 from tests.c0re_priv.test_containers import probe_command, run_probe
 from tests.conftest import DaemonProcess, make_config
-from tests.security.conftest import can_read, daemon_in, needs_root, unused_uid
+from tests.security.conftest import as_uid, can_read, daemon_in, needs_root, unused_uid
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 SECRET = "the launch code is 0000"
@@ -201,3 +203,65 @@ def test_a_symlink_where_the_database_belongs_is_refused(open_tmp, daemons):
 @pytest.fixture
 def config():
     return make_config(agents={"alice": {}})
+
+
+@needs_root
+def test_parents_the_daemon_makes_let_others_reach_the_run_dir(open_tmp):
+    """`HIVE_STATE_DIR=$PWD/hive2/state HIVE_RUN_DIR=$PWD/hive2/run` with no `hive2` yet (the
+    README's second hive): made under the daemon's umask 077, `hive2` was 0700, so neither the
+    dashboard (`hive-web`) nor any agent's uid could reach its socket, and that hive never
+    delivered a message. The parents the daemon makes are 0755; a parent it did not make and
+    others cannot enter is named in a warning at start."""
+    config = open_tmp / "hive.toml"
+    config.write_text("[hive]\nautostart = false\n")
+    stranger = unused_uid()
+
+    def start(top: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "c0re_priv",
+                "c0re",
+                "--state-dir",
+                str(top / "state"),
+                "--run-dir",
+                str(top / "run"),
+                "--config",
+                str(config),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def serving(top: Path) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (top / "run" / "admin.sock").exists():
+            time.sleep(0.05)
+        return (top / "run" / "admin.sock").exists()
+
+    made = open_tmp / "a" / "hive2"
+    daemon = start(made)
+    try:
+        assert serving(made)
+        assert (mode(open_tmp / "a"), mode(made)) == (0o755, 0o755)
+        assert (mode(made / "state"), mode(made / "run")) == (0o700, 0o751)
+        reach = ["/bin/sh", "-c", 'test -S "$1"', "probe", str(made / "run" / "web.sock")]
+        assert as_uid(stranger, reach).returncode == 0
+        assert not can_read(stranger, made / "state")
+    finally:
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+    assert b"cannot enter" not in out
+    closed = open_tmp / "closed"
+    closed.mkdir(mode=0o700)
+    os.chmod(closed, 0o700)
+    daemon = start(closed / "hive3")
+    try:
+        assert serving(closed / "hive3")
+    finally:
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+    said = out.decode()
+    assert f"is inside {closed}, which other users cannot enter" in said, said
+    assert "Traceback" not in said
