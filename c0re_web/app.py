@@ -8,6 +8,7 @@ holds no state of the hive's own: each page asks the daemon, each change comes a
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from . import forge_views, views
 from .auth import Auth, Guard
 from .daemon import DaemonLink
 from .live import Hub
+from .peer_limits import QuietAcceptErrors
 from .render import Renderer
 from .static_files import StaticFiles
 
@@ -85,6 +87,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        asyncio.get_running_loop().set_exception_handler(QuietAcceptErrors())
         hub = Hub(renderer)
         link = DaemonLink(settings.web_sock, hub)
         async with anyio.create_task_group() as tg:

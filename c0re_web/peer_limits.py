@@ -158,6 +158,43 @@ def client_key(peer: tuple[str, int] | None, local: tuple[str, int] | None) -> s
     return f"uid {uid}" if uid is not None else f"address {peer[0]}"
 
 
+ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+class QuietAcceptErrors:
+    """An asyncio exception handler for the web process's loop. When accept(2) fails for want
+    of file descriptors or memory, asyncio calls its handler once for every accept it tries
+    (up to the listen backlog per wake-up, every second): a traceback each, thousands of lines
+    a second, which fill a disk that may be the reason. Those are counted and said once a
+    minute; anything else goes to asyncio's own handler."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self._said_at = -LOG_EVERY_SECONDS
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        retry = getattr(getattr(context.get("handle"), "_callback", None), "__name__", "")
+        if retry == "_start_serving":
+            # each failed accept scheduled one of these retries; one that runs after the
+            # server closed its socket (at shutdown) fails, and has nothing left to say
+            log.debug("a leftover accept retry failed: %s", context.get("exception"))
+            return
+        if context.get("message") != ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._said_at >= LOG_EVERY_SECONDS:
+            self._said_at = now
+            log.warning(
+                "cannot accept connections: %s (%d failed accepts since the last such line);"
+                " retrying every second",
+                context.get("exception"),
+                self.failures,
+            )
+            self.failures = 0
+
+
 def guarded_protocol(limits: PeerLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol with `limits` applied (pass it as `Config(http=…)`)."""
     import h11

@@ -50,6 +50,7 @@ PRELOAD = (
     "uvicorn.loops.asyncio",
     "uvicorn.protocols.http.h11_impl",
 )
+LISTEN_BACKLOG = 128
 HOST_WITH_PORT = re.compile(r"(\[[^\]]+\]|[^:\[\]]+):\d+")
 
 
@@ -115,7 +116,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         raise StartupError(
@@ -180,6 +181,7 @@ def serve(opts: WebOptions, out: TextIO = sys.stdout) -> None:
     config = uvicorn.Config(
         create_app(settings, auth, renderer),
         http=guarded_protocol(limits),
+        backlog=LISTEN_BACKLOG,  # what asyncio accepts per wake-up; as `bind_socket` listens
         ws="none",
         loop="asyncio",
         lifespan="on",

@@ -68,11 +68,14 @@ class WebHive:
 
 @contextmanager
 def web_hive(
-    hive_toml: str, files: Mapping[str, str] | None = None, web_args: tuple[str, ...] = ()
+    hive_toml: str,
+    files: Mapping[str, str] | None = None,
+    web_args: tuple[str, ...] = (),
+    web_wrapper: tuple[str, ...] = (),
 ) -> Iterator[WebHive]:
     """A daemon subprocess configured by `hive_toml` (`web_group` is added, `@ROOT@` is its
-    scratch directory, where `files` are written first), and `hive web` (with `web_args`)
-    started the way root starts it."""
+    scratch directory, where `files` are written first), and `hive web` (with `web_args`,
+    under `web_wrapper` such as `prlimit …`) started the way root starts it."""
     root = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
     os.chmod(root, 0o755)  # the web user must reach run/web.sock
     web_group = ""
@@ -93,6 +96,7 @@ def web_hive(
     web_log = open(root / "web.log", "w")  # noqa: SIM115 - owned by the child
     web = subprocess.Popen(
         [
+            *web_wrapper,
             sys.executable,
             "-m",
             "c0re_web",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -149,3 +150,39 @@ def test_a_flood_of_half_sent_requests_from_one_uid_does_not_lock_the_operator_o
         log = (Path(hive.daemon.root) / "web.log").read_text()
         refusals = re.findall(rf"refused a connection from uid {attacker_uid}\b", log)
         assert len(refusals) == 1, log  # said once, not once per connection
+
+
+def test_out_of_file_descriptors_the_web_process_says_so_once_and_recovers():
+    """At its file limit, asyncio called its handler for every accept it tried, each with a
+    traceback: the flood above wrote 1.8 million lines in a minute, enough to fill a disk.
+    Here the per-client limit is lifted, the web process runs with a file limit of 64
+    (`prlimit`), and 150 connections reach it: one warning, no traceback, and once
+    they are gone the operator is served again."""
+    with web_hive(
+        '[hive]\nautostart = false\nbackend = "process"\n\n[agents.alice]\n',
+        web_args=("--max-connections-per-client", "1000", "--request-timeout", "60"),
+        web_wrapper=("prlimit", "--nofile=64:64", "--"),
+    ) as hive:
+        port = int(hive.base.rsplit(":", 1)[1])
+        assert get(f"{hive.base}/login") == 200
+        held = []
+        try:
+            for _ in range(150):  # ~50 accepted, the rest wait in the listen backlog (128)
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(3)
+        finally:
+            for s in held:
+                s.close()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert get(f"{hive.base}/login") == 200
+                break
+            except (OSError, AssertionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        log = (Path(hive.daemon.root) / "web.log").read_text()
+        said = re.findall(r"cannot accept connections: \[Errno 24\]", log)
+        assert len(said) == 1, log[-3000:]
+        assert "out of system resource" not in log and "Traceback" not in log
