@@ -43,7 +43,6 @@ LOGGED_CLIENTS = 1024
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
 NO_COOKIE = 0xFFFFFFFF
 _NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states; then inet_diag_sockid
@@ -115,14 +114,11 @@ class PeerLimits:
     per_client: int = PER_CLIENT_CONNECTIONS
     request_seconds: float = REQUEST_SECONDS
     open: dict[str, int] = field(default_factory=dict)
-    refused: int = 0
-    timed_out: int = 0
     _logged: dict[str, float] = field(default_factory=dict)
 
     def admit(self, client: str) -> bool:
         held = self.open.get(client, 0)
         if held >= self.per_client:
-            self.refused += 1
             now = time.monotonic()
             if now - self._logged.get(client, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
                 if len(self._logged) >= LOGGED_CLIENTS:  # many addresses: forget the old ones
@@ -148,13 +144,16 @@ class PeerLimits:
             self.open.pop(client, None)
 
 
-def client_key(peer: tuple[str, int] | None, local: tuple[str, int] | None) -> str:
-    """Who a connection counts against: `uid N` for a process of this host, else its address."""
+def client_key(peer: tuple[str, int] | None, local: tuple[str, int | None] | None) -> str:
+    """Who a connection counts against: `uid N` for a process of this host, else its address.
+    (`peer` and `local` as uvicorn gives them: `client` and `server`.)"""
     if peer is None:
         return "unknown"
     # any address may be this host's own (a LAN address, or 127.0.0.1 mapped into IPv6 on a
     # dual-stack bind): the kernel knows, so ask it whatever the address looks like
-    uid = local_peer_uid(peer, local) if local is not None else None
+    uid = None
+    if local is not None and local[1] is not None:
+        uid = local_peer_uid(peer, (local[0], local[1]))
     return f"uid {uid}" if uid is not None else f"address {peer[0]}"
 
 
@@ -206,7 +205,7 @@ def guarded_protocol(limits: PeerLimits) -> type[H11Protocol]:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            client = client_key(self.client, self.server)  # type: ignore[arg-type]
+            client = client_key(self.client, self.server)
             if not limits.admit(client):
                 transport.abort()
                 return
@@ -242,7 +241,6 @@ def guarded_protocol(limits: PeerLimits) -> type[H11Protocol]:
         def _too_slow(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                limits.timed_out += 1
                 self.transport.abort()
 
     return Guarded

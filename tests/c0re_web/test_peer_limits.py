@@ -51,13 +51,16 @@ def test_no_client_ever_holds_more_than_its_share(steps):
 
 def test_a_local_client_of_a_dual_stack_bind_is_still_its_uid():
     """On `--bind [::]:PORT` a local browser's 127.0.0.1 arrives as ::ffff:127.0.0.1."""
+    listener = None
     try:
         listener = socket.socket(socket.AF_INET6)
-    except OSError:
-        pytest.skip("no IPv6 here")
-    with listener:
         listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         listener.bind(("::", 0))
+    except OSError:
+        if listener is not None:
+            listener.close()
+        pytest.skip("no IPv6 on this host (no AF_INET6 socket or no [::] bind)")
+    with listener:
         listener.listen(2)
         port = listener.getsockname()[1]
         for address in ("127.0.0.1", "::1"):
